@@ -1,0 +1,38 @@
+//! `outboxd run` and `outboxd migrate`.
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::outbox::OutboxTable;
+use crate::sink::AnySink;
+use crate::source::PollSource;
+
+/// Runs the relay until a signal asks it to stop.
+pub async fn run(config: &Config) -> Result<()> {
+    let shutdown = crate::shutdown::on_signals().map_err(|err| {
+        Error::with_source(ErrorKind::Internal, "installing signal handlers", err)
+    })?;
+    if config.source.auto_migrate {
+        migrate(config).await?;
+    }
+    let mut source = PollSource::start(&config.source, &config.relay).await?;
+    let mut sink = AnySink::open(&config.sink).await?;
+    tracing::info!(
+        table = %OutboxTable::new(&config.source).qualified,
+        sink = crate::sink::Sink::name(&sink),
+        "outboxd started"
+    );
+    crate::relay::run(&mut source, &mut sink, &config.relay, shutdown).await
+}
+
+/// Applies pending migrations and reports what was done.
+pub async fn migrate(config: &Config) -> Result<()> {
+    let table = OutboxTable::new(&config.source);
+    let mut session = crate::pg::connect(&config.source).await?;
+    let applied = crate::migrate::migrate(&mut session.client, &table).await?;
+    if applied.is_empty() {
+        tracing::info!(table = %table.qualified, "schema up to date");
+    } else {
+        tracing::info!(table = %table.qualified, versions = ?applied, "migrations applied");
+    }
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! Configuration: one TOML file, every key overridable by `OUTBOXD_*` environment variables.
+//!
+//! Every struct denies unknown keys, so a typo is an error that names the key instead of a
+//! setting that silently does nothing. Defaults are documented on each field and shown in full by
+//! `outboxd check-config`.
+
+mod load;
+mod secret;
+mod sink;
+mod validate;
+
+pub use load::{DEFAULT_PATH, ENV_PREFIX, load};
+pub use secret::{DbUrl, MASK, Secret, mask_connection_string};
+pub use sink::{LogSinkConfig, SinkConfig, SinkKind};
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// Where events go.
+    pub sink: SinkConfig,
+    /// How the relay retries and shuts down.
+    pub relay: RelayConfig,
+    /// Log output.
+    pub logging: LoggingConfig,
+}
+
+/// How events are captured from PostgreSQL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceMode {
+    /// Claim unsent rows from the outbox table, woken by LISTEN/NOTIFY.
+    #[default]
+    Poll,
+}
+
+/// What happens to an outbox row once its event is durably in the sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSent {
+    /// Set the sent timestamp and keep the row (an audit trail; clean up separately).
+    #[default]
+    Mark,
+    /// Delete the row (the table stays small).
+    Delete,
+}
+
+/// TLS to PostgreSQL, with libpq's `sslmode` names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// Encrypt, but do not verify the server certificate (protects against passive sniffing only).
+    Require,
+    /// Encrypt and verify the certificate chain, but not the host name.
+    VerifyCa,
+    /// Encrypt, verify the chain and that the certificate names the host connected to.
+    VerifyFull,
+}
+
+/// The PostgreSQL source.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Connection string, URL or `key=value` form. Default `postgres://postgres@127.0.0.1:5432/postgres`.
+    pub url: DbUrl,
+    /// Password, if not in `url`; set it through `OUTBOXD_SOURCE__PASSWORD` rather than the file.
+    pub password: Secret,
+    /// File whose first line is the password (e.g. a mounted secret). Exclusive with `password`.
+    pub password_file: Option<PathBuf>,
+    /// Capture mode. Default `poll`.
+    pub mode: SourceMode,
+    /// Apply the migrations in `migrations/` at start-up. Default `true`.
+    pub auto_migrate: bool,
+    /// Most events claimed per batch. Default 1000.
+    pub batch_size: usize,
+    /// Fallback poll interval when no notification arrives, in milliseconds. Default 1000.
+    pub poll_interval_ms: u64,
+    /// Time allowed to establish a connection, in milliseconds. Default 5000.
+    pub connect_timeout_ms: u64,
+    /// `application_name` reported to PostgreSQL. Default `outboxd`.
+    pub application_name: String,
+    /// LISTEN/NOTIFY channel. Default: `outboxd_` followed by the table name.
+    pub channel: Option<String>,
+    /// Keep or delete rows once sent. Default `mark`.
+    pub on_sent: OnSent,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// The outbox table.
+    pub table: TableConfig,
+    /// Column names, for running against an outbox table that already exists.
+    pub columns: ColumnsConfig,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            url: DbUrl::new("postgres://postgres@127.0.0.1:5432/postgres"),
+            password: Secret::default(),
+            password_file: None,
+            mode: SourceMode::Poll,
+            auto_migrate: true,
+            batch_size: 1000,
+            poll_interval_ms: 1000,
+            connect_timeout_ms: 5000,
+            application_name: "outboxd".into(),
+            channel: None,
+            on_sent: OnSent::Mark,
+            tls: TlsConfig::default(),
+            table: TableConfig::default(),
+            columns: ColumnsConfig::default(),
+        }
+    }
+}
+
+impl SourceConfig {
+    /// The LISTEN/NOTIFY channel in effect.
+    pub fn channel(&self) -> String {
+        self.channel.clone().unwrap_or_else(|| format!("outboxd_{}", self.table.name))
+    }
+}
+
+/// TLS to PostgreSQL.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `disable`, `require`, `verify-ca` or `verify-full`. Default `disable`.
+    pub mode: TlsMode,
+    /// PEM file of CA certificates to trust; without it the Mozilla root set is used.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Which table holds the outbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TableConfig {
+    /// Schema. Default `public`.
+    pub schema: String,
+    /// Table name. Default `outbox`.
+    pub name: String,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig { schema: "public".into(), name: "outbox".into() }
+    }
+}
+
+/// Column names of the outbox table. The first seven follow Debezium's outbox event router; the
+/// rest are outboxd's bookkeeping, added by the migration when missing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColumnsConfig {
+    /// Event id (uuid). Default `id`.
+    pub id: String,
+    /// Aggregate type, the default topic. Default `aggregatetype`.
+    pub aggregate_type: String,
+    /// Aggregate id, the ordering key. Default `aggregateid`.
+    pub aggregate_id: String,
+    /// Event type. Default `type`.
+    pub event_type: String,
+    /// JSON payload. Default `payload`.
+    pub payload: String,
+    /// JSON object of extra headers, nullable. Default `headers`.
+    pub headers: String,
+    /// When the event was written. Default `created_at`.
+    pub created_at: String,
+    /// Monotonic position that orders events (bigint identity). Default `position`.
+    pub position: String,
+    /// Writing transaction's id (`xid8`), for the visibility guard. Default `txid`.
+    pub txid: String,
+    /// When the event was confirmed by the sink; NULL while pending. Default `sent_at`.
+    pub sent_at: String,
+    /// Delivery attempts so far. Default `attempts`.
+    pub attempts: String,
+    /// The last delivery error. Default `last_error`.
+    pub last_error: String,
+    /// When the event was given up on; NULL unless failed. Default `failed_at`.
+    pub failed_at: String,
+}
+
+impl Default for ColumnsConfig {
+    fn default() -> Self {
+        ColumnsConfig {
+            id: "id".into(),
+            aggregate_type: "aggregatetype".into(),
+            aggregate_id: "aggregateid".into(),
+            event_type: "type".into(),
+            payload: "payload".into(),
+            headers: "headers".into(),
+            created_at: "created_at".into(),
+            position: "position".into(),
+            txid: "txid".into(),
+            sent_at: "sent_at".into(),
+            attempts: "attempts".into(),
+            last_error: "last_error".into(),
+            failed_at: "failed_at".into(),
+        }
+    }
+}
+
+impl ColumnsConfig {
+    /// Every column as (config key, name), in declaration order.
+    pub fn all(&self) -> [(&'static str, &str); 13] {
+        [
+            ("id", &self.id),
+            ("aggregate_type", &self.aggregate_type),
+            ("aggregate_id", &self.aggregate_id),
+            ("event_type", &self.event_type),
+            ("payload", &self.payload),
+            ("headers", &self.headers),
+            ("created_at", &self.created_at),
+            ("position", &self.position),
+            ("txid", &self.txid),
+            ("sent_at", &self.sent_at),
+            ("attempts", &self.attempts),
+            ("last_error", &self.last_error),
+            ("failed_at", &self.failed_at),
+        ]
+    }
+}
+
+/// The relay loop.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// First retry delay after a transient failure, in milliseconds. Default 100.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds. Default 30000.
+    pub retry_max_ms: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig { retry_initial_ms: 100, retry_max_ms: 30_000 }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Log output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// A `tracing` filter such as `info` or `outboxd=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}

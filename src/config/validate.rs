@@ -1,0 +1,134 @@
+//! Checks that no type can express: ranges, identifier rules, settings that exclude each other.
+
+use super::{Config, TlsMode};
+use crate::error::{Error, Result};
+use std::str::FromStr;
+
+/// PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+impl Config {
+    /// Checks every constraint; the error names the key and the rule it broke.
+    pub fn validate(&self) -> Result<()> {
+        let source = &self.source;
+        if tokio_postgres::Config::from_str(source.url.expose()).is_err() {
+            // The parser's message may quote the string, password and all: never pass it on.
+            return Err(Error::config(
+                "source.url",
+                format!(
+                    "is not a valid PostgreSQL URL or key=value connection string ({})",
+                    source.url.masked()
+                ),
+            ));
+        }
+        range("source.batch_size", source.batch_size as u64, 1, 100_000)?;
+        range("source.poll_interval_ms", source.poll_interval_ms, 10, 3_600_000)?;
+        range("source.connect_timeout_ms", source.connect_timeout_ms, 100, 600_000)?;
+        identifier("source.table.schema", &source.table.schema)?;
+        identifier("source.table.name", &source.table.name)?;
+        identifier("source.channel", &source.channel())?;
+        if source.application_name.len() > MAX_IDENTIFIER_BYTES {
+            return Err(Error::config("source.application_name", "must be at most 63 bytes"));
+        }
+        let columns = source.columns.all();
+        for (i, (key, name)) in columns.iter().enumerate() {
+            identifier(&format!("source.columns.{key}"), name)?;
+            if let Some((other, _)) = columns[..i].iter().find(|(_, n)| n == name) {
+                return Err(Error::config(
+                    &format!("source.columns.{key}"),
+                    format!("\"{name}\" is already used by source.columns.{other}"),
+                ));
+            }
+        }
+        if source.tls.root_cert.is_some() && source.tls.mode == TlsMode::Disable {
+            return Err(Error::config(
+                "source.tls.root_cert",
+                "is set but source.tls.mode is \"disable\"; set mode to verify-ca or verify-full",
+            ));
+        }
+
+        let log = &self.sink.log;
+        if log.dir.as_os_str().is_empty() {
+            return Err(Error::config("sink.log.dir", "must not be empty"));
+        }
+        range("sink.log.segment_bytes", log.segment_bytes, 4096, 1 << 40)?;
+        range("sink.log.max_record_bytes", log.max_record_bytes as u64, 1024, 256 << 20)?;
+
+        range("relay.retry_initial_ms", self.relay.retry_initial_ms, 1, 60_000)?;
+        range("relay.retry_max_ms", self.relay.retry_max_ms, self.relay.retry_initial_ms, 3_600_000)
+            .map_err(|_| {
+                Error::config(
+                    "relay.retry_max_ms",
+                    "must be at least relay.retry_initial_ms and at most 3600000",
+                )
+            })?;
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return Err(Error::config(
+                "logging.level",
+                format!("\"{}\" is not a valid filter (e.g. \"info\")", self.logging.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `value` must lie in `min..=max`.
+fn range(key: &str, value: u64, min: u64, max: u64) -> Result<()> {
+    if value < min || value > max {
+        return Err(Error::config(key, format!("must be between {min} and {max} (got {value})")));
+    }
+    Ok(())
+}
+
+/// A name PostgreSQL will keep as written: non-empty, no NUL, at most 63 bytes.
+fn identifier(key: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::config(key, "must not be empty"));
+    }
+    if name.contains('\0') {
+        return Err(Error::config(key, "must not contain a NUL character"));
+    }
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        return Err(Error::config(
+            key,
+            format!("must be at most {MAX_IDENTIFIER_BYTES} bytes (PostgreSQL would truncate it)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DbUrl;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_bounds() {
+        let mut cfg = Config::default();
+        cfg.source.batch_size = 0;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert_eq!(err, "source.batch_size: must be between 1 and 100000 (got 0)");
+    }
+
+    #[test]
+    fn duplicate_column_names_are_refused() {
+        let mut cfg = Config::default();
+        cfg.source.columns.sent_at = "id".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("source.columns.sent_at"), "{err}");
+    }
+
+    #[test]
+    fn invalid_url_error_hides_the_password() {
+        let mut cfg = Config::default();
+        cfg.source.url = DbUrl::new("postgres://u:hunter2@h:notaport/db");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("source.url"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Versioned, idempotent schema migrations for the outbox table, and the start-up schema check.
+//!
+//! Migrations are SQL templates in `migrations/`, compiled into the binary and rendered with the
+//! configured (quoted) names. Applied versions are recorded per outbox table in
+//! `<schema>.outboxd_migrations`; a transaction-scoped advisory lock lets several relays start at
+//! once without racing each other.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::outbox::OutboxTable;
+use crate::pg::{classify, quote_ident};
+use tokio_postgres::Client;
+
+/// One migration file.
+struct Migration {
+    /// Version, in application order.
+    version: i32,
+    /// Short name, recorded beside the version.
+    name: &'static str,
+    /// The SQL template.
+    template: &'static str,
+}
+
+/// Every migration, oldest first.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "outbox_table",
+        template: include_str!("../migrations/0001_outbox_table.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "notify_trigger",
+        template: include_str!("../migrations/0002_notify_trigger.sql"),
+    },
+];
+
+/// The migration that installs the trigger; re-applied whenever the channel changes.
+const TRIGGER_VERSION: i32 = 2;
+
+/// The oldest PostgreSQL with `xid8` and `pg_snapshot_xmin`, which the visibility guard needs.
+const MIN_SERVER_VERSION: i32 = 130_000;
+
+/// Applies pending migrations to `table`; returns the versions applied (empty when up to date).
+pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32>> {
+    check_server_version(client).await?;
+    let db = |what: &str| {
+        let what = what.to_string();
+        move |err| classify(format!("migrating {}: {what}", table.qualified), err)
+    };
+    let tx = client.transaction().await.map_err(db("begin"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(table.leader_lock_key() ^ 1)])
+        .await
+        .map_err(db("taking the migration lock"))?;
+    let schema = quote_ident(&table.schema);
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.outboxd_migrations (
+             outbox     text        NOT NULL,
+             version    integer     NOT NULL,
+             name       text        NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (outbox, version)
+         );"
+    ))
+    .await
+    .map_err(db("creating the migrations table"))?;
+    let history = format!("{schema}.outboxd_migrations");
+    let done: Vec<i32> = tx
+        .query(&format!("SELECT version FROM {history} WHERE outbox = $1"), &[&table.name])
+        .await
+        .map_err(db("reading applied migrations"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        tx.batch_execute(&table.render(migration.template))
+            .await
+            .map_err(db(&format!("applying {:04}_{}", migration.version, migration.name)))?;
+        tx.execute(
+            &format!("INSERT INTO {history} (outbox, version, name) VALUES ($1, $2, $3)"),
+            &[&table.name, &migration.version, &migration.name],
+        )
+        .await
+        .map_err(db("recording the migration"))?;
+        applied.push(migration.version);
+    }
+    if !applied.contains(&TRIGGER_VERSION) && !trigger_is_current(&tx, table).await? {
+        let trigger = MIGRATIONS.iter().find(|m| m.version == TRIGGER_VERSION).expect("listed");
+        tx.batch_execute(&table.render(trigger.template))
+            .await
+            .map_err(db("re-creating the notify trigger for a new channel"))?;
+    }
+    tx.commit().await.map_err(db("commit"))?;
+    Ok(applied)
+}
+
+/// Whether the notify trigger exists and sends on the configured channel.
+async fn trigger_is_current(tx: &tokio_postgres::Transaction<'_>, table: &OutboxTable) -> Result<bool> {
+    let (trigger, channel) = (table.render("{trigger}"), table.render("{channel}"));
+    // Rendered values are quoted; the catalog holds them bare.
+    let bare = |quoted: &str, quote: char| {
+        let inner = &quoted[1..quoted.len() - 1];
+        inner.replace(&format!("{quote}{quote}"), &quote.to_string())
+    };
+    let row = tx
+        .query_opt(
+            "SELECT tgargs FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = $2",
+            &[&table.qualified, &bare(&trigger, '"')],
+        )
+        .await
+        .map_err(|err| classify("reading the notify trigger", err))?;
+    let expected = format!("{}\0", bare(&channel, '\''));
+    Ok(row.is_some_and(|row| row.get::<_, Vec<u8>>(0) == expected.as_bytes()))
+}
+
+/// Refuses servers older than PostgreSQL 13.
+async fn check_server_version(client: &Client) -> Result<()> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|err| classify("reading the server version", err))?;
+    let version: i32 = row.get(0);
+    if version < MIN_SERVER_VERSION {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            format!("PostgreSQL {version} is too old: outboxd needs 13 or newer (xid8 snapshots)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the outbox table exists with every configured column, so a relay started against
+/// the wrong table fails at once with a message that says what to fix.
+pub async fn verify(client: &Client, table: &OutboxTable, columns: &[(&str, &str)]) -> Result<()> {
+    check_server_version(client).await?;
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table.qualified],
+        )
+        .await
+        .map_err(|err| classify(format!("inspecting {}", table.qualified), err))?;
+    if rows.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            format!(
+                "outbox table {} does not exist; run `outboxd migrate` or set \
+                 source.auto_migrate = true",
+                table.qualified
+            ),
+        ));
+    }
+    let present: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    let missing: Vec<String> = columns
+        .iter()
+        .filter(|(_, name)| !present.iter().any(|p| p == name))
+        .map(|(key, name)| format!("\"{name}\" (source.columns.{key})"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            format!(
+                "outbox table {} lacks column {}; run `outboxd migrate` or fix source.columns",
+                table.qualified,
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}

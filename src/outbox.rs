@@ -1,0 +1,170 @@
+//! The outbox table: its quoted names and the statements outboxd runs against it.
+//!
+//! Every name comes from configuration and is quoted by [`quote_ident`]; values travel as
+//! parameters. Statements are built once, at start-up.
+
+use crate::config::SourceConfig;
+use crate::pg::{quote_ident, quote_literal};
+
+/// Quoted names of the outbox table and the statements built from them.
+#[derive(Clone, Debug)]
+pub struct OutboxTable {
+    /// `"schema"."table"`, for messages and statements.
+    pub qualified: String,
+    /// Schema name as configured (unquoted), for catalog look-ups.
+    pub schema: String,
+    /// Table name as configured (unquoted), for catalog look-ups.
+    pub name: String,
+    /// Fetches pending rows in position order; `$1` is the limit.
+    pub fetch_pending: String,
+    /// Marks rows sent; `$1` is an `int8[]` of positions.
+    pub mark_sent: String,
+    /// Deletes sent rows; `$1` is an `int8[]` of positions.
+    pub delete_sent: String,
+    /// Marks rows failed; `$1` positions, `$2` reasons, as parallel arrays.
+    pub mark_failed: String,
+    /// Values substituted into the migration templates.
+    pub template_vars: Vec<(&'static str, String)>,
+}
+
+impl OutboxTable {
+    /// Builds names and statements for the configured table and columns.
+    pub fn new(source: &SourceConfig) -> Self {
+        let c = &source.columns;
+        let q = quote_ident;
+        let qualified = format!("{}.{}", q(&source.table.schema), q(&source.table.name));
+        let fetch_pending = format!(
+            "SELECT {pos}, ({txid} IS NULL OR {txid} < pg_snapshot_xmin(pg_current_snapshot())), \
+             {id}::text, {atype}::text, {aid}::text, {etype}::text, {payload}::text, \
+             {headers}::text, {created}::timestamptz \
+             FROM {qualified} WHERE {sent} IS NULL AND {failed} IS NULL \
+             ORDER BY {pos} LIMIT $1",
+            pos = q(&c.position),
+            txid = q(&c.txid),
+            id = q(&c.id),
+            atype = q(&c.aggregate_type),
+            aid = q(&c.aggregate_id),
+            etype = q(&c.event_type),
+            payload = q(&c.payload),
+            headers = q(&c.headers),
+            created = q(&c.created_at),
+            sent = q(&c.sent_at),
+            failed = q(&c.failed_at),
+        );
+        let mark_sent = format!(
+            "UPDATE {qualified} SET {sent} = now(), {attempts} = {attempts} + 1 \
+             WHERE {pos} = ANY($1::int8[]) AND {sent} IS NULL",
+            sent = q(&c.sent_at),
+            attempts = q(&c.attempts),
+            pos = q(&c.position),
+        );
+        let delete_sent =
+            format!("DELETE FROM {qualified} WHERE {} = ANY($1::int8[])", q(&c.position));
+        let mark_failed = format!(
+            "UPDATE {qualified} AS o SET {failed} = now(), {attempts} = o.{attempts} + 1, \
+             {error} = r.reason \
+             FROM unnest($1::int8[], $2::text[]) AS r(pos, reason) \
+             WHERE o.{pos} = r.pos AND o.{sent} IS NULL",
+            failed = q(&c.failed_at),
+            attempts = q(&c.attempts),
+            error = q(&c.last_error),
+            pos = q(&c.position),
+            sent = q(&c.sent_at),
+        );
+        let name = &source.table.name;
+        let template_vars = vec![
+            ("table", qualified.clone()),
+            ("schema", q(&source.table.schema)),
+            ("id", q(&c.id)),
+            ("aggregate_type", q(&c.aggregate_type)),
+            ("aggregate_id", q(&c.aggregate_id)),
+            ("event_type", q(&c.event_type)),
+            ("payload", q(&c.payload)),
+            ("headers", q(&c.headers)),
+            ("created_at", q(&c.created_at)),
+            ("position", q(&c.position)),
+            ("txid", q(&c.txid)),
+            ("sent_at", q(&c.sent_at)),
+            ("attempts", q(&c.attempts)),
+            ("last_error", q(&c.last_error)),
+            ("failed_at", q(&c.failed_at)),
+            ("position_index", q(&derived_name(name, "position_key"))),
+            ("pending_index", q(&derived_name(name, "pending_idx"))),
+            ("trigger", q(&derived_name(name, "notify"))),
+            ("channel", quote_literal(&source.channel())),
+        ];
+        OutboxTable {
+            qualified,
+            schema: source.table.schema.clone(),
+            name: name.clone(),
+            fetch_pending,
+            mark_sent,
+            delete_sent,
+            mark_failed,
+            template_vars,
+        }
+    }
+
+    /// The advisory lock key that elects one active relay per outbox table.
+    ///
+    /// Derived from the table's qualified name, so relays of different outboxes in one database
+    /// do not exclude each other; the high half is constant to keep clear of application keys
+    /// built from small integers.
+    pub fn leader_lock_key(&self) -> i64 {
+        let low = crc32c::crc32c(format!("outboxd:{}", self.qualified).as_bytes());
+        ((0x6f75_7462_i64) << 32) | i64::from(low)
+    }
+
+    /// Fills a migration template's `{name}` placeholders.
+    pub fn render(&self, template: &str) -> String {
+        let mut sql = template.to_string();
+        for (key, value) in &self.template_vars {
+            sql = sql.replace(&format!("{{{key}}}"), value);
+        }
+        sql
+    }
+}
+
+/// A name for an index or trigger derived from the table's, kept within PostgreSQL's 63 bytes.
+fn derived_name(table: &str, suffix: &str) -> String {
+    let budget = 63 - suffix.len() - "outboxd__".len();
+    let mut end = table.len().min(budget);
+    while !table.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("outboxd_{}_{suffix}", &table[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_config_are_quoted_in_every_statement() {
+        let mut source = SourceConfig::default();
+        source.table.name = "odd\"name".into();
+        let table = OutboxTable::new(&source);
+        assert_eq!(table.qualified, "\"public\".\"odd\"\"name\"");
+        assert!(table.fetch_pending.contains("FROM \"public\".\"odd\"\"name\""));
+        let sql = table.render("CREATE TRIGGER {trigger} ON {table} ({channel})");
+        assert_eq!(
+            sql,
+            "CREATE TRIGGER \"outboxd_odd\"\"name_notify\" ON \"public\".\"odd\"\"name\" \
+             ('outboxd_odd\"name')"
+        );
+    }
+
+    #[test]
+    fn derived_names_fit_postgres_limit() {
+        let long = "x".repeat(63);
+        assert!(derived_name(&long, "pending_idx").len() <= 63);
+    }
+
+    #[test]
+    fn lock_key_differs_per_table() {
+        let a = OutboxTable::new(&SourceConfig::default());
+        let mut other = SourceConfig::default();
+        other.table.name = "outbox2".into();
+        assert_ne!(a.leader_lock_key(), OutboxTable::new(&other).leader_lock_key());
+    }
+}

@@ -1,0 +1,94 @@
+//! The relay loop: take a batch from the source, publish it, acknowledge what the sink confirmed.
+
+use crate::config::RelayConfig;
+use crate::error::Result;
+use crate::event::{Event, Position, Rejected};
+use crate::retry::{Backoff, sleep_or_shutdown};
+use crate::sink::{Outcome, Sink};
+use crate::source::Source;
+use tokio_util::sync::CancellationToken;
+
+/// Relays until `shutdown` is cancelled (returns `Ok`) or an error no retry can fix (returns it).
+///
+/// Shutdown stops claiming at once. A batch already being published is finished and
+/// acknowledged; one waiting to retry a failed publish is abandoned unacknowledged, so its
+/// events stay pending and are delivered by the next run. Nothing is lost or marked twice.
+pub async fn run<S: Source, K: Sink>(
+    source: &mut S,
+    sink: &mut K,
+    config: &RelayConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    loop {
+        // The source's wait is cancel-safe and itself watches `shutdown`.
+        let Some(batch) = source.next_batch(&shutdown).await? else {
+            break;
+        };
+        if !batch.rejected.is_empty() {
+            for bad in &batch.rejected {
+                tracing::error!(id = %bad.id, position = %bad.position, reason = %bad.reason,
+                    "outbox row cannot be delivered; marked failed");
+            }
+            source.reject(&batch.rejected, &shutdown).await?;
+        }
+        if batch.events.is_empty() {
+            continue;
+        }
+        let Some(outcomes) = publish(sink, &batch.events, config, &shutdown).await? else {
+            tracing::info!(events = batch.events.len(), "shutdown during retries; batch left pending");
+            break;
+        };
+        let (delivered, refused) = split(&batch.events, outcomes);
+        for bad in &refused {
+            tracing::error!(id = %bad.id, position = %bad.position, reason = %bad.reason,
+                sink = sink.name(), "sink refused event; marked failed");
+        }
+        source.reject(&refused, &shutdown).await?;
+        source.ack(&delivered, &shutdown).await?;
+        tracing::debug!(delivered = delivered.len(), refused = refused.len(), "batch relayed");
+    }
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+/// Publishes one batch, retrying transient failures with backoff. Returns `None` if shutdown came
+/// during a retry wait.
+async fn publish<K: Sink>(
+    sink: &mut K,
+    events: &[Event],
+    config: &RelayConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<Outcome>>> {
+    let mut backoff = Backoff::from_config(config);
+    loop {
+        match sink.publish(events).await {
+            Ok(outcomes) => return Ok(Some(outcomes)),
+            Err(err) if err.is_retryable() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err.chain(), sink = sink.name(),
+                    retry_in_ms = delay.as_millis() as u64, "publish failed; retrying");
+                if !sleep_or_shutdown(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Splits a batch by outcome into positions to acknowledge and events to mark failed.
+fn split(events: &[Event], outcomes: Vec<Outcome>) -> (Vec<Position>, Vec<Rejected>) {
+    let mut delivered = Vec::with_capacity(events.len());
+    let mut refused = Vec::new();
+    for (event, outcome) in events.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Delivered => delivered.push(event.position),
+            Outcome::Refused(reason) => refused.push(Rejected {
+                position: event.position,
+                id: event.id.clone(),
+                reason,
+            }),
+        }
+    }
+    (delivered, refused)
+}

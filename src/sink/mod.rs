@@ -1,0 +1,67 @@
+//! Sinks: where events go.
+//!
+//! # Contract
+//! [`Sink::publish`] resolves only once every event it reports as [`Outcome::Delivered`] is
+//! durably stored by the sink (for the embedded log: written and fsynced). The relay marks an
+//! outbox row sent only after that, so a crash at any point loses nothing; it may deliver the
+//! batch in flight again, so delivery is at-least-once and consumers must tolerate duplicates.
+//! Events of one batch are stored in the order given.
+
+pub mod log;
+
+pub use self::log::LogSink;
+
+use crate::config::{SinkConfig, SinkKind};
+use crate::error::Result;
+use crate::event::Event;
+use std::future::Future;
+
+/// What became of one event handed to [`Sink::publish`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Durably stored.
+    Delivered,
+    /// Refused for good (too large, unencodable); the reason is kept on the outbox row.
+    Refused(String),
+}
+
+/// A destination for events.
+pub trait Sink: Send {
+    /// Stores `events` in order and reports one [`Outcome`] per event, in the same order.
+    ///
+    /// An `Err` means no event of this call may be assumed stored; the relay retries the whole
+    /// batch if the error is retryable.
+    fn publish(&mut self, events: &[Event]) -> impl Future<Output = Result<Vec<Outcome>>> + Send;
+
+    /// A short name for logs and metrics, e.g. `log`.
+    fn name(&self) -> &'static str;
+}
+
+/// The configured sink, dispatched by enum so the relay stays generic-free at the top level.
+pub enum AnySink {
+    /// The embedded log.
+    Log(LogSink),
+}
+
+impl AnySink {
+    /// Opens the sink chosen by `config`.
+    pub async fn open(config: &SinkConfig) -> Result<Self> {
+        match config.kind {
+            SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log).await?)),
+        }
+    }
+}
+
+impl Sink for AnySink {
+    async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        match self {
+            AnySink::Log(sink) => sink.publish(events).await,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            AnySink::Log(sink) => sink.name(),
+        }
+    }
+}

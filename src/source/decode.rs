@@ -1,0 +1,173 @@
+//! Turning fetched outbox rows into events, and holding back rows that could still be overtaken.
+
+use crate::event::{Event, Position, Rejected};
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use std::collections::HashSet;
+use tokio_postgres::Row;
+
+/// One pending outbox row, as fetched (columns in `OutboxTable::fetch_pending` order).
+#[derive(Debug, Clone)]
+pub struct PendingRow {
+    /// The row's position.
+    pub position: i64,
+    /// Whether every transaction that began before the row's own has ended.
+    pub ready: bool,
+    /// Event id as text.
+    pub id: Option<String>,
+    /// Aggregate type.
+    pub aggregate_type: Option<String>,
+    /// Aggregate id.
+    pub aggregate_id: Option<String>,
+    /// Event type.
+    pub event_type: Option<String>,
+    /// Payload as text.
+    pub payload: Option<String>,
+    /// Headers as text.
+    pub headers: Option<String>,
+    /// When the row was written.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl PendingRow {
+    /// Reads a row of `fetch_pending`.
+    pub fn from_row(row: &Row) -> Self {
+        PendingRow {
+            position: row.get(0),
+            ready: row.get(1),
+            id: row.get(2),
+            aggregate_type: row.get(3),
+            aggregate_id: row.get(4),
+            event_type: row.get(5),
+            payload: row.get(6),
+            headers: row.get(7),
+            created_at: row.get(8),
+        }
+    }
+}
+
+/// The rows of one fetch, split into what may be delivered now and what must wait.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// Events that may be delivered, in position order.
+    pub events: Vec<Event>,
+    /// Rows that can never become events.
+    pub rejected: Vec<Rejected>,
+    /// Whether some row was held back by the visibility guard (so a re-check is due soon).
+    pub held_back: bool,
+}
+
+/// Selects deliverable rows from `rows` (all pending rows up to the fetch limit, by position).
+///
+/// A row is held back while it is not `ready`, and so is every later row of the same aggregate:
+/// an earlier event of that aggregate may belong to a transaction still in flight, and publishing
+/// the later one first would reorder the aggregate.
+pub fn select(rows: Vec<PendingRow>) -> Selection {
+    let mut selection = Selection::default();
+    let mut blocked: HashSet<Option<String>> = HashSet::new();
+    for row in rows {
+        if !row.ready || blocked.contains(&row.aggregate_id) {
+            blocked.insert(row.aggregate_id.clone());
+            selection.held_back = true;
+            continue;
+        }
+        match decode(row) {
+            Ok(event) => selection.events.push(event),
+            Err(rejected) => selection.rejected.push(rejected),
+        }
+    }
+    selection
+}
+
+/// Builds an event, or says why the row cannot be one.
+fn decode(row: PendingRow) -> Result<Event, Rejected> {
+    let position = Position(row.position as u64);
+    let id = row.id.unwrap_or_default();
+    let reject = |reason: String| Rejected { position, id: id.clone(), reason };
+    let required = |value: Option<String>, what: &str| match value {
+        Some(text) if !text.is_empty() => Ok(text),
+        Some(_) => Err(reject(format!("{what} is empty"))),
+        None => Err(reject(format!("{what} is NULL"))),
+    };
+    let aggregate_id = required(row.aggregate_id, "aggregate id")?;
+    let aggregate_type = required(row.aggregate_type, "aggregate type")?;
+    let event_type = required(row.event_type, "event type")?;
+    let payload = RawValue::from_string(row.payload.unwrap_or_else(|| "null".into()))
+        .map_err(|err| reject(format!("payload is not valid JSON: {err}")))?;
+    let headers = match row.headers {
+        None => None,
+        Some(text) => {
+            let raw = RawValue::from_string(text)
+                .map_err(|err| reject(format!("headers are not valid JSON: {err}")))?;
+            if !raw.get().trim_start().starts_with('{') {
+                return Err(reject("headers must be a JSON object".into()));
+            }
+            Some(raw)
+        }
+    };
+    Ok(Event {
+        id: id.clone(),
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        payload,
+        headers,
+        created_at: row.created_at.unwrap_or_else(Utc::now),
+        position,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(position: i64, aggregate: &str, ready: bool) -> PendingRow {
+        PendingRow {
+            position,
+            ready,
+            id: Some(format!("id-{position}")),
+            aggregate_type: Some("order".into()),
+            aggregate_id: Some(aggregate.into()),
+            event_type: Some("Placed".into()),
+            payload: Some(r#"{"n":1}"#.into()),
+            headers: None,
+            created_at: None,
+        }
+    }
+
+    fn positions(selection: &Selection) -> Vec<u64> {
+        selection.events.iter().map(|e| e.position.0).collect()
+    }
+
+    #[test]
+    fn a_row_not_ready_holds_back_its_aggregate_only() {
+        let rows = vec![row(1, "a", true), row(2, "b", false), row(3, "a", true), row(4, "b", true)];
+        let selection = select(rows);
+        assert_eq!(positions(&selection), vec![1, 3]);
+        assert!(selection.held_back);
+    }
+
+    #[test]
+    fn bad_rows_are_rejected_with_a_reason_and_the_rest_flow() {
+        let mut null_key = row(1, "a", true);
+        null_key.aggregate_id = None;
+        let mut bad_json = row(2, "b", true);
+        bad_json.payload = Some("{not json".into());
+        let mut bad_headers = row(3, "c", true);
+        bad_headers.headers = Some("[1,2]".into());
+        let selection = select(vec![null_key, bad_json, bad_headers, row(4, "d", true)]);
+        assert_eq!(positions(&selection), vec![4]);
+        let reasons: Vec<&str> = selection.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons[0], "aggregate id is NULL");
+        assert!(reasons[1].starts_with("payload is not valid JSON"), "{}", reasons[1]);
+        assert_eq!(reasons[2], "headers must be a JSON object");
+        assert!(!selection.held_back);
+    }
+
+    #[test]
+    fn null_payload_is_json_null() {
+        let mut r = row(1, "a", true);
+        r.payload = None;
+        assert_eq!(select(vec![r]).events[0].payload.get(), "null");
+    }
+}

@@ -1,0 +1,52 @@
+//! Leader election: one active relay per outbox table, the others on hot standby.
+//!
+//! The active relay holds a session-level advisory lock on a dedicated connection and runs every
+//! fetch and acknowledgement on that same connection. If the process dies or the connection
+//! drops, PostgreSQL releases the lock and a standby, blocked in `pg_advisory_lock`, takes over at
+//! once. A relay that lost its connection cannot acknowledge anything any more (fencing); at worst
+//! it delivers its in-flight batch a second time, never out of order with a newer leader's acks.
+
+use crate::config::SourceConfig;
+use crate::error::Result;
+use crate::outbox::OutboxTable;
+use crate::pg::{Session, classify, connect, quote_ident};
+use tokio_util::sync::CancellationToken;
+
+/// Connects, waits to become the leader, and subscribes to the table's channel.
+///
+/// Returns `Ok(None)` if `shutdown` is cancelled while standing by.
+pub async fn become_leader(
+    source: &SourceConfig,
+    table: &OutboxTable,
+    shutdown: &CancellationToken,
+) -> Result<Option<Session>> {
+    let session = connect(source).await?;
+    // Lets the server notice a vanished client while it waits for the lock (PostgreSQL 14+),
+    // instead of granting the lock to a dead session.
+    let _ = session.client.batch_execute("SET client_connection_check_interval = '1s'").await;
+    let key = table.leader_lock_key();
+    let won: bool = session
+        .client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(|err| classify("trying the leader lock", err))?
+        .get(0);
+    if !won {
+        tracing::info!(table = %table.qualified, "another relay is active; standing by");
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            locked = session.client.query_one("SELECT pg_advisory_lock($1)", &params) => {
+                locked.map_err(|err| classify("waiting for the leader lock", err))?;
+            }
+        }
+    }
+    session
+        .client
+        .batch_execute(&format!("LISTEN {}", quote_ident(&source.channel())))
+        .await
+        .map_err(|err| classify("subscribing to the outbox channel", err))?;
+    tracing::info!(table = %table.qualified, channel = %source.channel(), "active relay for table");
+    Ok(Some(session))
+}

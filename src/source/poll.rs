@@ -1,0 +1,196 @@
+//! The polling source: reads pending rows from the outbox table in position order, woken by
+//! LISTEN/NOTIFY, with a poll interval as fallback.
+
+use super::decode::{self, PendingRow};
+use super::leader::become_leader;
+use super::{Batch, Source};
+use crate::config::{OnSent, RelayConfig, SourceConfig};
+use crate::error::{Error, Result};
+use crate::event::{Position, Rejected};
+use crate::migrate;
+use crate::outbox::OutboxTable;
+use crate::pg::{Session, classify};
+use crate::retry::{Backoff, sleep_or_shutdown};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// First re-check delay after the visibility guard held rows back; doubles up to the poll
+/// interval. A held-back row waits for some other transaction to end, which need not notify.
+const FIRST_RECHECK: Duration = Duration::from_millis(2);
+
+/// Polls the outbox table as the elected leader.
+pub struct PollSource {
+    /// Source settings.
+    config: SourceConfig,
+    /// Retry timing settings.
+    relay: RelayConfig,
+    /// Names and statements.
+    table: OutboxTable,
+    /// The leader session, once elected; `None` after it was lost.
+    session: Option<Session>,
+    /// Delay before re-checking rows held back by the visibility guard.
+    recheck: Duration,
+    /// Delays between reconnection attempts; reset by every success.
+    backoff: Backoff,
+}
+
+impl PollSource {
+    /// Connects once and checks the outbox table, so configuration and schema mistakes fail
+    /// start-up with a clear message. Leadership is taken by the first [`Source::next_batch`].
+    pub async fn start(config: &SourceConfig, relay: &RelayConfig) -> Result<Self> {
+        let table = OutboxTable::new(config);
+        let session = crate::pg::connect(config).await?;
+        migrate::verify(&session.client, &table, &config.columns.all()).await?;
+        Ok(PollSource {
+            config: config.clone(),
+            relay: relay.clone(),
+            table,
+            session: None,
+            recheck: FIRST_RECHECK,
+            backoff: Backoff::from_config(relay),
+        })
+    }
+
+    /// Makes sure a leader session is open, electing (and reconnecting) as needed; `false` on
+    /// shutdown.
+    async fn ensure_leader(&mut self, shutdown: &CancellationToken) -> Result<bool> {
+        if self.session.as_ref().is_some_and(Session::is_closed) {
+            tracing::warn!("lost the connection to PostgreSQL; reconnecting");
+            self.session = None;
+        }
+        while self.session.is_none() {
+            match become_leader(&self.config, &self.table, shutdown).await {
+                Ok(Some(session)) => {
+                    self.session = Some(session);
+                    self.backoff = Backoff::from_config(&self.relay);
+                }
+                Ok(None) => return Ok(false),
+                Err(err) => {
+                    if !self.wait_after(err, shutdown).await? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The leader session; call only after [`Self::ensure_leader`] returned `true`.
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("ensure_leader opened a session")
+    }
+
+    /// After a failed statement: drops the session, and waits a backoff delay if the error may
+    /// heal (returning `false` on shutdown), or returns the error if it will not.
+    async fn wait_after(&mut self, err: Error, shutdown: &CancellationToken) -> Result<bool> {
+        self.session = None;
+        if !err.is_retryable() {
+            return Err(err);
+        }
+        let delay = self.backoff.next_delay();
+        tracing::warn!(error = %err.chain(), retry_in_ms = delay.as_millis() as u64, "postgres unavailable");
+        Ok(sleep_or_shutdown(delay, shutdown).await)
+    }
+
+    /// Runs one statement with `params` on the leader session, re-electing and retrying while
+    /// the error may heal. Returns `false` if shutdown came first.
+    async fn execute_as_leader(
+        &mut self,
+        what: &str,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        shutdown: &CancellationToken,
+    ) -> Result<bool> {
+        loop {
+            if !self.ensure_leader(shutdown).await? {
+                return Ok(false);
+            }
+            match self.session().client.execute(statement, params).await {
+                Ok(_) => return Ok(true),
+                Err(err) => {
+                    if !self.wait_after(classify(what.to_string(), err), shutdown).await? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Source for PollSource {
+    async fn next_batch(&mut self, shutdown: &CancellationToken) -> Result<Option<Batch>> {
+        let limit = self.config.batch_size as i64;
+        let poll_interval = Duration::from_millis(self.config.poll_interval_ms);
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            if !self.ensure_leader(shutdown).await? {
+                return Ok(None);
+            }
+            let session = self.session();
+            let notified = session.notified.clone();
+            let rows = match session.client.query(&self.table.fetch_pending, &[&limit]).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    let err = classify("fetching pending events", err);
+                    if !self.wait_after(err, shutdown).await? {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            };
+            let selection = decode::select(rows.iter().map(PendingRow::from_row).collect());
+            if !selection.events.is_empty() || !selection.rejected.is_empty() {
+                self.recheck = FIRST_RECHECK;
+                return Ok(Some(Batch { events: selection.events, rejected: selection.rejected }));
+            }
+            let wait = if selection.held_back {
+                let wait = self.recheck;
+                self.recheck = (wait * 2).min(poll_interval);
+                wait
+            } else {
+                poll_interval
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = notified.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn ack(&mut self, positions: &[Position], shutdown: &CancellationToken) -> Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let positions: Vec<i64> = positions.iter().map(|p| p.0 as i64).collect();
+        let statement = match self.config.on_sent {
+            OnSent::Mark => self.table.mark_sent.clone(),
+            OnSent::Delete => self.table.delete_sent.clone(),
+        };
+        let done = self
+            .execute_as_leader("acknowledging sent events", &statement, &[&positions], shutdown)
+            .await?;
+        if !done {
+            tracing::warn!(
+                events = positions.len(),
+                "shutting down before acknowledging; these events will be delivered again"
+            );
+        }
+        Ok(())
+    }
+
+    async fn reject(&mut self, rejected: &[Rejected], shutdown: &CancellationToken) -> Result<()> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let positions: Vec<i64> = rejected.iter().map(|r| r.position.0 as i64).collect();
+        let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
+        let statement = self.table.mark_failed.clone();
+        self.execute_as_leader("marking events failed", &statement, &[&positions, &reasons], shutdown)
+            .await?;
+        Ok(())
+    }
+}
