@@ -69,7 +69,11 @@ pub struct Error {
 impl Error {
     /// Builds an error without an underlying cause.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Builds an error that wraps `source`.
@@ -78,7 +82,11 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
-        Error { kind, message: message.into(), source: Some(source.into()) }
+        Error {
+            kind,
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 
     /// Shorthand for a configuration error naming `key` and the constraint it broke.

@@ -48,9 +48,12 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
         move |err| classify(format!("migrating {}: {what}", table.qualified), err)
     };
     let tx = client.transaction().await.map_err(db("begin"))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(table.leader_lock_key() ^ 1)])
-        .await
-        .map_err(db("taking the migration lock"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&(table.leader_lock_key() ^ 1)],
+    )
+    .await
+    .map_err(db("taking the migration lock"))?;
     let schema = quote_ident(&table.schema);
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
@@ -66,7 +69,10 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
     .map_err(db("creating the migrations table"))?;
     let history = format!("{schema}.outboxd_migrations");
     let done: Vec<i32> = tx
-        .query(&format!("SELECT version FROM {history} WHERE outbox = $1"), &[&table.name])
+        .query(
+            &format!("SELECT version FROM {history} WHERE outbox = $1"),
+            &[&table.name],
+        )
         .await
         .map_err(db("reading applied migrations"))?
         .iter()
@@ -76,7 +82,10 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
         tx.batch_execute(&table.render(migration.template))
             .await
-            .map_err(db(&format!("applying {:04}_{}", migration.version, migration.name)))?;
+            .map_err(db(&format!(
+                "applying {:04}_{}",
+                migration.version, migration.name
+            )))?;
         tx.execute(
             &format!("INSERT INTO {history} (outbox, version, name) VALUES ($1, $2, $3)"),
             &[&table.name, &migration.version, &migration.name],
@@ -86,7 +95,10 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
         applied.push(migration.version);
     }
     if !applied.contains(&TRIGGER_VERSION) && !trigger_is_current(&tx, table).await? {
-        let trigger = MIGRATIONS.iter().find(|m| m.version == TRIGGER_VERSION).expect("listed");
+        let trigger = MIGRATIONS
+            .iter()
+            .find(|m| m.version == TRIGGER_VERSION)
+            .expect("listed");
         tx.batch_execute(&table.render(trigger.template))
             .await
             .map_err(db("re-creating the notify trigger for a new channel"))?;
@@ -96,7 +108,10 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
 }
 
 /// Whether the notify trigger exists and sends on the configured channel.
-async fn trigger_is_current(tx: &tokio_postgres::Transaction<'_>, table: &OutboxTable) -> Result<bool> {
+async fn trigger_is_current(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &OutboxTable,
+) -> Result<bool> {
     let (trigger, channel) = (table.render("{trigger}"), table.render("{channel}"));
     // Rendered values are quoted; the catalog holds them bare.
     let bare = |quoted: &str, quote: char| {

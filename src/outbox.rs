@@ -58,8 +58,10 @@ impl OutboxTable {
             attempts = q(&c.attempts),
             pos = q(&c.position),
         );
-        let delete_sent =
-            format!("DELETE FROM {qualified} WHERE {} = ANY($1::int8[])", q(&c.position));
+        let delete_sent = format!(
+            "DELETE FROM {qualified} WHERE {} = ANY($1::int8[])",
+            q(&c.position)
+        );
         let mark_failed = format!(
             "UPDATE {qualified} AS o SET {failed} = now(), {attempts} = o.{attempts} + 1, \
              {error} = r.reason \
@@ -145,7 +147,11 @@ mod tests {
         source.table.name = "odd\"name".into();
         let table = OutboxTable::new(&source);
         assert_eq!(table.qualified, "\"public\".\"odd\"\"name\"");
-        assert!(table.fetch_pending.contains("FROM \"public\".\"odd\"\"name\""));
+        assert!(
+            table
+                .fetch_pending
+                .contains("FROM \"public\".\"odd\"\"name\"")
+        );
         let sql = table.render("CREATE TRIGGER {trigger} ON {table} ({channel})");
         assert_eq!(
             sql,
@@ -165,6 +171,9 @@ mod tests {
         let a = OutboxTable::new(&SourceConfig::default());
         let mut other = SourceConfig::default();
         other.table.name = "outbox2".into();
-        assert_ne!(a.leader_lock_key(), OutboxTable::new(&other).leader_lock_key());
+        assert_ne!(
+            a.leader_lock_key(),
+            OutboxTable::new(&other).leader_lock_key()
+        );
     }
 }

@@ -35,7 +35,10 @@ pub async fn run<S: Source, K: Sink>(
             continue;
         }
         let Some(outcomes) = publish(sink, &batch.events, config, &shutdown).await? else {
-            tracing::info!(events = batch.events.len(), "shutdown during retries; batch left pending");
+            tracing::info!(
+                events = batch.events.len(),
+                "shutdown during retries; batch left pending"
+            );
             break;
         };
         let (delivered, refused) = split(&batch.events, outcomes);
@@ -45,7 +48,11 @@ pub async fn run<S: Source, K: Sink>(
         }
         source.reject(&refused, &shutdown).await?;
         source.ack(&delivered, &shutdown).await?;
-        tracing::debug!(delivered = delivered.len(), refused = refused.len(), "batch relayed");
+        tracing::debug!(
+            delivered = delivered.len(),
+            refused = refused.len(),
+            "batch relayed"
+        );
     }
     tracing::info!("relay stopped");
     Ok(())

@@ -66,7 +66,10 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(80)));
         assert!(delays[..2].iter().all(|d| *d <= Duration::from_millis(20)));
         let late_max = delays[10..].iter().max().unwrap();
-        assert!(*late_max > Duration::from_millis(40), "jitter never reached the cap's upper half");
+        assert!(
+            *late_max > Duration::from_millis(40),
+            "jitter never reached the cap's upper half"
+        );
     }
 
     #[tokio::test(start_paused = true)]

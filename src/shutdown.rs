@@ -17,7 +17,10 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
                 _ = terminate.recv() => "SIGTERM",
             };
             if round == 0 {
-                tracing::info!(signal = name, "shutting down: finishing the batch in flight");
+                tracing::info!(
+                    signal = name,
+                    "shutting down: finishing the batch in flight"
+                );
                 cancel.cancel();
             } else {
                 tracing::warn!(signal = name, "second signal: exiting now");

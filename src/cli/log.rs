@@ -56,8 +56,16 @@ pub struct CommonArgs {
 pub async fn run(config: &Config, command: LogCommand) -> Result<()> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || match command {
-        LogCommand::Read { from, limit, common } => read(&config, from, limit, &common),
-        LogCommand::Tail { lines, follow, common } => tail(&config, lines, follow, &common),
+        LogCommand::Read {
+            from,
+            limit,
+            common,
+        } => read(&config, from, limit, &common),
+        LogCommand::Tail {
+            lines,
+            follow,
+            common,
+        } => tail(&config, lines, follow, &common),
     })
     .await
     .map_err(|err| Error::with_source(ErrorKind::Internal, "reading the log", err))?
@@ -65,11 +73,17 @@ pub async fn run(config: &Config, command: LogCommand) -> Result<()> {
 
 /// Opens the reader on the chosen directory.
 fn open(config: &Config, common: &CommonArgs) -> Result<LogReader> {
-    let dir = common.dir.clone().unwrap_or_else(|| config.sink.log.dir.clone());
+    let dir = common
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.sink.log.dir.clone());
     if !dir.is_dir() {
         return Err(Error::new(
             ErrorKind::Io,
-            format!("no embedded log at {} (nothing relayed yet, or wrong --dir)", dir.display()),
+            format!(
+                "no embedded log at {} (nothing relayed yet, or wrong --dir)",
+                dir.display()
+            ),
         ));
     }
     LogReader::open(&dir)
@@ -99,7 +113,11 @@ fn tail(config: &Config, lines: usize, follow: bool, common: &CommonArgs) -> Res
     let (first, end) = reader.bounds()?;
     // Without a topic filter the last `lines` records are simply the last offsets; with one,
     // scan and keep the last matches.
-    let start = if common.topic.is_none() { end.saturating_sub(lines as u64).max(first) } else { first };
+    let start = if common.topic.is_none() {
+        end.saturating_sub(lines as u64).max(first)
+    } else {
+        first
+    };
     reader.seek(start)?;
     let mut last: VecDeque<Record> = VecDeque::with_capacity(lines);
     while let Some(record) = reader.next()? {
@@ -136,7 +154,10 @@ fn tail(config: &Config, lines: usize, follow: bool, common: &CommonArgs) -> Res
 
 /// Whether `record` passes the filters.
 fn matches(record: &Record, common: &CommonArgs) -> bool {
-    common.topic.as_ref().is_none_or(|topic| &record.topic == topic)
+    common
+        .topic
+        .as_ref()
+        .is_none_or(|topic| &record.topic == topic)
 }
 
 /// Standard output, flushed per record so `tail -f | ...` sees records at once.
@@ -148,7 +169,9 @@ struct Output {
 impl Output {
     /// Locks stdout.
     fn new() -> Self {
-        Output { stdout: std::io::stdout().lock() }
+        Output {
+            stdout: std::io::stdout().lock(),
+        }
     }
 
     /// Prints one record as a JSON line; `false` once the reader of our output went away.

@@ -13,7 +13,13 @@ use std::path::PathBuf;
 #[command(name = "outboxd", version, about)]
 pub struct Cli {
     /// Configuration file [default: config/outboxd.toml if present, built-in defaults otherwise].
-    #[arg(long, short = 'c', global = true, env = "OUTBOXD_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "OUTBOXD_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]

@@ -22,9 +22,10 @@ const NOT_KEYS: &[&str] = &["OUTBOXD_CONFIG", "OUTBOXD_TEST_"];
 pub fn load(path: Option<&Path>) -> Result<Config> {
     let (text, origin) = match path {
         Some(path) => (Some(read_file(path)?), path.display().to_string()),
-        None if Path::new(DEFAULT_PATH).exists() => {
-            (Some(read_file(Path::new(DEFAULT_PATH))?), DEFAULT_PATH.to_string())
-        }
+        None if Path::new(DEFAULT_PATH).exists() => (
+            Some(read_file(Path::new(DEFAULT_PATH))?),
+            DEFAULT_PATH.to_string(),
+        ),
         None => (None, "built-in defaults".to_string()),
     };
     from_sources(text.as_deref(), env_overrides(std::env::vars()), &origin)
@@ -52,7 +53,10 @@ pub fn from_sources(
         .build()
         .and_then(|built| built.try_deserialize())
         .map_err(|err| {
-            Error::new(ErrorKind::Config, format!("invalid configuration ({origin}): {err}"))
+            Error::new(
+                ErrorKind::Config,
+                format!("invalid configuration ({origin}): {err}"),
+            )
         })?;
     resolve_password_file(&mut cfg)?;
     cfg.validate()?;
@@ -112,7 +116,10 @@ mod tests {
     use crate::config::{OnSent, TlsMode};
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -151,8 +158,8 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = from_sources(Some("[source]\nbatch_size = \"many\"\n"), env(&[]), "t")
-            .unwrap_err();
+        let err =
+            from_sources(Some("[source]\nbatch_size = \"many\"\n"), env(&[]), "t").unwrap_err();
         assert!(err.to_string().contains("source.batch_size"), "{err}");
     }
 
@@ -173,7 +180,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
         std::fs::write(&file, "hunter2\n").unwrap();
-        let toml = format!("[source]\npassword_file = {:?}\n", file.display().to_string());
+        let toml = format!(
+            "[source]\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
         let cfg = from_sources(Some(&toml), env(&[]), "test").unwrap();
         assert_eq!(cfg.source.password.expose(), "hunter2");
         let printed = toml::to_string(&cfg).unwrap();

@@ -123,7 +123,9 @@ impl Default for SourceConfig {
 impl SourceConfig {
     /// The LISTEN/NOTIFY channel in effect.
     pub fn channel(&self) -> String {
-        self.channel.clone().unwrap_or_else(|| format!("outboxd_{}", self.table.name))
+        self.channel
+            .clone()
+            .unwrap_or_else(|| format!("outboxd_{}", self.table.name))
     }
 }
 
@@ -149,7 +151,10 @@ pub struct TableConfig {
 
 impl Default for TableConfig {
     fn default() -> Self {
-        TableConfig { schema: "public".into(), name: "outbox".into() }
+        TableConfig {
+            schema: "public".into(),
+            name: "outbox".into(),
+        }
     }
 }
 
@@ -239,7 +244,10 @@ pub struct RelayConfig {
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        RelayConfig { retry_initial_ms: 100, retry_max_ms: 30_000 }
+        RelayConfig {
+            retry_initial_ms: 100,
+            retry_max_ms: 30_000,
+        }
     }
 }
 
@@ -266,6 +274,9 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        LoggingConfig { level: "info".into(), format: LogFormat::Text }
+        LoggingConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }

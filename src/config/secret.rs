@@ -141,9 +141,13 @@ fn mask_password_params(conn: &str) -> String {
             value_start += 1;
         }
         let value_end = if bytes.get(value_start) == Some(&b'\'') {
-            conn[value_start + 1..].find('\'').map_or(conn.len(), |i| value_start + i + 2)
+            conn[value_start + 1..]
+                .find('\'')
+                .map_or(conn.len(), |i| value_start + i + 2)
         } else {
-            conn[value_start..].find(['&', ' ']).map_or(conn.len(), |i| value_start + i)
+            conn[value_start..]
+                .find(['&', ' '])
+                .map_or(conn.len(), |i| value_start + i)
         };
         out.push_str(&conn[copied..value_start]);
         out.push_str(MASK);
@@ -164,7 +168,10 @@ mod tests {
     #[test]
     fn url_password_is_masked() {
         let masked = mask_connection_string("postgres://app:s3cr%40t@db:5432/shop?sslmode=require");
-        assert_eq!(masked, "postgres://app:********@db:5432/shop?sslmode=require");
+        assert_eq!(
+            masked,
+            "postgres://app:********@db:5432/shop?sslmode=require"
+        );
     }
 
     #[test]
@@ -183,7 +190,10 @@ mod tests {
             mask_connection_string("host=h password='a b' user=x"),
             "host=h password=******** user=x"
         );
-        assert_eq!(mask_connection_string("password = pw user=x"), "password = ******** user=x");
+        assert_eq!(
+            mask_connection_string("password = pw user=x"),
+            "password = ******** user=x"
+        );
     }
 
     #[test]

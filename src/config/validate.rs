@@ -22,13 +22,26 @@ impl Config {
             ));
         }
         range("source.batch_size", source.batch_size as u64, 1, 100_000)?;
-        range("source.poll_interval_ms", source.poll_interval_ms, 10, 3_600_000)?;
-        range("source.connect_timeout_ms", source.connect_timeout_ms, 100, 600_000)?;
+        range(
+            "source.poll_interval_ms",
+            source.poll_interval_ms,
+            10,
+            3_600_000,
+        )?;
+        range(
+            "source.connect_timeout_ms",
+            source.connect_timeout_ms,
+            100,
+            600_000,
+        )?;
         identifier("source.table.schema", &source.table.schema)?;
         identifier("source.table.name", &source.table.name)?;
         identifier("source.channel", &source.channel())?;
         if source.application_name.len() > MAX_IDENTIFIER_BYTES {
-            return Err(Error::config("source.application_name", "must be at most 63 bytes"));
+            return Err(Error::config(
+                "source.application_name",
+                "must be at most 63 bytes",
+            ));
         }
         let columns = source.columns.all();
         for (i, (key, name)) in columns.iter().enumerate() {
@@ -52,20 +65,38 @@ impl Config {
             return Err(Error::config("sink.log.dir", "must not be empty"));
         }
         range("sink.log.segment_bytes", log.segment_bytes, 4096, 1 << 40)?;
-        range("sink.log.max_record_bytes", log.max_record_bytes as u64, 1024, 256 << 20)?;
+        range(
+            "sink.log.max_record_bytes",
+            log.max_record_bytes as u64,
+            1024,
+            256 << 20,
+        )?;
 
-        range("relay.retry_initial_ms", self.relay.retry_initial_ms, 1, 60_000)?;
-        range("relay.retry_max_ms", self.relay.retry_max_ms, self.relay.retry_initial_ms, 3_600_000)
-            .map_err(|_| {
-                Error::config(
-                    "relay.retry_max_ms",
-                    "must be at least relay.retry_initial_ms and at most 3600000",
-                )
-            })?;
+        range(
+            "relay.retry_initial_ms",
+            self.relay.retry_initial_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            "relay.retry_max_ms",
+            self.relay.retry_max_ms,
+            self.relay.retry_initial_ms,
+            3_600_000,
+        )
+        .map_err(|_| {
+            Error::config(
+                "relay.retry_max_ms",
+                "must be at least relay.retry_initial_ms and at most 3600000",
+            )
+        })?;
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(Error::config(
                 "logging.level",
-                format!("\"{}\" is not a valid filter (e.g. \"info\")", self.logging.level),
+                format!(
+                    "\"{}\" is not a valid filter (e.g. \"info\")",
+                    self.logging.level
+                ),
             ));
         }
         Ok(())
@@ -75,7 +106,10 @@ impl Config {
 /// `value` must lie in `min..=max`.
 fn range(key: &str, value: u64, min: u64, max: u64) -> Result<()> {
     if value < min || value > max {
-        return Err(Error::config(key, format!("must be between {min} and {max} (got {value})")));
+        return Err(Error::config(
+            key,
+            format!("must be between {min} and {max} (got {value})"),
+        ));
     }
     Ok(())
 }
@@ -112,7 +146,10 @@ mod tests {
         let mut cfg = Config::default();
         cfg.source.batch_size = 0;
         let err = cfg.validate().unwrap_err().to_string();
-        assert_eq!(err, "source.batch_size: must be between 1 and 100000 (got 0)");
+        assert_eq!(
+            err,
+            "source.batch_size: must be between 1 and 100000 (got 0)"
+        );
     }
 
     #[test]

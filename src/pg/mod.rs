@@ -85,7 +85,11 @@ pub async fn connect(source: &SourceConfig) -> Result<Session> {
         // Wake a waiting relay so it notices the closed connection at once.
         wake.notify_one();
     });
-    Ok(Session { client, notified, driver })
+    Ok(Session {
+        client,
+        notified,
+        driver,
+    })
 }
 
 /// Wraps a driver error with what was being done, choosing the kind by SQLSTATE: connection
@@ -134,7 +138,10 @@ mod tests {
     #[test]
     fn identifiers_are_quoted_not_spliced() {
         assert_eq!(quote_ident("outbox"), "\"outbox\"");
-        assert_eq!(quote_ident("a\"; DROP TABLE x; --"), "\"a\"\"; DROP TABLE x; --\"");
+        assert_eq!(
+            quote_ident("a\"; DROP TABLE x; --"),
+            "\"a\"\"; DROP TABLE x; --\""
+        );
         assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

@@ -6,7 +6,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use std::sync::Arc;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -18,18 +20,25 @@ pub fn connector(tls: &TlsConfig) -> Result<MakeRustlsConnect> {
         .with_safe_default_protocol_versions()
         .map_err(|err| Error::with_source(ErrorKind::Internal, "configuring TLS", err))?;
     let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
-        TlsMode::Disable | TlsMode::Require => {
-            Arc::new(AcceptAnyCertificate(provider.signature_verification_algorithms))
-        }
+        TlsMode::Disable | TlsMode::Require => Arc::new(AcceptAnyCertificate(
+            provider.signature_verification_algorithms,
+        )),
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let roots = Arc::new(root_store(tls)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(|err| Error::with_source(ErrorKind::Config, "source.tls", err))?;
-            if tls.mode == TlsMode::VerifyCa { Arc::new(IgnoreHostName(webpki)) } else { webpki }
+            if tls.mode == TlsMode::VerifyCa {
+                Arc::new(IgnoreHostName(webpki))
+            } else {
+                webpki
+            }
         }
     };
-    let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 
@@ -42,11 +51,19 @@ fn root_store(tls: &TlsConfig) -> Result<RootCertStore> {
     };
     let key = "source.tls.root_cert";
     let pem = std::fs::read(path).map_err(|err| {
-        Error::with_source(ErrorKind::Config, format!("{key}: cannot read {}", path.display()), err)
+        Error::with_source(
+            ErrorKind::Config,
+            format!("{key}: cannot read {}", path.display()),
+            err,
+        )
     })?;
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         let cert = cert.map_err(|err| {
-            Error::with_source(ErrorKind::Config, format!("{key}: {} is not PEM", path.display()), err)
+            Error::with_source(
+                ErrorKind::Config,
+                format!("{key}: {} is not PEM", path.display()),
+                err,
+            )
         })?;
         roots.add(cert).map_err(|err| {
             Error::with_source(
@@ -57,7 +74,10 @@ fn root_store(tls: &TlsConfig) -> Result<RootCertStore> {
         })?;
     }
     if roots.is_empty() {
-        return Err(Error::config(key, format!("{} holds no certificate", path.display())));
+        return Err(Error::config(
+            key,
+            format!("{} holds no certificate", path.display()),
+        ));
     }
     Ok(roots)
 }
@@ -115,7 +135,10 @@ impl ServerCertVerifier for IgnoreHostName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -145,4 +168,3 @@ impl ServerCertVerifier for IgnoreHostName {
         self.0.supported_verify_schemes()
     }
 }
-

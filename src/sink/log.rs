@@ -20,7 +20,9 @@ impl LogSink {
     /// Opens (and recovers) the log directory, taking its writer lock.
     pub async fn open(config: &LogSinkConfig) -> Result<Self> {
         let dir = config.dir.clone();
-        let options = WriterOptions { segment_bytes: config.segment_bytes };
+        let options = WriterOptions {
+            segment_bytes: config.segment_bytes,
+        };
         let writer = tokio::task::spawn_blocking(move || LogWriter::open(&dir, options))
             .await
             .map_err(|err| Error::with_source(ErrorKind::Internal, "opening the log", err))??;
@@ -36,7 +38,10 @@ impl Sink for LogSink {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut accepted = Vec::with_capacity(events.len());
         for event in events {
-            let record = NewRecord { topic: &event.aggregate_type, event };
+            let record = NewRecord {
+                topic: &event.aggregate_type,
+                event,
+            };
             let size = LogWriter::encoded_len(&record)?;
             if size > self.max_record_bytes {
                 outcomes.push(Outcome::Refused(format!(
@@ -55,9 +60,14 @@ impl Sink for LogSink {
         tokio::task::spawn_blocking(move || {
             let records: Vec<NewRecord<'_>> = accepted
                 .iter()
-                .map(|event| NewRecord { topic: &event.aggregate_type, event })
+                .map(|event| NewRecord {
+                    topic: &event.aggregate_type,
+                    event,
+                })
                 .collect();
-            let mut writer = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut writer = writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             writer.append(&records)
         })
         .await

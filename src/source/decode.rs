@@ -83,7 +83,11 @@ pub fn select(rows: Vec<PendingRow>) -> Selection {
 fn decode(row: PendingRow) -> Result<Event, Rejected> {
     let position = Position(row.position as u64);
     let id = row.id.unwrap_or_default();
-    let reject = |reason: String| Rejected { position, id: id.clone(), reason };
+    let reject = |reason: String| Rejected {
+        position,
+        id: id.clone(),
+        reason,
+    };
     let required = |value: Option<String>, what: &str| match value {
         Some(text) if !text.is_empty() => Ok(text),
         Some(_) => Err(reject(format!("{what} is empty"))),
@@ -141,7 +145,12 @@ mod tests {
 
     #[test]
     fn a_row_not_ready_holds_back_its_aggregate_only() {
-        let rows = vec![row(1, "a", true), row(2, "b", false), row(3, "a", true), row(4, "b", true)];
+        let rows = vec![
+            row(1, "a", true),
+            row(2, "b", false),
+            row(3, "a", true),
+            row(4, "b", true),
+        ];
         let selection = select(rows);
         assert_eq!(positions(&selection), vec![1, 3]);
         assert!(selection.held_back);
@@ -157,9 +166,17 @@ mod tests {
         bad_headers.headers = Some("[1,2]".into());
         let selection = select(vec![null_key, bad_json, bad_headers, row(4, "d", true)]);
         assert_eq!(positions(&selection), vec![4]);
-        let reasons: Vec<&str> = selection.rejected.iter().map(|r| r.reason.as_str()).collect();
+        let reasons: Vec<&str> = selection
+            .rejected
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect();
         assert_eq!(reasons[0], "aggregate id is NULL");
-        assert!(reasons[1].starts_with("payload is not valid JSON"), "{}", reasons[1]);
+        assert!(
+            reasons[1].starts_with("payload is not valid JSON"),
+            "{}",
+            reasons[1]
+        );
         assert_eq!(reasons[2], "headers must be a JSON object");
         assert!(!selection.held_back);
     }

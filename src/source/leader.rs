@@ -23,7 +23,10 @@ pub async fn become_leader(
     let session = connect(source).await?;
     // Lets the server notice a vanished client while it waits for the lock (PostgreSQL 14+),
     // instead of granting the lock to a dead session.
-    let _ = session.client.batch_execute("SET client_connection_check_interval = '1s'").await;
+    let _ = session
+        .client
+        .batch_execute("SET client_connection_check_interval = '1s'")
+        .await;
     let key = table.leader_lock_key();
     let won: bool = session
         .client

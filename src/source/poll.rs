@@ -77,7 +77,9 @@ impl PollSource {
 
     /// The leader session; call only after [`Self::ensure_leader`] returned `true`.
     fn session(&self) -> &Session {
-        self.session.as_ref().expect("ensure_leader opened a session")
+        self.session
+            .as_ref()
+            .expect("ensure_leader opened a session")
     }
 
     /// After a failed statement: drops the session, and waits a backoff delay if the error may
@@ -108,7 +110,10 @@ impl PollSource {
             match self.session().client.execute(statement, params).await {
                 Ok(_) => return Ok(true),
                 Err(err) => {
-                    if !self.wait_after(classify(what.to_string(), err), shutdown).await? {
+                    if !self
+                        .wait_after(classify(what.to_string(), err), shutdown)
+                        .await?
+                    {
                         return Ok(false);
                     }
                 }
@@ -130,7 +135,11 @@ impl Source for PollSource {
             }
             let session = self.session();
             let notified = session.notified.clone();
-            let rows = match session.client.query(&self.table.fetch_pending, &[&limit]).await {
+            let rows = match session
+                .client
+                .query(&self.table.fetch_pending, &[&limit])
+                .await
+            {
                 Ok(rows) => rows,
                 Err(err) => {
                     let err = classify("fetching pending events", err);
@@ -143,7 +152,10 @@ impl Source for PollSource {
             let selection = decode::select(rows.iter().map(PendingRow::from_row).collect());
             if !selection.events.is_empty() || !selection.rejected.is_empty() {
                 self.recheck = FIRST_RECHECK;
-                return Ok(Some(Batch { events: selection.events, rejected: selection.rejected }));
+                return Ok(Some(Batch {
+                    events: selection.events,
+                    rejected: selection.rejected,
+                }));
             }
             let wait = if selection.held_back {
                 let wait = self.recheck;
@@ -171,7 +183,12 @@ impl Source for PollSource {
             OnSent::Delete => self.table.delete_sent.clone(),
         };
         let done = self
-            .execute_as_leader("acknowledging sent events", &statement, &[&positions], shutdown)
+            .execute_as_leader(
+                "acknowledging sent events",
+                &statement,
+                &[&positions],
+                shutdown,
+            )
             .await?;
         if !done {
             tracing::warn!(
@@ -189,8 +206,13 @@ impl Source for PollSource {
         let positions: Vec<i64> = rejected.iter().map(|r| r.position.0 as i64).collect();
         let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
         let statement = self.table.mark_failed.clone();
-        self.execute_as_leader("marking events failed", &statement, &[&positions, &reasons], shutdown)
-            .await?;
+        self.execute_as_leader(
+            "marking events failed",
+            &statement,
+            &[&positions, &reasons],
+            shutdown,
+        )
+        .await?;
         Ok(())
     }
 }

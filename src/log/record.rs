@@ -1,0 +1,309 @@
+//! Records and the frame that stores one on disk: `len | crc32c | version | json`.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read};
+
+/// Bytes before a frame's body: the body length and its checksum, both `u32` little-endian.
+pub(crate) const HEADER_LEN: usize = 8;
+
+/// Largest body accepted. Records reach tens of MiB; a length beyond this is a damaged header,
+/// and refusing it keeps a garbage length from making us allocate gigabytes.
+pub(crate) const MAX_BODY_LEN: usize = 256 * 1024 * 1024;
+
+/// The first byte of every body, so a later format can be told apart from this one.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+/// A record as stored in the log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the log's one global sequence, starting at 0.
+    pub offset: u64,
+    /// The topic the record was appended under (by default the event's aggregate type).
+    pub topic: String,
+    /// When the writer appended the record.
+    pub appended_at: DateTime<Utc>,
+    /// The event, with its payload exactly as the source read it.
+    pub event: Event,
+}
+
+/// What the caller appends; the writer adds the offset and the append time.
+#[derive(Clone, Copy, Debug)]
+pub struct NewRecord<'a> {
+    /// The topic to append under.
+    pub topic: &'a str,
+    /// The event to store.
+    pub event: &'a Event,
+}
+
+/// A [`Record`] made of borrowed parts, so appending never clones an event's payload.
+///
+/// Field names and order must stay those of [`Record`]: this is what gets written and `Record`
+/// is what gets read back.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    /// See [`Record::offset`].
+    offset: u64,
+    /// See [`Record::topic`].
+    topic: &'a str,
+    /// See [`Record::appended_at`].
+    appended_at: DateTime<Utc>,
+    /// See [`Record::event`].
+    event: &'a Event,
+}
+
+/// What a read at a frame boundary found.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// A whole frame whose checksum matches; holds the body (version byte and JSON).
+    Valid(Vec<u8>),
+    /// Not a single byte: the clean end of the data.
+    End,
+    /// The data ends inside the header or the body.
+    Incomplete,
+    /// The header is impossible or the checksum does not match; says which.
+    Damaged(String),
+}
+
+impl Frame {
+    /// Bytes a valid frame with this body takes on disk.
+    pub(crate) fn len_on_disk(body: &[u8]) -> u64 {
+        (HEADER_LEN + body.len()) as u64
+    }
+}
+
+/// Appends the frame of one record to `buf` and returns its length on disk.
+pub(crate) fn encode_frame(
+    buf: &mut Vec<u8>,
+    offset: u64,
+    appended_at: DateTime<Utc>,
+    record: &NewRecord<'_>,
+) -> Result<usize> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    buf.push(FORMAT_VERSION);
+    let record_ref = RecordRef {
+        offset,
+        topic: record.topic,
+        appended_at,
+        event: record.event,
+    };
+    if let Err(err) = serde_json::to_writer(&mut *buf, &record_ref) {
+        buf.truncate(start);
+        return Err(Error::with_source(
+            ErrorKind::Internal,
+            format!("encoding event {} for the embedded log", record.event.id),
+            err,
+        ));
+    }
+    let body_len = buf.len() - start - HEADER_LEN;
+    if body_len > MAX_BODY_LEN {
+        buf.truncate(start);
+        return Err(Error::new(
+            ErrorKind::Internal,
+            format!(
+                "event {} encodes to {body_len} bytes, above the embedded log's limit of \
+                 {MAX_BODY_LEN} bytes per record",
+                record.event.id
+            ),
+        ));
+    }
+    let crc = crc32c::crc32c(&buf[start + HEADER_LEN..]);
+    buf[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    buf[start + 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    Ok(HEADER_LEN + body_len)
+}
+
+/// An upper bound of the frame length of `record`, whatever offset and time it gets appended at.
+pub(crate) fn max_encoded_len(record: &NewRecord<'_>) -> Result<usize> {
+    // The widest offset and a timestamp with nanoseconds serialize to the most digits.
+    let widest_time = DateTime::from_timestamp(253_402_300_799, 999_999_999).unwrap_or_default();
+    let record_ref = RecordRef {
+        offset: u64::MAX,
+        topic: record.topic,
+        appended_at: widest_time,
+        event: record.event,
+    };
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, &record_ref).map_err(|err| {
+        Error::with_source(
+            ErrorKind::Internal,
+            format!("encoding event {} for the embedded log", record.event.id),
+            err,
+        )
+    })?;
+    Ok(HEADER_LEN + 1 + counter.0)
+}
+
+/// Reads the frame starting at the current position of `src`.
+///
+/// On anything but [`Frame::Valid`] the position of `src` is unspecified; callers seek back.
+pub(crate) fn read_frame(src: &mut impl Read) -> io::Result<Frame> {
+    let mut header = [0; HEADER_LEN];
+    let got = read_up_to(src, &mut header)?;
+    if got == 0 {
+        return Ok(Frame::End);
+    }
+    if got < HEADER_LEN {
+        return Ok(Frame::Incomplete);
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len > MAX_BODY_LEN {
+        return Ok(Frame::Damaged(format!("impossible body length {len}")));
+    }
+    // Grow with the bytes actually there rather than trusting `len` for the allocation.
+    let mut body = Vec::with_capacity(len.min(1 << 20));
+    src.take(len as u64).read_to_end(&mut body)?;
+    if body.len() < len {
+        return Ok(Frame::Incomplete);
+    }
+    let actual = crc32c::crc32c(&body);
+    if actual != crc {
+        return Ok(Frame::Damaged(format!(
+            "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
+        )));
+    }
+    Ok(Frame::Valid(body))
+}
+
+/// Decodes a valid frame's body; the error says what is wrong with it.
+pub(crate) fn decode_body(body: &[u8]) -> std::result::Result<Record, String> {
+    match body.split_first() {
+        Some((&FORMAT_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|err| format!("undecodable record: {err}"))
+        }
+        Some((version, _)) => Err(format!("unknown format version {version}")),
+        None => Err("empty body".to_owned()),
+    }
+}
+
+/// Fills `buf` as far as `src` has bytes, returning how many it read.
+fn read_up_to(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+/// A writer that only counts, to size a record without holding its encoding.
+struct ByteCounter(usize);
+
+impl io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::testing::event;
+    use std::io::Cursor;
+
+    /// Encodes one record at `offset` into a fresh buffer.
+    fn frame(offset: u64, payload_len: usize) -> Vec<u8> {
+        let event = event(offset, payload_len);
+        let mut buf = Vec::new();
+        let record = NewRecord {
+            topic: "orders",
+            event: &event,
+        };
+        encode_frame(&mut buf, offset, Utc::now(), &record).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_frame_decodes_to_the_record_it_encoded() {
+        let event = event(7, 100);
+        let mut buf = Vec::new();
+        let at = Utc::now();
+        let len = encode_frame(
+            &mut buf,
+            7,
+            at,
+            &NewRecord {
+                topic: "orders",
+                event: &event,
+            },
+        )
+        .unwrap();
+        assert_eq!(len, buf.len());
+
+        let Frame::Valid(body) = read_frame(&mut Cursor::new(&buf)).unwrap() else {
+            panic!("frame did not read back as valid")
+        };
+        let record = decode_body(&body).unwrap();
+        assert_eq!(record.offset, 7);
+        assert_eq!(record.topic, "orders");
+        assert_eq!(record.appended_at, at);
+        assert_eq!(record.event.payload.get(), event.payload.get());
+    }
+
+    #[test]
+    fn encoded_len_is_an_upper_bound_within_a_few_bytes() {
+        for payload_len in [0, 10, 5_000] {
+            let event = event(1, payload_len);
+            let record = NewRecord {
+                topic: "orders",
+                event: &event,
+            };
+            let bound = max_encoded_len(&record).unwrap();
+            let actual = encode_frame(&mut Vec::new(), 1, Utc::now(), &record).unwrap();
+            assert!(
+                bound >= actual && bound - actual <= 40,
+                "bound {bound}, actual {actual}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_frame_reads_as_incomplete() {
+        let buf = frame(0, 50);
+        assert!(matches!(
+            read_frame(&mut Cursor::new(&buf[..0])).unwrap(),
+            Frame::End
+        ));
+        for len in 1..buf.len() {
+            let found = read_frame(&mut Cursor::new(&buf[..len])).unwrap();
+            assert!(matches!(found, Frame::Incomplete), "at {len}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_flipped_body_byte_fails_the_checksum() {
+        let mut buf = frame(0, 50);
+        let middle = buf.len() / 2;
+        buf[middle] ^= 0x20;
+        let found = read_frame(&mut Cursor::new(&buf)).unwrap();
+        assert!(matches!(found, Frame::Damaged(ref reason) if reason.contains("checksum")));
+    }
+
+    #[test]
+    fn an_absurd_length_is_damage_not_an_allocation() {
+        let mut buf = frame(0, 50);
+        buf[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let found = read_frame(&mut Cursor::new(&buf)).unwrap();
+        assert!(matches!(found, Frame::Damaged(ref reason) if reason.contains("length")));
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused() {
+        let mut body = vec![FORMAT_VERSION + 1];
+        body.extend_from_slice(b"{}");
+        assert!(decode_body(&body).unwrap_err().contains("version 2"));
+    }
+}

@@ -1,0 +1,77 @@
+//! Helpers shared by the log's unit tests.
+
+use super::{LogReader, LogWriter, NewRecord, Record, segment};
+use crate::event::{Event, Position};
+use chrono::DateTime;
+use serde_json::value::RawValue;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// The event numbered `n`, with a payload of about `payload_len` bytes that depends on `n`, so
+/// a record read back can be compared with what was sent.
+pub(crate) fn event(n: u64, payload_len: usize) -> Event {
+    let filler: String = (0..payload_len)
+        .map(|i| char::from(b'a' + ((n as usize + i) % 26) as u8))
+        .collect();
+    let payload = format!(r#"{{"n":{n},"filler":"{filler}","nested":[1,{{"x":null}}]}}"#);
+    Event {
+        id: format!("event-{n}"),
+        aggregate_type: "orders".to_owned(),
+        aggregate_id: format!("order-{}", n % 7),
+        event_type: "OrderPlaced".to_owned(),
+        payload: RawValue::from_string(payload).unwrap(),
+        headers: None,
+        created_at: DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap(),
+        position: Position(n),
+    }
+}
+
+/// Appends the events numbered `numbers` as one batch and returns the offsets assigned.
+pub(crate) fn append_range(
+    writer: &mut LogWriter,
+    numbers: Range<u64>,
+    payload_len: usize,
+) -> Range<u64> {
+    let events: Vec<Event> = numbers.map(|n| event(n, payload_len)).collect();
+    let batch: Vec<NewRecord<'_>> = events
+        .iter()
+        .map(|event| NewRecord {
+            topic: &event.aggregate_type,
+            event,
+        })
+        .collect();
+    writer.append(&batch).unwrap()
+}
+
+/// Every record from the reader's position to the current end of the log.
+pub(crate) fn read_all(reader: &mut LogReader) -> Vec<Record> {
+    let mut records = Vec::new();
+    while let Some(record) = reader.next().unwrap() {
+        records.push(record);
+    }
+    records
+}
+
+/// Paths of the segment files in `dir`, in offset order.
+pub(crate) fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+    segment::list(dir)
+        .unwrap()
+        .into_iter()
+        .map(|base| segment::path(dir, base))
+        .collect()
+}
+
+/// Copies the files of `from` (not recursive) into `to`.
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Inverts one bit of the byte at `at` in the file at `path`.
+pub(crate) fn flip_byte(path: &Path, at: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at as usize] ^= 0x04;
+    std::fs::write(path, bytes).unwrap();
+}

@@ -1,0 +1,7 @@
+//! Shared support for the integration tests.
+
+// Each test binary compiles this module but uses only part of it.
+#![allow(dead_code)]
+
+pub mod pg;
+pub mod relay;

@@ -1,0 +1,279 @@
+//! Running the relay in tests (in-process or as the real binary), writing events the way an
+//! application does, and reading back what reached the embedded log.
+
+use super::pg::{TestDb, connect};
+use outboxd::config::{Config, DbUrl};
+use outboxd::log::{LogReader, Record};
+use outboxd::sink::AnySink;
+use outboxd::source::PollSource;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A configuration for `db` that writes the log under `log_dir`.
+pub fn config_for(db: &TestDb, log_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.source.url = DbUrl::new(db.url.clone());
+    config.source.poll_interval_ms = 200;
+    config.sink.log.dir = log_dir.to_path_buf();
+    config.relay.retry_initial_ms = 20;
+    config.relay.retry_max_ms = 500;
+    config
+}
+
+/// A relay running inside the test process.
+pub struct InProcessRelay {
+    /// Cancels the relay.
+    shutdown: CancellationToken,
+    /// The relay task.
+    task: JoinHandle<outboxd::error::Result<()>>,
+}
+
+impl InProcessRelay {
+    /// Migrates (if configured) and starts relaying.
+    pub async fn start(config: &Config) -> Self {
+        if config.source.auto_migrate {
+            migrate(config).await;
+        }
+        let mut source = PollSource::start(&config.source, &config.relay)
+            .await
+            .expect("source");
+        let mut sink = AnySink::open(&config.sink).await.expect("sink");
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let relay = config.relay.clone();
+        let task = tokio::spawn(async move {
+            outboxd::relay::run(&mut source, &mut sink, &relay, token).await
+        });
+        InProcessRelay { shutdown, task }
+    }
+
+    /// Asks the relay to stop and waits for it; panics if it had failed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("relay task").expect("relay result");
+    }
+}
+
+/// Applies the migrations for `config`'s table.
+pub async fn migrate(config: &Config) {
+    let table = outboxd::outbox::OutboxTable::new(&config.source);
+    let mut session = outboxd::pg::connect(&config.source).await.expect("connect");
+    outboxd::migrate::migrate(&mut session.client, &table)
+        .await
+        .expect("migrate");
+}
+
+/// The real `outboxd` binary, run as a child process.
+pub struct RelayProcess {
+    /// The child.
+    pub child: Child,
+}
+
+impl RelayProcess {
+    /// Starts `outboxd <args>` with `config` written to a file in `dir`, stderr to `dir/<name>.log`.
+    pub fn spawn(config: &Config, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let path = write_config(config, dir, name);
+        let stderr = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn outboxd");
+        RelayProcess { child }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for exit up to `timeout`; returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outboxd did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `config` as TOML into `dir/<name>.toml`, with the real password (tests use none).
+pub fn write_config(config: &Config, dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(config).expect("toml")).expect("write config");
+    path
+}
+
+/// Runs `outboxd <args>` to completion and returns (exit code, stdout, stderr).
+pub fn run_cli(config_path: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("--config")
+        .arg(config_path)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run outboxd");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Every record in the log at `dir` (empty if there is no log yet).
+pub fn read_log(dir: &Path) -> Vec<Record> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut reader = LogReader::open(dir).expect("open log");
+    let mut records = Vec::new();
+    while let Some(record) = reader.next().expect("read log") {
+        records.push(record);
+    }
+    records
+}
+
+/// Waits until the logs in `dirs` together hold `count` distinct event ids; returns all records
+/// of each log. Panics with what arrived if `timeout` passes first.
+pub async fn wait_for_events(dirs: &[&Path], count: usize, timeout: Duration) -> Vec<Vec<Record>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let logs: Vec<Vec<Record>> = dirs.iter().map(|dir| read_log(dir)).collect();
+        let distinct: HashSet<&str> = logs.iter().flatten().map(|r| r.event.id.as_str()).collect();
+        if distinct.len() >= count {
+            return logs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} events arrived within {timeout:?}",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Creates the table writers serialize on: one row per aggregate with its last sequence number.
+pub async fn create_aggregates(db: &TestDb, aggregates: usize) {
+    let client = connect(&db.url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS aggregates (id text PRIMARY KEY, seq int NOT NULL)",
+        )
+        .await
+        .expect("create aggregates");
+    for i in 0..aggregates {
+        client
+            .execute(
+                "INSERT INTO aggregates VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                &[&format!("agg-{i}")],
+            )
+            .await
+            .expect("insert aggregate");
+    }
+}
+
+/// Writes `per_writer` events from each of `writers` concurrent connections, the way an
+/// application does: lock the aggregate's row, bump its sequence, insert the event with the
+/// sequence in the payload, commit. Aggregates are shared, so writers contend on them.
+pub async fn write_events(db: &TestDb, writers: usize, per_writer: usize, aggregates: usize) {
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let url = db.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            for i in 0..per_writer {
+                let aggregate = format!("agg-{}", (writer * 7919 + i * 31) % aggregates);
+                let tx = client.transaction().await.expect("begin");
+                let seq: i32 = tx
+                    .query_one(
+                        "UPDATE aggregates SET seq = seq + 1 WHERE id = $1 RETURNING seq",
+                        &[&aggregate],
+                    )
+                    .await
+                    .expect("lock aggregate")
+                    .get(0);
+                tx.execute(
+                    "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) \
+                     VALUES ('order', $1, 'Step', jsonb_build_object('seq', $2::int, 'writer', $3::int))",
+                    &[&aggregate, &seq, &(writer as i32)],
+                )
+                .await
+                .expect("insert event");
+                tx.commit().await.expect("commit");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer");
+    }
+}
+
+/// The `seq` field of a record's payload.
+pub fn seq_of(record: &Record) -> i64 {
+    let payload: serde_json::Value = serde_json::from_str(record.event.payload.get()).unwrap();
+    payload["seq"].as_i64().expect("seq in payload")
+}
+
+/// Checks one log's per-aggregate order: ignoring repeats of events already seen (redelivery
+/// after a crash), each aggregate's sequence numbers increase by exactly one. Returns how many
+/// records were repeats.
+pub fn assert_in_order(records: &[Record]) -> usize {
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut repeats = 0;
+    for record in records {
+        if !seen.insert(record.event.id.as_str()) {
+            repeats += 1;
+            continue;
+        }
+        let seq = seq_of(record);
+        let previous = last
+            .insert(record.event.aggregate_id.as_str(), seq)
+            .unwrap_or(0);
+        assert_eq!(
+            seq,
+            previous + 1,
+            "aggregate {} out of order at offset {}: seq {seq} after {previous}",
+            record.event.aggregate_id,
+            record.offset
+        );
+    }
+    repeats
+}
+
+/// Checks that exactly `expected` distinct events arrived and each aggregate's sequence is
+/// complete; returns the number of duplicate records.
+pub fn assert_complete(records: &[&Record], expected: usize) -> usize {
+    let distinct: HashSet<&str> = records.iter().map(|r| r.event.id.as_str()).collect();
+    assert_eq!(distinct.len(), expected, "distinct events");
+    records.len() - distinct.len()
+}
