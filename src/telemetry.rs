@@ -1,6 +1,7 @@
 //! Log output through `tracing`.
 
 use crate::config::{LogFormat, LoggingConfig};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber: `RUST_LOG` if set, the configured level otherwise. Logs go to
@@ -11,7 +12,8 @@ pub fn init(logging: &LoggingConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match logging.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
