@@ -114,11 +114,16 @@ fn enable_server_tls(cluster: &Cluster, certs: &Path) {
 
 /// A source config for `host` with TLS `mode` and optional root certificate.
 fn source(host: &str, port: u16, db: &str, mode: TlsMode, root: Option<&Path>) -> SourceConfig {
-    let mut source = SourceConfig::default();
-    source.url = DbUrl::new(format!("postgres://postgres@{host}:{port}/{db}"));
-    source.tls.mode = mode;
-    source.tls.root_cert = root.map(Path::to_path_buf);
-    source
+    let mut tls = outboxd::config::TlsConfig {
+        mode,
+        ..Default::default()
+    };
+    tls.root_cert = root.map(Path::to_path_buf);
+    SourceConfig {
+        url: DbUrl::new(format!("postgres://postgres@{host}:{port}/{db}")),
+        tls,
+        ..Default::default()
+    }
 }
 
 /// Connects and reports whether the session is encrypted, or the error line.
