@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "notify_trigger",
         template: include_str!("../migrations/0002_notify_trigger.sql"),
     },
+    Migration {
+        version: 3,
+        name: "failed_index",
+        template: include_str!("../migrations/0003_failed_index.sql"),
+    },
 ];
 
 /// The migration that installs the trigger; re-applied whenever the channel changes.

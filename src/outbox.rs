@@ -92,6 +92,7 @@ impl OutboxTable {
             ("failed_at", q(&c.failed_at)),
             ("position_index", q(&derived_name(name, "position_key"))),
             ("pending_index", q(&derived_name(name, "pending_idx"))),
+            ("failed_index", q(&derived_name(name, "failed_idx"))),
             ("trigger", q(&derived_name(name, "notify"))),
             ("channel", quote_literal(&source.channel())),
         ];

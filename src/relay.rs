@@ -3,6 +3,7 @@
 use crate::config::RelayConfig;
 use crate::error::Result;
 use crate::event::{Event, Position, Rejected};
+use crate::metrics::{self, SinkLabels};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use crate::sink::{Outcome, Sink};
 use crate::source::Source;
@@ -30,6 +31,9 @@ pub async fn run<S: Source, K: Sink>(
                     "outbox row cannot be delivered; marked failed");
             }
             source.reject(&batch.rejected, &shutdown).await?;
+            metrics::get()
+                .dead_letters
+                .inc_by(batch.rejected.len() as u64);
         }
         if batch.events.is_empty() {
             continue;
@@ -41,6 +45,8 @@ pub async fn run<S: Source, K: Sink>(
             );
             break;
         };
+        let confirmed: Vec<bool> = outcomes.iter().map(|o| *o == Outcome::Delivered).collect();
+        metrics::get().observe_published(sink.name(), &batch.events, &confirmed);
         let (delivered, refused) = split(&batch.events, outcomes);
         for bad in &refused {
             tracing::error!(id = %bad.id, position = %bad.position, reason = %bad.reason,
@@ -66,21 +72,36 @@ async fn publish<K: Sink>(
     config: &RelayConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<Vec<Outcome>>> {
+    let metrics = metrics::get();
     let mut backoff = Backoff::from_config(config);
-    loop {
+    metrics.in_flight.set(events.len() as i64);
+    let result = loop {
         match sink.publish(events).await {
-            Ok(outcomes) => return Ok(Some(outcomes)),
+            Ok(outcomes) => {
+                metrics.sink_up.set(1);
+                break Ok(Some(outcomes));
+            }
             Err(err) if err.is_retryable() => {
+                metrics.sink_up.set(0);
+                metrics
+                    .retries
+                    .get_or_create(&SinkLabels { sink: sink.name() })
+                    .inc();
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %err.chain(), sink = sink.name(),
                     retry_in_ms = delay.as_millis() as u64, "publish failed; retrying");
                 if !sleep_or_shutdown(delay, shutdown).await {
-                    return Ok(None);
+                    break Ok(None);
                 }
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                metrics.sink_up.set(0);
+                break Err(err);
+            }
         }
-    }
+    };
+    metrics.in_flight.set(0);
+    result
 }
 
 /// Splits a batch by outcome into positions to acknowledge and events to mark failed.

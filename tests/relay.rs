@@ -147,3 +147,49 @@ async fn delete_mode_removes_rows_once_they_are_in_the_log() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_pending_dead_letters_and_last_publish() {
+    // Given an outbox with two delivered events, one failed and one waiting
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let config = config_for(&db, &log);
+    let relay = InProcessRelay::start(&config).await;
+    let client = connect(&db.url).await;
+    client
+        .batch_execute(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES
+                 ('t', 'a', 'One', '{}'), ('t', 'a', 'Two', '{}'), ('t', '', 'Bad', '{}');",
+        )
+        .await
+        .unwrap();
+    wait_for_events(&[&log], 2, WAIT).await;
+    relay.stop().await;
+    client
+        .execute(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type) VALUES ('t','b','W')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let path = write_config(&config, dir.path(), "c");
+
+    // When `outboxd status --json` runs, then it reports each number
+    let (code, stdout, stderr) = run_cli(&path, &["status", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["pending"], 1, "{stdout}");
+    assert_eq!(status["dead_letters"], 1, "{stdout}");
+    assert!(
+        status["oldest_pending_age_seconds"].as_f64().unwrap() >= 0.0,
+        "{stdout}"
+    );
+    assert!(status["last_sent_at"].is_string(), "{stdout}");
+
+    // And the table form names them for a person
+    let (code, stdout, _) = run_cli(&path, &["status"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("pending         1"), "{stdout}");
+    assert!(stdout.contains("dead letters    1"), "{stdout}");
+}

@@ -2,6 +2,7 @@
 
 mod log;
 mod run;
+mod status;
 
 use crate::config::{self, Config};
 use crate::error::{Error, ErrorKind, Result};
@@ -35,6 +36,12 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print it in full, secrets masked.
     CheckConfig,
+    /// Show pending events, the oldest one's age, dead letters and the last publish.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read the embedded log.
     #[command(subcommand)]
     Log(log::LogCommand),
@@ -47,6 +54,7 @@ pub async fn main() -> Result<()> {
         Command::Run => run::run(&load(&cli.config, true)?).await,
         Command::Migrate => run::migrate(&load(&cli.config, true)?).await,
         Command::CheckConfig => check_config(&load(&cli.config, false)?),
+        Command::Status { json } => status::run(&load(&cli.config, false)?, json).await,
         Command::Log(command) => log::run(&load(&cli.config, false)?, command).await,
     }
 }

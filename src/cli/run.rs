@@ -16,12 +16,33 @@ pub async fn run(config: &Config) -> Result<()> {
     }
     let mut source = PollSource::start(&config.source, &config.relay).await?;
     let mut sink = AnySink::open(&config.sink).await?;
+    crate::metrics::get().sink_up.set(1);
+    let http = match config.http.enabled {
+        true => Some(
+            crate::http::serve(&config.http.listen, shutdown.clone())
+                .await?
+                .1,
+        ),
+        false => None,
+    };
+    let sampler = crate::stats::spawn_sampler(
+        config.source.clone(),
+        std::time::Duration::from_millis(config.relay.stats_interval_ms),
+        shutdown.clone(),
+    );
     tracing::info!(
         table = %OutboxTable::new(&config.source).qualified,
         sink = crate::sink::Sink::name(&sink),
         "outboxd started"
     );
-    crate::relay::run(&mut source, &mut sink, &config.relay, shutdown).await
+    let result = crate::relay::run(&mut source, &mut sink, &config.relay, shutdown.clone()).await;
+    // The relay may stop on an error without a signal: stop the helpers either way.
+    shutdown.cancel();
+    let _ = sampler.await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    result
 }
 
 /// Applies pending migrations and reports what was done.

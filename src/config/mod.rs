@@ -28,6 +28,27 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Log output.
     pub logging: LoggingConfig,
+    /// The HTTP endpoint for metrics and health checks.
+    pub http: HttpConfig,
+}
+
+/// The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the endpoint at all. Default `true`.
+    pub enabled: bool,
+    /// Address to listen on. Default `127.0.0.1:9187`; use `0.0.0.0:9187` in a container.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
 }
 
 /// How events are captured from PostgreSQL.
@@ -240,6 +261,9 @@ pub struct RelayConfig {
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds. Default 30000.
     pub retry_max_ms: u64,
+    /// How often the outbox is sampled for the pending / dead-letter gauges, in milliseconds.
+    /// Default 5000.
+    pub stats_interval_ms: u64,
 }
 
 impl Default for RelayConfig {
@@ -247,6 +271,7 @@ impl Default for RelayConfig {
         RelayConfig {
             retry_initial_ms: 100,
             retry_max_ms: 30_000,
+            stats_interval_ms: 5000,
         }
     }
 }

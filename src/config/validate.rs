@@ -90,6 +90,21 @@ impl Config {
                 "must be at least relay.retry_initial_ms and at most 3600000",
             )
         })?;
+        range(
+            "relay.stats_interval_ms",
+            self.relay.stats_interval_ms,
+            100,
+            3_600_000,
+        )?;
+        if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::config(
+                "http.listen",
+                format!(
+                    "\"{}\" is not an address like 127.0.0.1:9187",
+                    self.http.listen
+                ),
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(Error::config(
                 "logging.level",

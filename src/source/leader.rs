@@ -21,6 +21,7 @@ pub async fn become_leader(
     shutdown: &CancellationToken,
 ) -> Result<Option<Session>> {
     let session = connect(source).await?;
+    crate::metrics::get().source_up.set(1);
     // Lets the server notice a vanished client while it waits for the lock (PostgreSQL 14+),
     // instead of granting the lock to a dead session.
     let _ = session

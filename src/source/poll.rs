@@ -41,6 +41,7 @@ impl PollSource {
         let table = OutboxTable::new(config);
         let session = crate::pg::connect(config).await?;
         migrate::verify(&session.client, &table, &config.columns.all()).await?;
+        crate::metrics::get().source_up.set(1);
         Ok(PollSource {
             config: config.clone(),
             relay: relay.clone(),
@@ -57,6 +58,7 @@ impl PollSource {
         if self.session.as_ref().is_some_and(Session::is_closed) {
             tracing::warn!("lost the connection to PostgreSQL; reconnecting");
             self.session = None;
+            crate::metrics::get().source_up.set(0);
         }
         while self.session.is_none() {
             match become_leader(&self.config, &self.table, shutdown).await {
@@ -86,6 +88,7 @@ impl PollSource {
     /// heal (returning `false` on shutdown), or returns the error if it will not.
     async fn wait_after(&mut self, err: Error, shutdown: &CancellationToken) -> Result<bool> {
         self.session = None;
+        crate::metrics::get().source_up.set(0);
         if !err.is_retryable() {
             return Err(err);
         }

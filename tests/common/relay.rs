@@ -21,6 +21,8 @@ pub fn config_for(db: &TestDb, log_dir: &Path) -> Config {
     config.sink.log.dir = log_dir.to_path_buf();
     config.relay.retry_initial_ms = 20;
     config.relay.retry_max_ms = 500;
+    // Relays run side by side in tests: let each bind a free port.
+    config.http.listen = "127.0.0.1:0".into();
     config
 }
 

@@ -1,0 +1,253 @@
+//! Prometheus metrics, one registry per process. Every metric is documented in docs/METRICS.md;
+//! labels stay low-cardinality (sink, outcome — never an aggregate or event id).
+
+use crate::event::Event;
+use chrono::Utc;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
+
+/// Events handed to a sink, by outcome: `delivered` or `refused`.
+pub const EVENTS_PUBLISHED: &str = "outboxd_events_published";
+/// Seconds from the event's `created_at` (its commit, near enough) to the sink's confirmation.
+pub const EVENT_LATENCY: &str = "outboxd_event_latency_seconds";
+/// Events per published batch.
+pub const BATCH_SIZE: &str = "outboxd_batch_size_events";
+/// Publish attempts that failed transiently and were retried.
+pub const RETRIES: &str = "outboxd_publish_retries";
+/// Events marked failed (dead letters) by this process.
+pub const DEAD_LETTERS_TOTAL: &str = "outboxd_dead_letters";
+/// Failed events currently in the outbox (sampled from the table).
+pub const DEAD_LETTERS_CURRENT: &str = "outboxd_dead_letters_current";
+/// Events waiting to be delivered (sampled from the table).
+pub const PENDING: &str = "outboxd_pending_events";
+/// Age of the oldest pending event, seconds (sampled from the table; 0 when none).
+pub const OLDEST_PENDING_AGE: &str = "outboxd_oldest_pending_age_seconds";
+/// Bytes of WAL the replication slot holds back (logical mode; 0 when polling).
+pub const SLOT_LAG: &str = "outboxd_replication_slot_lag_bytes";
+/// Events handed to the sink and not yet confirmed.
+pub const IN_FLIGHT: &str = "outboxd_in_flight_events";
+/// Unix time of the last confirmed publish.
+pub const LAST_PUBLISH: &str = "outboxd_last_publish_timestamp_seconds";
+/// 1 while the source (PostgreSQL) is connected.
+pub const SOURCE_UP: &str = "outboxd_source_up";
+/// 1 while the sink accepts events.
+pub const SINK_UP: &str = "outboxd_sink_up";
+/// Always 1; the labels carry the version.
+pub const BUILD_INFO: &str = "outboxd_build_info";
+
+/// Labels of [`EVENTS_PUBLISHED`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    /// Sink name, e.g. `log`.
+    pub sink: &'static str,
+    /// `delivered` or `refused`.
+    pub outcome: &'static str,
+}
+
+/// Labels naming a sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// Sink name, e.g. `log`.
+    pub sink: &'static str,
+}
+
+/// Labels of [`BUILD_INFO`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    /// Crate version.
+    version: &'static str,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// See [`EVENTS_PUBLISHED`].
+    pub published: Family<PublishLabels, Counter>,
+    /// See [`EVENT_LATENCY`].
+    pub latency: Histogram,
+    /// See [`BATCH_SIZE`].
+    pub batch_size: Histogram,
+    /// See [`RETRIES`].
+    pub retries: Family<SinkLabels, Counter>,
+    /// See [`DEAD_LETTERS_TOTAL`].
+    pub dead_letters: Counter,
+    /// See [`DEAD_LETTERS_CURRENT`].
+    pub dead_letters_current: Gauge,
+    /// See [`PENDING`].
+    pub pending: Gauge,
+    /// See [`OLDEST_PENDING_AGE`].
+    pub oldest_pending_age: Gauge<f64, AtomicU64>,
+    /// See [`SLOT_LAG`].
+    pub slot_lag: Gauge,
+    /// See [`IN_FLIGHT`].
+    pub in_flight: Gauge,
+    /// See [`LAST_PUBLISH`].
+    pub last_publish: Gauge<f64, AtomicU64>,
+    /// See [`SOURCE_UP`].
+    pub source_up: Gauge,
+    /// See [`SINK_UP`].
+    pub sink_up: Gauge,
+}
+
+/// The process's metrics, created on first use.
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let published = Family::<PublishLabels, Counter>::default();
+        // 1 ms .. ~65 s: a healthy relay sits in the first buckets, a stalled one at the end.
+        let latency = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 18));
+        let retries = Family::<SinkLabels, Counter>::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let metrics = Metrics {
+            registry: Registry::default(),
+            published,
+            latency,
+            batch_size,
+            retries,
+            dead_letters: Counter::default(),
+            dead_letters_current: Gauge::default(),
+            pending: Gauge::default(),
+            oldest_pending_age: Gauge::default(),
+            slot_lag: Gauge::default(),
+            in_flight: Gauge::default(),
+            last_publish: Gauge::default(),
+            source_up: Gauge::default(),
+            sink_up: Gauge::default(),
+        };
+        let m = &metrics;
+        registry.register(
+            EVENTS_PUBLISHED,
+            "Events handed to a sink, by outcome",
+            m.published.clone(),
+        );
+        registry.register(
+            EVENT_LATENCY,
+            "Seconds from event creation to sink confirmation",
+            m.latency.clone(),
+        );
+        registry.register(
+            BATCH_SIZE,
+            "Events per published batch",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            RETRIES,
+            "Publish attempts retried after a transient failure",
+            m.retries.clone(),
+        );
+        registry.register(
+            DEAD_LETTERS_TOTAL,
+            "Events marked failed by this process",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            DEAD_LETTERS_CURRENT,
+            "Failed events currently in the outbox",
+            m.dead_letters_current.clone(),
+        );
+        registry.register(PENDING, "Events waiting to be delivered", m.pending.clone());
+        registry.register(
+            OLDEST_PENDING_AGE,
+            "Age of the oldest pending event in seconds",
+            m.oldest_pending_age.clone(),
+        );
+        registry.register(
+            SLOT_LAG,
+            "WAL bytes held back by the replication slot",
+            m.slot_lag.clone(),
+        );
+        registry.register(
+            IN_FLIGHT,
+            "Events handed to the sink and not yet confirmed",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            LAST_PUBLISH,
+            "Unix time of the last confirmed publish",
+            m.last_publish.clone(),
+        );
+        registry.register(
+            SOURCE_UP,
+            "1 while PostgreSQL is connected",
+            m.source_up.clone(),
+        );
+        registry.register(
+            SINK_UP,
+            "1 while the sink accepts events",
+            m.sink_up.clone(),
+        );
+        registry.register(BUILD_INFO, "Build information", build_info);
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Records a batch the sink confirmed: outcomes, batch size, latency of each delivered event
+    /// since its creation, and the time of this publish.
+    pub fn observe_published(&self, sink: &'static str, events: &[Event], delivered: &[bool]) {
+        let now = Utc::now();
+        let mut count = 0;
+        for (event, ok) in events.iter().zip(delivered) {
+            if *ok {
+                count += 1;
+                let age = (now - event.created_at)
+                    .num_microseconds()
+                    .unwrap_or(i64::MAX);
+                self.latency.observe(age.max(0) as f64 / 1e6);
+            }
+        }
+        let refused = (events.len() - count) as u64;
+        self.published
+            .get_or_create(&PublishLabels {
+                sink,
+                outcome: "delivered",
+            })
+            .inc_by(count as u64);
+        if refused > 0 {
+            self.published
+                .get_or_create(&PublishLabels {
+                    sink,
+                    outcome: "refused",
+                })
+                .inc_by(refused);
+            self.dead_letters.inc_by(refused);
+        }
+        self.batch_size.observe(events.len() as f64);
+        self.last_publish.set(now.timestamp_micros() as f64 / 1e6);
+    }
+
+    /// Whether the relay can do its job: source connected and sink accepting.
+    pub fn ready(&self) -> (bool, bool) {
+        (self.source_up.get() == 1, self.sink_up.get() == 1)
+    }
+}

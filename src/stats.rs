@@ -1,0 +1,106 @@
+//! Numbers about the outbox table itself: pending events, the oldest one's age, dead letters and
+//! the last publish. Sampled into metrics while the relay runs, and printed by `outboxd status`.
+
+use crate::config::SourceConfig;
+use crate::error::Result;
+use crate::outbox::OutboxTable;
+use crate::pg::classify;
+use crate::retry::sleep_or_shutdown;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+/// A snapshot of the outbox's state.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboxStats {
+    /// Events waiting to be delivered.
+    pub pending: i64,
+    /// Age of the oldest pending event in seconds, if any is pending.
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Events marked failed (dead letters).
+    pub dead_letters: i64,
+    /// When the most recently written sent event was confirmed (none in `delete` mode).
+    pub last_sent_at: Option<DateTime<Utc>>,
+}
+
+/// Reads the current numbers. Each query is answered from a partial or unique index, so this
+/// stays cheap however many sent rows the table keeps.
+pub async fn sample(client: &Client, table: &OutboxTable) -> Result<OutboxStats> {
+    let pending = client
+        .query_one(
+            &table.render(
+                "SELECT count(*), extract(epoch FROM now() - min({created_at}))::float8 \
+                 FROM {table} WHERE {sent_at} IS NULL AND {failed_at} IS NULL",
+            ),
+            &[],
+        )
+        .await
+        .map_err(|err| classify("counting pending events", err))?;
+    let dead_letters: i64 = client
+        .query_one(
+            &table.render("SELECT count(*) FROM {table} WHERE {failed_at} IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(|err| classify("counting failed events", err))?
+        .get(0);
+    let last_sent_at = client
+        .query_opt(
+            &table.render(
+                "SELECT {sent_at} FROM {table} WHERE {sent_at} IS NOT NULL \
+                 ORDER BY {position} DESC LIMIT 1",
+            ),
+            &[],
+        )
+        .await
+        .map_err(|err| classify("reading the last publish", err))?
+        .map(|row| row.get(0));
+    Ok(OutboxStats {
+        pending: pending.get(0),
+        oldest_pending_age_seconds: pending.get::<_, Option<f64>>(1).map(|age| age.max(0.0)),
+        dead_letters,
+        last_sent_at,
+    })
+}
+
+/// Samples every `interval` into the metrics until `shutdown`, on a connection of its own so a
+/// slow count never delays the relay. Failures are logged and retried at the next tick.
+pub fn spawn_sampler(
+    source: SourceConfig,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let table = OutboxTable::new(&source);
+        let mut session = None;
+        loop {
+            if session.as_ref().is_none_or(crate::pg::Session::is_closed) {
+                session = crate::pg::connect(&source).await.ok();
+            }
+            if let Some(open) = &session {
+                match sample(&open.client, &table).await {
+                    Ok(stats) => record(&stats),
+                    Err(err) => {
+                        tracing::debug!(error = %err.chain(), "sampling outbox stats failed")
+                    }
+                }
+            }
+            if !sleep_or_shutdown(interval, &shutdown).await {
+                return;
+            }
+        }
+    })
+}
+
+/// Copies a snapshot into the gauges.
+fn record(stats: &OutboxStats) {
+    let metrics = crate::metrics::get();
+    metrics.pending.set(stats.pending);
+    metrics
+        .oldest_pending_age
+        .set(stats.oldest_pending_age_seconds.unwrap_or(0.0));
+    metrics.dead_letters_current.set(stats.dead_letters);
+}

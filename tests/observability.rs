@@ -1,0 +1,144 @@
+//! `/metrics` and `/readyz` while relaying. Its own test binary: metrics are process-wide.
+
+mod common;
+
+use common::pg::test_db;
+use common::relay::*;
+use outboxd::error::{Error, ErrorKind, Result};
+use outboxd::event::Event;
+use outboxd::sink::{AnySink, Outcome, Sink};
+use outboxd::source::PollSource;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// A sink that fails with a transient error while `failing` is set, and otherwise passes
+/// events to the real sink.
+struct FlakySink {
+    /// The real sink.
+    inner: AnySink,
+    /// Whether to fail.
+    failing: Arc<AtomicBool>,
+}
+
+impl Sink for FlakySink {
+    async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Error::new(
+                ErrorKind::SinkUnavailable,
+                "injected: broker down",
+            ));
+        }
+        self.inner.publish(events).await
+    }
+
+    fn name(&self) -> &'static str {
+        "log"
+    }
+}
+
+/// GETs `path` with a bare HTTP/1.1 request; returns status code and body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample line starting with `series` (name plus labels).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .map(|value| value.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// Polls `/readyz` until it answers `status`.
+async fn wait_ready(addr: SocketAddr, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(addr, "/readyz").await;
+        if code == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {code}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_relayed_and_readyz_follows_the_sink() {
+    // Given a relay with a sink that can be made to fail, and its HTTP endpoint
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let config = config_for(&db, &log);
+    migrate(&config).await;
+    create_aggregates(&db, 10).await;
+    let shutdown = CancellationToken::new();
+    let (addr, _http) = outboxd::http::serve("127.0.0.1:0", shutdown.clone())
+        .await
+        .unwrap();
+    let failing = Arc::new(AtomicBool::new(false));
+    let mut source = PollSource::start(&config.source, &config.relay)
+        .await
+        .unwrap();
+    let inner = AnySink::open(&config.sink).await.unwrap();
+    let mut sink = FlakySink {
+        inner,
+        failing: failing.clone(),
+    };
+    let relay = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let relay_config = config.relay.clone();
+        async move { outboxd::relay::run(&mut source, &mut sink, &relay_config, shutdown).await }
+    });
+    outboxd::metrics::get().sink_up.set(1);
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+
+    // When 300 events are relayed
+    write_events(&db, 3, 100, 10).await;
+    wait_for_events(&[&log], 300, Duration::from_secs(60)).await;
+
+    // Then the counters and histograms moved by exactly that much
+    let (status, metrics) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let delivered = r#"outboxd_events_published_total{sink="log",outcome="delivered"}"#;
+    assert_eq!(sample(&metrics, delivered), 300.0, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "outboxd_event_latency_seconds_count"),
+        300.0
+    );
+    assert_eq!(sample(&metrics, "outboxd_batch_size_events_sum"), 300.0);
+    assert!(sample(&metrics, "outboxd_last_publish_timestamp_seconds") > 1.7e9);
+    assert_eq!(sample(&metrics, "outboxd_source_up"), 1.0);
+    assert!(metrics.contains("outboxd_build_info{version="), "{metrics}");
+    wait_ready(addr, 200).await;
+
+    // When the sink starts failing and an event is written, /readyz says not ready
+    failing.store(true, Ordering::SeqCst);
+    write_events(&db, 1, 1, 10).await;
+    let body = wait_ready(addr, 503).await;
+    assert!(body.contains("sink: down"), "{body}");
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(sample(&metrics, r#"outboxd_publish_retries_total{sink="log"}"#) >= 1.0);
+
+    // And when it recovers, the event arrives and /readyz is ready again
+    failing.store(false, Ordering::SeqCst);
+    wait_for_events(&[&log], 301, Duration::from_secs(60)).await;
+    wait_ready(addr, 200).await;
+    shutdown.cancel();
+    relay.await.unwrap().unwrap();
+}
