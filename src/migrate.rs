@@ -8,7 +8,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
 use crate::pg::{classify, quote_ident};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 /// One migration file.
 struct Migration {
@@ -48,6 +48,11 @@ const MIN_SERVER_VERSION: i32 = 130_000;
 /// Applies pending migrations to `table`; returns the versions applied (empty when up to date).
 pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32>> {
     check_server_version(client).await?;
+    // An up-to-date schema needs no DDL, so a relay whose role may not create or alter anything
+    // (see README, "Least privilege") can keep auto_migrate on.
+    if is_current(client, table).await? {
+        return Ok(Vec::new());
+    }
     let db = |what: &str| {
         let what = what.to_string();
         move |err| classify(format!("migrating {}: {what}", table.qualified), err)
@@ -112,18 +117,42 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
     Ok(applied)
 }
 
+/// Whether every migration is recorded for `table` and its trigger is current.
+async fn is_current(client: &Client, table: &OutboxTable) -> Result<bool> {
+    let history = format!("{}.outboxd_migrations", quote_ident(&table.schema));
+    let exists: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&history])
+        .await
+        .map_err(|err| classify("looking for the migrations table", err))?
+        .get(0);
+    if exists.is_none() {
+        return Ok(false);
+    }
+    let done: Vec<i32> = client
+        .query(
+            &format!("SELECT version FROM {history} WHERE outbox = $1"),
+            &[&table.name],
+        )
+        .await
+        .map_err(|err| classify("reading applied migrations", err))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if MIGRATIONS.iter().any(|m| !done.contains(&m.version)) {
+        return Ok(false);
+    }
+    trigger_is_current(client, table).await
+}
+
 /// Whether the notify trigger exists and sends on the configured channel.
-async fn trigger_is_current(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &OutboxTable,
-) -> Result<bool> {
+async fn trigger_is_current(client: &impl GenericClient, table: &OutboxTable) -> Result<bool> {
     let (trigger, channel) = (table.render("{trigger}"), table.render("{channel}"));
     // Rendered values are quoted; the catalog holds them bare.
     let bare = |quoted: &str, quote: char| {
         let inner = &quoted[1..quoted.len() - 1];
         inner.replace(&format!("{quote}{quote}"), &quote.to_string())
     };
-    let row = tx
+    let row = client
         .query_opt(
             "SELECT tgargs FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = $2",
             &[&table.qualified, &bare(&trigger, '"')],
@@ -185,6 +214,45 @@ pub async fn verify(client: &Client, table: &OutboxTable, columns: &[(&str, &str
                 "outbox table {} lacks column {}; run `outboxd migrate` or fix source.columns",
                 table.qualified,
                 missing.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the connected role may do what the polling relay does: read pending rows, mark
+/// them sent or failed (UPDATE), and in `delete` mode delete them. The error names the missing
+/// privilege and the GRANT that fixes it, instead of failing later at the first acknowledgement.
+pub async fn verify_privileges(client: &Client, table: &OutboxTable, delete: bool) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, has_table_privilege($1, 'SELECT'), \
+             has_table_privilege($1, 'UPDATE'), has_table_privilege($1, 'DELETE')",
+            &[&table.qualified],
+        )
+        .await
+        .map_err(|err| classify(format!("checking privileges on {}", table.qualified), err))?;
+    let role: String = row.get(0);
+    let mut needed = vec![("SELECT", row.get::<_, bool>(1), "to read pending events")];
+    needed.push(("UPDATE", row.get(2), "to mark events sent or failed"));
+    if delete {
+        needed.push((
+            "DELETE",
+            row.get(3),
+            "to delete sent events (source.on_sent = \"delete\")",
+        ));
+    }
+    if let Some((privilege, _, why)) = needed.iter().find(|(_, granted, _)| !granted) {
+        let all: Vec<&str> = needed.iter().map(|(p, _, _)| *p).collect();
+        return Err(Error::new(
+            ErrorKind::Database,
+            format!(
+                "role {} lacks {privilege} on {} ({why}); grant with: GRANT {} ON {} TO {}",
+                quote_ident(&role),
+                table.qualified,
+                all.join(", "),
+                table.qualified,
+                quote_ident(&role)
             ),
         ));
     }

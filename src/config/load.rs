@@ -53,14 +53,27 @@ pub fn from_sources(
         .build()
         .and_then(|built| built.try_deserialize())
         .map_err(|err| {
+            let reason = one_line(&err.to_string());
             Error::new(
                 ErrorKind::Config,
-                format!("invalid configuration ({origin}): {err}"),
+                format!("invalid configuration ({origin}): {reason}"),
             )
         })?;
     resolve_password_file(&mut cfg)?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Folds a multi-line parser message (TOML errors quote the offending line and mark it with a
+/// caret) into one line, so every configuration error is a single line on stderr.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('|'))
+        .filter(|line| !(line.starts_with(|c: char| c.is_ascii_digit()) && line.contains(" | ")))
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The `OUTBOXD_*` variables that are configuration keys.

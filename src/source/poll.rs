@@ -41,6 +41,8 @@ impl PollSource {
         let table = OutboxTable::new(config);
         let session = crate::pg::connect(config).await?;
         migrate::verify(&session.client, &table, &config.columns.all()).await?;
+        let delete = config.on_sent == OnSent::Delete;
+        migrate::verify_privileges(&session.client, &table, delete).await?;
         crate::metrics::get().source_up.set(1);
         Ok(PollSource {
             config: config.clone(),
