@@ -7,6 +7,7 @@ mod common;
 use common::amqp::*;
 use common::pg::{connect, test_db};
 use common::relay::*;
+use lapin::types::{AMQPValue, FieldTable};
 use outboxd::config::{DbUrl, SinkKind};
 use outboxd::error::ErrorKind;
 use outboxd::sink::{AnySink, Sink};
@@ -141,6 +142,58 @@ async fn an_unroutable_event_is_marked_failed_with_the_reason_and_later_events_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacked_events_stay_pending_and_are_republished_in_order() {
+    let Some(url) = rabbit().await else { return };
+    // Given a queue that holds two messages and makes the broker nack any more
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(2));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let topology = Topology::declare_with(&url, "#", args).await;
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&db, &dir.path().join("log"));
+    topology.configure(&mut config);
+    let relay = InProcessRelay::start(&config).await;
+    create_aggregates(&db, 1).await;
+
+    // When five events of one aggregate are written
+    write_events(&db, 1, 5, 1).await;
+
+    // Then, while the queue is full, the nacked events stay pending (never failed), and only a
+    // prefix of the aggregate is marked sent
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let client = connect(&db.url).await;
+    let sent: Vec<i32> = client
+        .query(
+            "SELECT (payload->>'seq')::int FROM outbox WHERE sent_at IS NOT NULL ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(sent.len() < 5, "sent {sent:?} into a queue that holds two");
+    assert_eq!(sent, (1..=sent.len() as i32).collect::<Vec<_>>());
+    assert_eq!(failed_rows(&db).await, 0);
+
+    // And as a consumer drains the queue, the retries deliver everything, in order
+    let mut messages = Vec::new();
+    while pending_rows(&db).await > 0 {
+        messages.extend(topology.consume_all(WAIT).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.stop().await;
+    messages.extend(topology.consume_all(WAIT).await);
+    let (distinct, _) = assert_queue_order(&messages);
+    assert_eq!(distinct, 5);
+    topology.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_or_vhost_at_start_up_is_one_clear_error() {
     let Some(_) = rabbit().await else { return };
     let db = test_db().await;
@@ -237,6 +290,19 @@ async fn check_config_masks_the_amqp_password() {
         stdout.contains("routing_key = \"{aggregatetype}.{type}\""),
         "{stdout}"
     );
+}
+
+/// Rows neither sent nor failed.
+async fn pending_rows(db: &common::pg::TestDb) -> i64 {
+    connect(&db.url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Rows marked failed.

@@ -5,8 +5,8 @@
 use super::pg::{TestDb, connect};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind, message::Delivery};
@@ -113,6 +113,11 @@ pub struct Topology {
 impl Topology {
     /// Declares the exchange and a durable queue bound with `binding_key`.
     pub async fn declare(url: &str, binding_key: &str) -> Topology {
+        Topology::declare_with(url, binding_key, FieldTable::default()).await
+    }
+
+    /// Like [`Topology::declare`], with queue arguments (`x-max-length` and such).
+    pub async fn declare_with(url: &str, binding_key: &str, queue_args: FieldTable) -> Topology {
         let suffix = Uuid::new_v4().simple().to_string();
         let topology = Topology {
             url: url.to_string(),
@@ -141,7 +146,7 @@ impl Topology {
             ..QueueDeclareOptions::default()
         };
         channel
-            .queue_declare(topology.queue.as_str().into(), queue, FieldTable::default())
+            .queue_declare(topology.queue.as_str().into(), queue, queue_args)
             .await
             .expect("declare queue");
         channel
@@ -164,21 +169,23 @@ impl Topology {
         config.sink.amqp.exchange = self.exchange.clone();
     }
 
-    /// Reads `count` messages off the queue (acknowledging them), or panics with how many came
-    /// within `timeout`.
+    /// Reads `count` messages off the queue, acknowledging each, or panics with how many came
+    /// within `timeout`. Messages the broker pushed beyond `count` are left unacknowledged, so
+    /// they go back to the queue when the connection closes.
     pub async fn consume(&self, count: usize, timeout: Duration) -> Vec<Delivery> {
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ");
         let channel = connection.create_channel().await.expect("channel");
+        channel
+            .basic_qos(1000, BasicQosOptions::default())
+            .await
+            .expect("qos");
         let mut consumer = channel
             .basic_consume(
                 self.queue.as_str().into(),
                 "outboxd-test".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
+                BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
@@ -188,13 +195,18 @@ impl Topology {
         while messages.len() < count {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, consumer.next()).await {
-                Ok(Some(delivery)) => messages.push(delivery.expect("delivery")),
+                Ok(Some(delivery)) => {
+                    let delivery = delivery.expect("delivery");
+                    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                    messages.push(delivery);
+                }
                 _ => panic!(
                     "only {} of {count} messages within {timeout:?}",
                     messages.len()
                 ),
             }
         }
+        let _ = connection.close(200, "done".into()).await;
         messages
     }
 

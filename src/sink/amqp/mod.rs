@@ -91,18 +91,30 @@ impl AmqpSink {
             {
                 outcomes[done] = Some(settle(&events[done], confirm, timeout, &exchange).await?);
             }
-            let confirm = channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    event.payload.get().as_bytes(),
-                    message::properties(event),
-                )
+            let send = channel.basic_publish(
+                exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                event.payload.get().as_bytes(),
+                message::properties(event),
+            );
+            // Sending blocks while the broker throttles publishers (a memory or disk alarm);
+            // bounded like a confirm so the batch is retried rather than stuck.
+            let confirm = tokio::time::timeout(timeout, send)
                 .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::SinkUnavailable,
+                        format!(
+                            "RabbitMQ did not take event {} within {} ms",
+                            event.id,
+                            timeout.as_millis()
+                        ),
+                    )
+                })?
                 .map_err(|err| unavailable("publishing to RabbitMQ", err))?;
             in_flight.push_back((index, confirm));
         }
