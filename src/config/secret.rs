@@ -52,7 +52,8 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// A PostgreSQL connection string (URL or `key=value` form) that may embed a password.
+/// A connection string that may embed a password: PostgreSQL (URL or `key=value` form) or a
+/// broker URL such as `amqp://user:pass@host/vhost`.
 /// Printing it masks the password; [`DbUrl::expose`] gives the real string to the driver.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct DbUrl(String);

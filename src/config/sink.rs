@@ -1,5 +1,6 @@
 //! Sink configuration: which sink, and each sink's own table.
 
+pub use crate::sink::amqp::{AmqpSinkConfig, ExchangeType};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -10,17 +11,21 @@ pub enum SinkKind {
     /// The embedded on-disk log.
     #[default]
     Log,
+    /// RabbitMQ (AMQP 0-9-1), with publisher confirms.
+    Amqp,
 }
 
 /// The sink section.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
-    /// Which sink: `log`. Default `log`.
+    /// Which sink: `log` or `amqp`. Default `log`.
     #[serde(rename = "type")]
     pub kind: SinkKind,
     /// Settings of the embedded log.
     pub log: LogSinkConfig,
+    /// Settings of the RabbitMQ sink.
+    pub amqp: AmqpSinkConfig,
 }
 
 /// The embedded log sink.

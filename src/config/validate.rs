@@ -71,6 +71,7 @@ impl Config {
             1024,
             256 << 20,
         )?;
+        self.sink.amqp.validate()?;
 
         range(
             "relay.retry_initial_ms",

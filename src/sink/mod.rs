@@ -7,8 +7,10 @@
 //! batch in flight again, so delivery is at-least-once and consumers must tolerate duplicates.
 //! Events of one batch are stored in the order given.
 
+pub mod amqp;
 pub mod log;
 
+pub use self::amqp::AmqpSink;
 pub use self::log::LogSink;
 
 use crate::config::{SinkConfig, SinkKind};
@@ -35,12 +37,20 @@ pub trait Sink: Send {
 
     /// A short name for logs and metrics, e.g. `log`.
     fn name(&self) -> &'static str;
+
+    /// Whether the sink can take events right now (for readiness checks). Must be cheap: it
+    /// reads cached state and never does I/O. Sinks without a connection are always healthy.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }
 
 /// The configured sink, dispatched by enum so the relay stays generic-free at the top level.
 pub enum AnySink {
     /// The embedded log.
     Log(LogSink),
+    /// RabbitMQ (boxed: it is much larger than the log sink).
+    Amqp(Box<AmqpSink>),
 }
 
 impl AnySink {
@@ -48,6 +58,7 @@ impl AnySink {
     pub async fn open(config: &SinkConfig) -> Result<Self> {
         match config.kind {
             SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log).await?)),
+            SinkKind::Amqp => Ok(AnySink::Amqp(Box::new(AmqpSink::open(&config.amqp).await?))),
         }
     }
 }
@@ -56,12 +67,21 @@ impl Sink for AnySink {
     async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
         match self {
             AnySink::Log(sink) => sink.publish(events).await,
+            AnySink::Amqp(sink) => sink.publish(events).await,
         }
     }
 
     fn name(&self) -> &'static str {
         match self {
             AnySink::Log(sink) => sink.name(),
+            AnySink::Amqp(sink) => sink.name(),
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        match self {
+            AnySink::Log(sink) => sink.is_healthy(),
+            AnySink::Amqp(sink) => sink.is_healthy(),
         }
     }
 }

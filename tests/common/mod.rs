@@ -3,5 +3,6 @@
 // Each test binary compiles this module but uses only part of it.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod pg;
 pub mod relay;

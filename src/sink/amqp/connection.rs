@@ -1,0 +1,91 @@
+//! Connecting to RabbitMQ: one connection, one channel in confirm mode, the exchange checked or
+//! declared. Dropping a [`Link`] closes its connection.
+
+use super::config::{AmqpSinkConfig, ExchangeType};
+use crate::error::{Error, ErrorKind};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::time::Duration;
+
+/// Time allowed to open the connection and channel and check the exchange. A broker that
+/// accepts TCP but never answers would otherwise hang a publish forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An open connection and its publishing channel.
+pub struct Link {
+    /// The connection; kept because dropping it closes the socket.
+    pub connection: Connection,
+    /// The channel events are published on, in confirm mode.
+    pub channel: Channel,
+}
+
+impl Link {
+    /// Whether both the connection and the channel are open.
+    pub fn is_open(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+}
+
+/// Connects, opens a confirm-mode channel and checks (or declares) the exchange.
+///
+/// At start-up a refusal by the broker (wrong password, unknown vhost, missing exchange) is a
+/// [`ErrorKind::Config`] error: retrying cannot fix it. Everything else, and every failure when
+/// reconnecting later, is [`ErrorKind::SinkUnavailable`] so the relay retries with backoff.
+pub async fn connect(config: &AmqpSinkConfig, at_startup: bool) -> Result<Link, Error> {
+    let context = format!("connecting to RabbitMQ at {}", config.url.masked());
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, open(config)).await;
+    let err = match attempt {
+        Ok(Ok(link)) => return Ok(link),
+        Ok(Err(err)) => err,
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::SinkUnavailable,
+                format!("{context}: no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            ));
+        }
+    };
+    let kind = if at_startup && err.is_amqp_error() {
+        ErrorKind::Config
+    } else {
+        ErrorKind::SinkUnavailable
+    };
+    Err(Error::with_source(kind, context, err))
+}
+
+/// The steps of [`connect`], without the timeout and error mapping.
+async fn open(config: &AmqpSinkConfig) -> lapin::Result<Link> {
+    let properties = ConnectionProperties::default().with_connection_name("outboxd".into());
+    let connection = Connection::connect(config.url.expose(), properties).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let options = ExchangeDeclareOptions {
+        passive: !config.declare,
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            config.exchange.as_str().into(),
+            exchange_kind(config.exchange_type),
+            options,
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(Link {
+        connection,
+        channel,
+    })
+}
+
+/// lapin's name for an exchange type.
+fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
+    match kind {
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Headers => ExchangeKind::Headers,
+    }
+}

@@ -1,0 +1,195 @@
+//! RabbitMQ as a sink: events published persistent and `mandatory` to one exchange on a channel
+//! in confirm mode; an event counts as delivered only once the broker has acked it.
+//!
+//! Publishes are pipelined: a batch is sent without waiting, up to `max_in_flight` unconfirmed,
+//! and the confirms are collected as they come. A message the broker cannot route to any queue
+//! comes back (`basic.return`) and is refused with the reason, so it is marked failed instead of
+//! vanishing. A nack, a confirm timeout or a lost connection fails the whole batch with a
+//! retryable error: the relay publishes it again on a fresh connection, so nothing unconfirmed
+//! is lost (consumers may see duplicates), and no event is reported delivered while an earlier
+//! event of its aggregate is not.
+
+mod config;
+mod connection;
+mod message;
+mod routing;
+
+pub use self::config::{AmqpSinkConfig, ExchangeType};
+pub use self::routing::RoutingKeyTemplate;
+
+use self::connection::{Link, connect};
+use super::{Outcome, Sink};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use lapin::options::BasicPublishOptions;
+use lapin::{Confirmation, PublisherConfirm};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Publishes events to a RabbitMQ exchange with publisher confirms.
+pub struct AmqpSink {
+    /// The sink's settings.
+    config: AmqpSinkConfig,
+    /// The parsed `routing_key` template.
+    routing_key: RoutingKeyTemplate,
+    /// How long one confirm may take.
+    confirm_timeout: Duration,
+    /// The open connection and channel; `None` after a failure until the next publish
+    /// reconnects.
+    link: Option<Link>,
+}
+
+impl AmqpSink {
+    /// Connects and checks the exchange. Failing here is final: a refusal (credentials, vhost,
+    /// missing exchange) is a configuration error, and an unreachable broker stops start-up too,
+    /// so a misconfigured relay says so at once instead of retrying forever.
+    pub async fn open(config: &AmqpSinkConfig) -> Result<Self> {
+        let routing_key = RoutingKeyTemplate::parse(&config.routing_key)
+            .map_err(|reason| Error::config("sink.amqp.routing_key", reason))?;
+        let link = connect(config, true).await?;
+        tracing::info!(url = %config.url, exchange = %config.exchange, "connected to RabbitMQ");
+        Ok(AmqpSink {
+            config: config.clone(),
+            routing_key,
+            confirm_timeout: Duration::from_millis(config.confirm_timeout_ms),
+            link: Some(link),
+        })
+    }
+
+    /// The open link, reconnecting first if the last one failed or was closed by the broker.
+    async fn link(&mut self) -> Result<&Link> {
+        if !Sink::is_healthy(self) {
+            // Dropping the old link closes what is left of it.
+            self.link = None;
+            let link = connect(&self.config, false).await?;
+            tracing::info!(url = %self.config.url, "reconnected to RabbitMQ");
+            self.link = Some(link);
+        }
+        self.link
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "RabbitMQ link missing after connect"))
+    }
+
+    /// Publishes `events` and collects their confirms; any error leaves the link to be
+    /// replaced.
+    async fn publish_batch(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        let exchange = self.config.exchange.clone();
+        let max_in_flight = self.config.max_in_flight;
+        let timeout = self.confirm_timeout;
+        let template = self.routing_key.clone();
+        let channel = self.link().await?.channel.clone();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        let mut in_flight: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
+        for (index, event) in events.iter().enumerate() {
+            let routing_key = template.render(event);
+            if let Some(reason) = message::unsendable(event, &routing_key) {
+                outcomes[index] = Some(Outcome::Refused(reason));
+                continue;
+            }
+            if in_flight.len() >= max_in_flight
+                && let Some((done, confirm)) = in_flight.pop_front()
+            {
+                outcomes[done] = Some(settle(&events[done], confirm, timeout, &exchange).await?);
+            }
+            let send = channel.basic_publish(
+                exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                event.payload.get().as_bytes(),
+                message::properties(event),
+            );
+            // Sending blocks while the broker throttles publishers (a memory or disk alarm);
+            // bounded like a confirm so the batch is retried rather than stuck.
+            let confirm = tokio::time::timeout(timeout, send)
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::SinkUnavailable,
+                        format!(
+                            "RabbitMQ did not take event {} within {} ms",
+                            event.id,
+                            timeout.as_millis()
+                        ),
+                    )
+                })?
+                .map_err(|err| unavailable("publishing to RabbitMQ", err))?;
+            in_flight.push_back((index, confirm));
+        }
+        for (done, confirm) in in_flight {
+            outcomes[done] = Some(settle(&events[done], confirm, timeout, &exchange).await?);
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.ok_or_else(|| Error::new(ErrorKind::Internal, "event left unconfirmed"))
+            })
+            .collect()
+    }
+}
+
+impl Sink for AmqpSink {
+    async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        let result = self.publish_batch(events).await;
+        if result.is_err() {
+            // Confirms still owed on this channel can no longer be matched to a publish call;
+            // a fresh connection on the retry starts clean.
+            self.link = None;
+        }
+        result
+    }
+
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    /// Whether the connection and channel are open right now; reads cached state only.
+    fn is_healthy(&self) -> bool {
+        self.link.as_ref().is_some_and(Link::is_open)
+    }
+}
+
+/// Waits for one confirm: an ack is delivered, an ack of a returned (unroutable) message is
+/// refused with the reason; a nack, a timeout or a channel failure fail the batch.
+async fn settle(
+    event: &Event,
+    confirm: PublisherConfirm,
+    timeout: Duration,
+    exchange: &str,
+) -> Result<Outcome> {
+    let confirmation = tokio::time::timeout(timeout, confirm)
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::SinkUnavailable,
+                format!(
+                    "RabbitMQ did not confirm event {} within {} ms",
+                    event.id,
+                    timeout.as_millis()
+                ),
+            )
+        })?
+        .map_err(|err| unavailable("waiting for RabbitMQ's confirm", err))?;
+    match confirmation {
+        Confirmation::Ack(None) => Ok(Outcome::Delivered),
+        Confirmation::Ack(Some(returned)) => Ok(Outcome::Refused(format!(
+            "unroutable: exchange {exchange} routing key {}: {}",
+            returned.delivery.routing_key, returned.reply_text
+        ))),
+        Confirmation::Nack(_) => Err(Error::new(
+            ErrorKind::SinkUnavailable,
+            format!("RabbitMQ refused (nacked) event {}", event.id),
+        )),
+        Confirmation::NotRequested => Err(Error::new(
+            ErrorKind::Internal,
+            "RabbitMQ channel is not in confirm mode",
+        )),
+    }
+}
+
+/// A broker or network failure while publishing: retryable.
+fn unavailable(context: &str, err: lapin::Error) -> Error {
+    Error::with_source(ErrorKind::SinkUnavailable, context, err)
+}

@@ -1,0 +1,340 @@
+//! The RabbitMQ sink end to end, against the real broker at 127.0.0.1:5672 and real PostgreSQL.
+//! Each test uses its own exchange and queue (and vhost when it closes connections) and deletes
+//! them at the end. Without a broker the tests are skipped, except under `CI=true`.
+
+mod common;
+
+use common::amqp::*;
+use common::pg::{connect, test_db};
+use common::relay::*;
+use lapin::types::{AMQPValue, FieldTable};
+use outboxd::config::{DbUrl, SinkKind};
+use outboxd::error::ErrorKind;
+use outboxd::sink::{AnySink, Sink};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_from_eight_writers_reach_the_queue_in_aggregate_order() {
+    let Some(url) = rabbit().await else { return };
+    // Given a relay publishing to an exchange with a queue bound to every routing key
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::declare(&url, "#").await;
+    let mut config = config_for(&db, &dir.path().join("log"));
+    topology.configure(&mut config);
+    let relay = InProcessRelay::start(&config).await;
+    create_aggregates(&db, 50).await;
+
+    // When 8 connections write 1,250 events each, concurrently
+    write_events(&db, 8, 1250, 50).await;
+
+    // Then every row is confirmed and sent, and the queue holds all 10,000 in aggregate order
+    wait_settled(&db, 10_000, WAIT).await;
+    relay.stop().await;
+    let messages = topology.consume_all(WAIT).await;
+    let (distinct, repeats) = assert_queue_order(&messages);
+    assert_eq!((distinct, repeats), (10_000, 0));
+    assert_eq!(failed_rows(&db).await, 0);
+    topology.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_closed_connections_mid_stream_lose_nothing() {
+    let Some(_) = rabbit().await else { return };
+    // Given a relay publishing into a private vhost, and writers streaming events
+    let vhost = Vhost::create().await;
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::declare(&vhost.url, "#").await;
+    let mut config = config_for(&db, &dir.path().join("log"));
+    topology.configure(&mut config);
+    config.source.batch_size = 200;
+    let relay = InProcessRelay::start(&config).await;
+    create_aggregates(&db, 20).await;
+    let writers = tokio::spawn({
+        let db = db.clone();
+        async move { write_events(&db, 4, 1000, 20).await }
+    });
+
+    // When every connection to the vhost is force-closed twice while events flow
+    for sent in [300, 1500] {
+        wait_sent_at_least(&db, sent).await;
+        vhost.close_all_connections().await;
+    }
+    writers.await.unwrap();
+
+    // Then every event still reaches the queue; repeats come only from republished batches and
+    // never break an aggregate's order
+    wait_settled(&db, 4000, WAIT).await;
+    relay.stop().await;
+    let messages = topology.consume_all(WAIT).await;
+    let (distinct, repeats) = assert_queue_order(&messages);
+    eprintln!("force-closed twice: {distinct} distinct, {repeats} repeats");
+    assert_eq!(distinct, 4000);
+    assert!(
+        repeats <= 2 * 200,
+        "{repeats} repeats: more than two batches"
+    );
+    assert_eq!(failed_rows(&db).await, 0);
+    topology.delete().await;
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_event_is_marked_failed_with_the_reason_and_later_events_flow() {
+    let Some(url) = rabbit().await else { return };
+    // Given a queue bound only to order events
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::declare(&url, "order.#").await;
+    let mut config = config_for(&db, &dir.path().join("log"));
+    topology.configure(&mut config);
+    let relay = InProcessRelay::start(&config).await;
+
+    // When an event no queue is bound for is written between two order events
+    let client = connect(&db.url).await;
+    for (aggregate_type, event_type) in [("order", "A"), ("ghost", "Lost"), ("order", "B")] {
+        client
+            .execute(
+                "INSERT INTO outbox (aggregatetype, aggregateid, type, payload, headers) \
+                 VALUES ($1, '1', $2, '{\"n\": 1}', '{\"trace\": \"t1\", \"try\": 2}')",
+                &[&aggregate_type, &event_type],
+            )
+            .await
+            .unwrap();
+    }
+
+    // Then it is marked failed with the broker's reason, and both order events arrive
+    wait_settled(&db, 3, WAIT).await;
+    relay.stop().await;
+    let failed = client
+        .query_one(
+            "SELECT type, last_error FROM outbox WHERE failed_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.get::<_, String>(0), "Lost");
+    assert_eq!(
+        failed.get::<_, String>(1),
+        format!(
+            "unroutable: exchange {} routing key ghost.Lost: NO_ROUTE",
+            topology.exchange
+        )
+    );
+    let messages = topology.consume_all(WAIT).await;
+    let kinds: Vec<String> = messages
+        .iter()
+        .map(|m| m.properties.kind().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["A", "B"]);
+    // And the message carries the event's metadata and headers, the payload byte for byte
+    let first = &messages[0];
+    assert_eq!(first.routing_key.as_str(), "order.A");
+    assert_eq!(first.data, br#"{"n": 1}"#);
+    assert_eq!(first.properties.delivery_mode(), &Some(2));
+    assert_eq!(header(first, "trace").as_deref(), Some("t1"));
+    assert_eq!(header(first, "try").as_deref(), Some("LongLongInt(2)"));
+    assert_eq!(header(first, "aggregatetype").as_deref(), Some("order"));
+    topology.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacked_events_stay_pending_and_are_republished_in_order() {
+    let Some(url) = rabbit().await else { return };
+    // Given a queue that holds two messages and makes the broker nack any more
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(2));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let topology = Topology::declare_with(&url, "#", args).await;
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&db, &dir.path().join("log"));
+    topology.configure(&mut config);
+    let relay = InProcessRelay::start(&config).await;
+    create_aggregates(&db, 1).await;
+
+    // When five events of one aggregate are written
+    write_events(&db, 1, 5, 1).await;
+
+    // Then, while the queue is full, the nacked events stay pending (never failed), and only a
+    // prefix of the aggregate is marked sent
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let client = connect(&db.url).await;
+    let sent: Vec<i32> = client
+        .query(
+            "SELECT (payload->>'seq')::int FROM outbox WHERE sent_at IS NOT NULL ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(sent.len() < 5, "sent {sent:?} into a queue that holds two");
+    assert_eq!(sent, (1..=sent.len() as i32).collect::<Vec<_>>());
+    assert_eq!(failed_rows(&db).await, 0);
+
+    // And as a consumer drains the queue, the retries deliver everything, in order
+    let mut messages = Vec::new();
+    while pending_rows(&db).await > 0 {
+        messages.extend(topology.consume_all(WAIT).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.stop().await;
+    messages.extend(topology.consume_all(WAIT).await);
+    let (distinct, _) = assert_queue_order(&messages);
+    assert_eq!(distinct, 5);
+    topology.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_or_vhost_at_start_up_is_one_clear_error() {
+    let Some(_) = rabbit().await else { return };
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&db, &dir.path().join("log"));
+    config.sink.kind = SinkKind::Amqp;
+    config.sink.amqp.exchange = "amq.topic".into();
+
+    // Given a wrong password, when the sink opens, then a configuration error, password masked
+    config.sink.amqp.url = DbUrl::new("amqp://guest:hunter2@127.0.0.1:5672/%2f");
+    let Err(err) = AnySink::open(&config.sink).await else {
+        panic!("a wrong password was accepted")
+    };
+    let line = err.chain();
+    assert_eq!(err.kind(), ErrorKind::Config, "{line}");
+    assert!(
+        line.starts_with("connecting to RabbitMQ at amqp://guest:********@127.0.0.1:5672/%2f: "),
+        "{line}"
+    );
+    assert!(line.contains("ACCESS_REFUSED"), "{line}");
+    eprintln!("wrong password: {line}");
+    assert!(!line.contains("hunter2"), "{line}");
+
+    // And the binary exits non-zero with that one error line (the file gets the real URL:
+    // serializing a config masks it)
+    let path = write_config(&config, dir.path(), "wrong-password");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("guest:********@", "guest:hunter2@");
+    std::fs::write(&path, text).unwrap();
+    let (code, _, stderr) = run_cli(&path, &["run"]);
+    assert_ne!(code, 0);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("ACCESS_REFUSED"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    // Given a vhost that does not exist, the same: a configuration error that names it
+    config.sink.amqp.url = DbUrl::new("amqp://guest:guest@127.0.0.1:5672/no-such-vhost");
+    let Err(err) = AnySink::open(&config.sink).await else {
+        panic!("an unknown vhost was accepted")
+    };
+    assert_eq!(err.kind(), ErrorKind::Config, "{}", err.chain());
+    assert!(err.chain().contains("no-such-vhost"), "{}", err.chain());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_exchange_stops_start_up_unless_declare_is_on() {
+    let Some(url) = rabbit().await else { return };
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&db, &dir.path().join("log"));
+    config.sink.kind = SinkKind::Amqp;
+    config.sink.amqp.url = DbUrl::new(url.clone());
+    config.sink.amqp.exchange = format!("outboxd-test-missing-{}", uuid::Uuid::new_v4().simple());
+
+    // Given the default passive check, a missing exchange is a configuration error
+    let Err(err) = AnySink::open(&config.sink).await else {
+        panic!("a missing exchange was accepted")
+    };
+    assert_eq!(err.kind(), ErrorKind::Config, "{}", err.chain());
+    assert!(err.chain().contains("NOT_FOUND"), "{}", err.chain());
+
+    // With declare = true the sink creates it, and is healthy
+    config.sink.amqp.declare = true;
+    let sink = AnySink::open(&config.sink).await.expect("declare exchange");
+    assert!(sink.is_healthy());
+    drop(sink);
+    Topology {
+        url,
+        exchange: config.sink.amqp.exchange.clone(),
+        queue: "outboxd-test-none".into(),
+    }
+    .delete()
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_masks_the_amqp_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[sink]\ntype = \"amqp\"\n[sink.amqp]\nurl = \"amqps://app:hunter2@mq:5671/prod\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_cli(&path, &["check-config"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("amqps://app:********@mq:5671/prod"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("routing_key = \"{aggregatetype}.{type}\""),
+        "{stdout}"
+    );
+}
+
+/// Rows neither sent nor failed.
+async fn pending_rows(db: &common::pg::TestDb) -> i64 {
+    connect(&db.url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Rows marked failed.
+async fn failed_rows(db: &common::pg::TestDb) -> i64 {
+    connect(&db.url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until at least `count` rows are marked sent.
+async fn wait_sent_at_least(db: &common::pg::TestDb, count: i64) {
+    let client = connect(&db.url).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let sent: i64 = client
+            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if sent >= count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {sent} rows sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
