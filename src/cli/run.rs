@@ -15,7 +15,7 @@ pub async fn run(config: &Config) -> Result<()> {
         migrate(config).await?;
     }
     let mut source = PollSource::start(&config.source, &config.relay).await?;
-    let mut sink = AnySink::open(&config.sink).await?;
+    let mut sink = AnySink::open(&config.sink, config.source.batch_size).await?;
     tracing::info!(
         table = %OutboxTable::new(&config.source).qualified,
         sink = crate::sink::Sink::name(&sink),

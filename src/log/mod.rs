@@ -38,14 +38,24 @@
 //! partial or failing frame may be a write in progress, so it reads as "nothing yet" and is
 //! tried again on the next call; in any older segment it is reported as corruption.
 
+mod codec;
+mod durability;
+mod index;
+mod options;
 mod reader;
 mod record;
 mod recovery;
+mod retention;
+mod seek;
 mod segment;
+mod syncer;
 #[cfg(test)]
 mod testing;
 mod writer;
 
+pub use self::durability::Durability;
+pub use self::options::WriterOptions;
 pub use self::reader::LogReader;
 pub use self::record::{NewRecord, Record};
-pub use self::writer::{LogWriter, WriterOptions};
+pub use self::syncer::{Durable, Syncer};
+pub use self::writer::LogWriter;
