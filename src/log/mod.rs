@@ -50,12 +50,12 @@ mod seek;
 mod segment;
 mod syncer;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod writer;
 
 pub use self::durability::Durability;
 pub use self::options::WriterOptions;
 pub use self::reader::LogReader;
 pub use self::record::{NewRecord, Record};
-pub use self::syncer::{Durable, Syncer};
+pub use self::syncer::{Durable, SyncProbe, Syncer};
 pub use self::writer::LogWriter;

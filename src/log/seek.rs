@@ -129,3 +129,99 @@ fn read(dir: &Path, base: u64, src: &mut BufReader<File>) -> Result<Frame> {
         Error::io(format!("reading log segment {}", path.display()), err)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::testing::{append_range, read_all};
+    use crate::log::{LogReader, LogWriter, Record, WriterOptions};
+    use chrono::TimeDelta;
+
+    /// Segments of ~2 KiB with an index entry every ~500 bytes.
+    const SMALL: WriterOptions = WriterOptions {
+        index_interval_bytes: 500,
+        ..WriterOptions::with_segment_bytes(2048)
+    };
+
+    /// A log of 120 records in 40 batches over many segments, and its records by linear scan.
+    fn log_of_batches() -> (tempfile::TempDir, LogWriter, Vec<Record>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = LogWriter::open(dir.path(), SMALL).unwrap();
+        for batch in 0..40 {
+            append_range(&mut writer, batch * 3..batch * 3 + 3, 150);
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let records = read_all(&mut LogReader::open(dir.path()).unwrap());
+        assert_eq!(records.len(), 120);
+        (dir, writer, records)
+    }
+
+    /// Checks seek and seek_time against the linear scan `records` for every offset and time.
+    fn assert_seeks_match_scan(dir: &Path, records: &[Record]) {
+        let mut reader = LogReader::open(dir).unwrap();
+        for expected in records {
+            reader.seek(expected.offset).unwrap();
+            assert_eq!(reader.next().unwrap().unwrap().offset, expected.offset);
+        }
+        let one = TimeDelta::nanoseconds(1);
+        for at in records.iter().map(|r| r.appended_at) {
+            for time in [at - one, at, at + one] {
+                let linear = records.iter().find(|r| r.appended_at >= time);
+                reader.seek_time(time).unwrap();
+                let found = reader.next().unwrap();
+                assert_eq!(found.map(|r| r.offset), linear.map(|r| r.offset), "at {time}");
+            }
+        }
+    }
+
+    #[test]
+    fn seeking_by_offset_and_by_time_equals_a_linear_scan() {
+        // given a log over many segments, each with an index
+        let (dir, _writer, records) = log_of_batches();
+        let indexes = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("index".as_ref()))
+            .count();
+        assert!(indexes > 10, "{indexes} indexes");
+        // then every seek lands where a scan from the start would
+        assert_seeks_match_scan(dir.path(), &records);
+    }
+
+    #[test]
+    fn seeks_still_match_after_the_index_files_are_deleted_or_garbled() {
+        // given a log whose index files are then deleted (one garbled)
+        let (dir, writer, records) = log_of_batches();
+        drop(writer);
+        let bases = segment::list(dir.path()).unwrap();
+        for &base in &bases {
+            std::fs::remove_file(segment::index_path(dir.path(), base)).unwrap();
+        }
+        std::fs::write(segment::index_path(dir.path(), bases[1]), [7u8; 100]).unwrap();
+
+        // then readers rebuild them in memory and seek the same
+        assert_seeks_match_scan(dir.path(), &records);
+
+        // and a reopened writer rebuilds them on disk
+        let _writer = LogWriter::open(dir.path(), SMALL).unwrap();
+        for &base in &bases {
+            let entries = index::load(dir.path(), base).unwrap().unwrap();
+            assert_eq!(entries.first().map(|e| (e.offset, e.pos)), Some((base, 0)));
+        }
+        assert_seeks_match_scan(dir.path(), &records);
+    }
+
+    #[test]
+    fn a_missing_index_of_a_damaged_sealed_segment_is_reported_when_rebuilt() {
+        // given a closed segment with a flipped byte and no index
+        let (dir, writer, _) = log_of_batches();
+        drop(writer);
+        let bases = segment::list(dir.path()).unwrap();
+        std::fs::remove_file(segment::index_path(dir.path(), bases[0])).unwrap();
+        crate::log::testing::flip_byte(&segment::path(dir.path(), bases[0]), 300);
+
+        // then the writer refuses to open, naming the segment
+        let err = LogWriter::open(dir.path(), SMALL).err().unwrap();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Corrupt);
+        assert!(err.to_string().contains("while indexing"), "{err}");
+    }
+}

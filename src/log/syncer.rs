@@ -90,14 +90,28 @@ impl Syncer {
         }
     }
 
+    /// A handle to watch and drive the syncer from elsewhere (tests, diagnostics).
+    pub fn probe(&self) -> SyncProbe {
+        SyncProbe(self.shared.clone())
+    }
+}
+
+/// Observes (and can trigger) a [`Syncer`]'s fsyncs while it is in use.
+#[derive(Clone)]
+pub struct SyncProbe(
+    /// The syncer's shared state.
+    Arc<Shared>,
+);
+
+impl SyncProbe {
     /// Runs one fsync now, on the calling thread (blocking).
     pub fn sync_now(&self) {
-        self.shared.sync_once();
+        self.0.sync_once();
     }
 
     /// How many fsyncs completed.
     pub fn fsyncs(&self) -> u64 {
-        self.shared.fsyncs.load(Ordering::SeqCst)
+        self.0.fsyncs.load(Ordering::SeqCst)
     }
 }
 

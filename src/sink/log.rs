@@ -127,3 +127,77 @@ impl Sink for LogSink {
         "log"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::testing::event;
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    /// A log sink configuration in `dir` with the given durability.
+    fn config(dir: &Path, durability: Durability, fsync_interval_ms: u64) -> LogSinkConfig {
+        LogSinkConfig {
+            dir: dir.to_owned(),
+            durability,
+            fsync_interval_ms,
+            ..LogSinkConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn interval_mode_does_not_resolve_publish_before_an_fsync_covers_it() {
+        // given a sink in interval mode whose syncer would wait a minute
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 60_000), 10)
+            .await
+            .unwrap();
+        let probe = sink.syncer().unwrap().probe();
+        let before = probe.fsyncs();
+        let events = vec![event(0, 100), event(1, 100)];
+
+        // when a batch is published, then it stays unresolved while no fsync runs
+        let publish = sink.publish(&events);
+        tokio::pin!(publish);
+        assert!(timeout(Duration::from_millis(300), &mut publish).await.is_err());
+        assert_eq!(probe.fsyncs(), before);
+
+        // and resolves once an fsync completed after the append
+        let syncing = probe.clone();
+        tokio::task::spawn_blocking(move || syncing.sync_now()).await.unwrap();
+        let outcomes = timeout(Duration::from_secs(5), publish).await.unwrap().unwrap();
+        assert_eq!(outcomes, vec![Outcome::Delivered; 2]);
+        assert_eq!(probe.fsyncs(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn interval_mode_resolves_within_an_interval_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 20), 10)
+            .await
+            .unwrap();
+        let probe = sink.syncer().unwrap().probe();
+        let events = vec![event(0, 100)];
+        timeout(Duration::from_secs(5), sink.publish(&events)).await.unwrap().unwrap();
+        assert!(probe.fsyncs() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_sink_reports_the_events_at_the_end_of_the_log() {
+        // given a log holding 30 events, in none mode (no fsync at all)
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), Durability::None, 50);
+        let mut sink = LogSink::open(&cfg, 10).await.unwrap();
+        assert!(sink.already_delivered().is_empty());
+        let events: Vec<Event> = (0..30).map(|n| event(n, 50)).collect();
+        sink.publish(&events).await.unwrap();
+        drop(sink);
+
+        // when it is opened again, then it reports their positions and ids, once
+        let mut sink = LogSink::open(&cfg, 10).await.unwrap();
+        let tail = sink.already_delivered();
+        assert_eq!(tail.len(), 30);
+        assert_eq!(tail[29], (Position(29), "event-29".to_owned()));
+        assert!(sink.already_delivered().is_empty());
+    }
+}
