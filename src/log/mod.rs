@@ -40,6 +40,7 @@
 
 mod codec;
 mod durability;
+mod group;
 mod index;
 mod options;
 mod reader;
@@ -54,6 +55,7 @@ pub(crate) mod testing;
 mod writer;
 
 pub use self::durability::Durability;
+pub use self::group::ConsumerGroup;
 pub use self::options::WriterOptions;
 pub use self::reader::LogReader;
 pub use self::record::{NewRecord, Record};

@@ -74,7 +74,10 @@ mod tests {
     /// Sizes of the segment files in `dir`, in offset order.
     fn sizes(dir: &Path) -> Vec<u64> {
         let paths = segment_paths(dir);
-        paths.iter().map(|p| std::fs::metadata(p).unwrap().len()).collect()
+        paths
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect()
     }
 
     #[test]
@@ -118,17 +121,28 @@ mod tests {
     fn retention_by_age_deletes_old_segments_but_never_the_active_one() {
         // given four segments, all last written two hours ago
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = LogWriter::open(dir.path(), WriterOptions::with_segment_bytes(2048)).unwrap();
+        let mut writer =
+            LogWriter::open(dir.path(), WriterOptions::with_segment_bytes(2048)).unwrap();
         append_range(&mut writer, 0..16, 200);
         let paths = segment_paths(dir.path());
         assert!(paths.len() >= 4);
         let old = SystemTime::now() - Duration::from_secs(7200);
         for path in &paths {
-            File::options().write(true).open(path).unwrap().set_modified(old).unwrap();
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
         }
         // and the second newest written just now
         let recent = &paths[paths.len() - 2];
-        File::options().write(true).open(recent).unwrap().set_modified(SystemTime::now()).unwrap();
+        File::options()
+            .write(true)
+            .open(recent)
+            .unwrap()
+            .set_modified(SystemTime::now())
+            .unwrap();
 
         // when retention of one hour runs
         let options = WriterOptions {

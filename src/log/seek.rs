@@ -169,7 +169,11 @@ mod tests {
                 let linear = records.iter().find(|r| r.appended_at >= time);
                 reader.seek_time(time).unwrap();
                 let found = reader.next().unwrap();
-                assert_eq!(found.map(|r| r.offset), linear.map(|r| r.offset), "at {time}");
+                assert_eq!(
+                    found.map(|r| r.offset),
+                    linear.map(|r| r.offset),
+                    "at {time}"
+                );
             }
         }
     }

@@ -159,13 +159,22 @@ mod tests {
         // when a batch is published, then it stays unresolved while no fsync runs
         let publish = sink.publish(&events);
         tokio::pin!(publish);
-        assert!(timeout(Duration::from_millis(300), &mut publish).await.is_err());
+        assert!(
+            timeout(Duration::from_millis(300), &mut publish)
+                .await
+                .is_err()
+        );
         assert_eq!(probe.fsyncs(), before);
 
         // and resolves once an fsync completed after the append
         let syncing = probe.clone();
-        tokio::task::spawn_blocking(move || syncing.sync_now()).await.unwrap();
-        let outcomes = timeout(Duration::from_secs(5), publish).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || syncing.sync_now())
+            .await
+            .unwrap();
+        let outcomes = timeout(Duration::from_secs(5), publish)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(outcomes, vec![Outcome::Delivered; 2]);
         assert_eq!(probe.fsyncs(), before + 1);
     }
@@ -178,7 +187,10 @@ mod tests {
             .unwrap();
         let probe = sink.syncer().unwrap().probe();
         let events = vec![event(0, 100)];
-        timeout(Duration::from_secs(5), sink.publish(&events)).await.unwrap().unwrap();
+        timeout(Duration::from_secs(5), sink.publish(&events))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(probe.fsyncs() >= 1);
     }
 
