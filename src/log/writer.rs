@@ -83,6 +83,14 @@ impl LogWriter {
         let recovered = recovery::recover(&segment_path, base, interval)?;
         index::write(dir, base, &recovered.entries)?;
         let segment = open_append(&segment_path).map_err(|(what, err)| Error::io(what, err))?;
+        if options.durability != Durability::None {
+            // Records a crashed process wrote but never fsynced are still in the page cache and
+            // read back as valid; make them durable before anyone relies on them (the log sink
+            // reports the log's tail as delivered).
+            segment
+                .sync_data()
+                .map_err(|err| Error::io(format!("fsyncing {}", segment_path.display()), err))?;
+        }
         let index = open_append(&segment::index_path(dir, base))
             .map_err(|(what, err)| Error::io(what, err))?;
         let mut sampler = Sampler::new(interval);

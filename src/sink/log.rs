@@ -212,4 +212,31 @@ mod tests {
         assert_eq!(tail[29], (Position(29), "event-29".to_owned()));
         assert!(sink.already_delivered().is_empty());
     }
+
+    #[tokio::test]
+    async fn after_a_failed_fsync_publish_fails_for_good_and_appends_nothing() {
+        // given a sink in interval mode whose writer then sees an fsync fail
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 60_000), 10)
+            .await
+            .unwrap();
+        let probe = sink.syncer().unwrap().probe();
+        let failure = std::io::Error::other("injected EIO");
+        sink.writer
+            .lock()
+            .unwrap()
+            .poison(("fsyncing the active log segment".to_owned(), failure));
+        probe.sync_now();
+
+        // then publishing fails as poisoned (not retryable), and the log stays empty
+        let events = vec![event(0, 10)];
+        let err = sink.publish(&events).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SinkPoisoned);
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("injected EIO"), "{err}");
+        drop(sink);
+        assert!(
+            crate::log::testing::read_all(&mut LogReader::open(dir.path()).unwrap()).is_empty()
+        );
+    }
 }
