@@ -21,6 +21,10 @@ pub struct OutboxTable {
     pub mark_sent: String,
     /// Deletes sent rows; `$1` is an `int8[]` of positions.
     pub delete_sent: String,
+    /// Marks pending rows sent that match both `$1` positions and `$2` ids (parallel arrays).
+    pub mark_delivered: String,
+    /// Deletes pending rows that match both `$1` positions and `$2` ids (parallel arrays).
+    pub delete_delivered: String,
     /// Marks rows failed; `$1` positions, `$2` reasons, as parallel arrays.
     pub mark_failed: String,
     /// Values substituted into the migration templates.
@@ -61,6 +65,26 @@ impl OutboxTable {
         let delete_sent = format!(
             "DELETE FROM {qualified} WHERE {} = ANY($1::int8[])",
             q(&c.position)
+        );
+        let mark_delivered = format!(
+            "UPDATE {qualified} AS o SET {sent} = now(), {attempts} = o.{attempts} + 1 \
+             FROM unnest($1::int8[], $2::text[]) AS d(pos, id) \
+             WHERE o.{pos} = d.pos AND o.{id}::text = d.id AND o.{sent} IS NULL \
+             AND o.{failed} IS NULL",
+            sent = q(&c.sent_at),
+            attempts = q(&c.attempts),
+            pos = q(&c.position),
+            id = q(&c.id),
+            failed = q(&c.failed_at),
+        );
+        let delete_delivered = format!(
+            "DELETE FROM {qualified} AS o USING unnest($1::int8[], $2::text[]) AS d(pos, id) \
+             WHERE o.{pos} = d.pos AND o.{id}::text = d.id AND o.{sent} IS NULL \
+             AND o.{failed} IS NULL",
+            pos = q(&c.position),
+            id = q(&c.id),
+            sent = q(&c.sent_at),
+            failed = q(&c.failed_at),
         );
         let mark_failed = format!(
             "UPDATE {qualified} AS o SET {failed} = now(), {attempts} = o.{attempts} + 1, \
@@ -103,6 +127,8 @@ impl OutboxTable {
             fetch_pending,
             mark_sent,
             delete_sent,
+            mark_delivered,
+            delete_delivered,
             mark_failed,
             template_vars,
         }

@@ -9,7 +9,9 @@ use crate::sink::{Outcome, Sink};
 use crate::source::Source;
 use tokio_util::sync::CancellationToken;
 
-/// Relays until `shutdown` is cancelled (returns `Ok`) or an error no retry can fix (returns it).
+/// Relays until `shutdown` is cancelled (returns `Ok`) or an error no retry can fix (returns it;
+/// e.g. a poisoned log after a failed fsync: nothing more is acknowledged, and `outboxd run`
+/// logs the error and exits non-zero).
 ///
 /// Shutdown stops claiming at once. A batch already being published is finished and
 /// acknowledged; one waiting to retry a failed publish is abandoned unacknowledged, so its
@@ -20,6 +22,19 @@ pub async fn run<S: Source, K: Sink>(
     config: &RelayConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    // A previous run may have stored a batch and crashed before acknowledging it: acknowledge
+    // what the sink already holds first, so that batch is not fetched and stored again.
+    let stored = sink.already_delivered();
+    if !stored.is_empty() {
+        let acked = source.ack_delivered(&stored, &shutdown).await?;
+        if acked > 0 {
+            tracing::info!(
+                events = acked,
+                sink = sink.name(),
+                "acknowledged events the sink already held from a previous run"
+            );
+        }
+    }
     loop {
         // The source's wait is cancel-safe and itself watches `shutdown`.
         let Some(batch) = source.next_batch(&shutdown).await? else {

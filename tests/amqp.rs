@@ -204,7 +204,7 @@ async fn a_wrong_password_or_vhost_at_start_up_is_one_clear_error() {
 
     // Given a wrong password, when the sink opens, then a configuration error, password masked
     config.sink.amqp.url = DbUrl::new("amqp://guest:hunter2@127.0.0.1:5672/%2f");
-    let Err(err) = AnySink::open(&config.sink).await else {
+    let Err(err) = AnySink::open(&config.sink, config.source.batch_size).await else {
         panic!("a wrong password was accepted")
     };
     let line = err.chain();
@@ -232,7 +232,7 @@ async fn a_wrong_password_or_vhost_at_start_up_is_one_clear_error() {
 
     // Given a vhost that does not exist, the same: a configuration error that names it
     config.sink.amqp.url = DbUrl::new("amqp://guest:guest@127.0.0.1:5672/no-such-vhost");
-    let Err(err) = AnySink::open(&config.sink).await else {
+    let Err(err) = AnySink::open(&config.sink, config.source.batch_size).await else {
         panic!("an unknown vhost was accepted")
     };
     assert_eq!(err.kind(), ErrorKind::Config, "{}", err.chain());
@@ -250,7 +250,7 @@ async fn a_missing_exchange_stops_start_up_unless_declare_is_on() {
     config.sink.amqp.exchange = format!("outboxd-test-missing-{}", uuid::Uuid::new_v4().simple());
 
     // Given the default passive check, a missing exchange is a configuration error
-    let Err(err) = AnySink::open(&config.sink).await else {
+    let Err(err) = AnySink::open(&config.sink, config.source.batch_size).await else {
         panic!("a missing exchange was accepted")
     };
     assert_eq!(err.kind(), ErrorKind::Config, "{}", err.chain());
@@ -258,7 +258,9 @@ async fn a_missing_exchange_stops_start_up_unless_declare_is_on() {
 
     // With declare = true the sink creates it, and is healthy
     config.sink.amqp.declare = true;
-    let sink = AnySink::open(&config.sink).await.expect("declare exchange");
+    let sink = AnySink::open(&config.sink, config.source.batch_size)
+        .await
+        .expect("declare exchange");
     assert!(sink.is_healthy());
     drop(sink);
     Topology {

@@ -95,7 +95,9 @@ async fn metrics_count_what_was_relayed_and_readyz_follows_the_sink() {
     let mut source = PollSource::start(&config.source, &config.relay)
         .await
         .unwrap();
-    let inner = AnySink::open(&config.sink).await.unwrap();
+    let inner = AnySink::open(&config.sink, config.source.batch_size)
+        .await
+        .unwrap();
     let mut sink = FlakySink {
         inner,
         failing: failing.clone(),

@@ -1,4 +1,4 @@
-//! The command line: `run`, `migrate`, `check-config` and `log read|tail`.
+//! The command line: `run`, `migrate`, `check-config` and `log read|tail|stats`.
 
 mod log;
 mod run;

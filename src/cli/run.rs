@@ -15,7 +15,7 @@ pub async fn run(config: &Config) -> Result<()> {
         migrate(config).await?;
     }
     let mut source = PollSource::start(&config.source, &config.relay).await?;
-    let mut sink = AnySink::open(&config.sink).await?;
+    let mut sink = AnySink::open(&config.sink, config.source.batch_size).await?;
     crate::metrics::get().sink_up.set(1);
     let http = match config.http.enabled {
         true => Some(

@@ -71,6 +71,39 @@ impl Config {
             1024,
             256 << 20,
         )?;
+        range(
+            "sink.log.fsync_interval_ms",
+            log.fsync_interval_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            "sink.log.index_interval_bytes",
+            log.index_interval_bytes,
+            64,
+            64 << 20,
+        )?;
+        if let Some(age) = log.segment_max_age_ms {
+            range("sink.log.segment_max_age_ms", age, 1_000, u64::MAX >> 1)?;
+        }
+        if let Some(bytes) = log.retention_bytes {
+            range(
+                "sink.log.retention_bytes",
+                bytes,
+                log.segment_bytes,
+                u64::MAX,
+            )
+            .map_err(|_| {
+                Error::config(
+                    "sink.log.retention_bytes",
+                    "must be at least sink.log.segment_bytes (a smaller limit would delete \
+                         every closed segment at once)",
+                )
+            })?;
+        }
+        if let Some(age) = log.retention_ms {
+            range("sink.log.retention_ms", age, 1_000, u64::MAX >> 1)?;
+        }
         self.sink.amqp.validate()?;
 
         range(
@@ -166,6 +199,21 @@ mod tests {
             err,
             "source.batch_size: must be between 1 and 100000 (got 0)"
         );
+    }
+
+    #[test]
+    fn log_retention_below_one_segment_is_refused_naming_the_key() {
+        let mut cfg = Config::default();
+        cfg.sink.log.retention_bytes = Some(1024);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("sink.log.retention_bytes: must be at least"),
+            "{err}"
+        );
+        cfg.sink.log.retention_bytes = None;
+        cfg.sink.log.fsync_interval_ms = 0;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("sink.log.fsync_interval_ms"), "{err}");
     }
 
     #[test]

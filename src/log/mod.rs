@@ -11,26 +11,43 @@
 //! - Segment files named `{base_offset:020}.log` (e.g. `00000000000000000042.log`), where the
 //!   base offset is the offset of the segment's first record. The records of a segment have
 //!   consecutive offsets, and each segment starts where the previous one ended. A segment is
-//!   closed once the next record would push it past [`WriterOptions::segment_bytes`]; a record
-//!   larger than that gets a segment of its own.
+//!   closed once the next record would push it past [`WriterOptions::segment_bytes`] (a record
+//!   larger than that gets a segment of its own), or once its first record is older than
+//!   [`WriterOptions::segment_max_age`].
+//! - Beside each segment its sparse index `{base_offset:020}.index` (see `index.rs`): an entry
+//!   every [`WriterOptions::index_interval_bytes`] with offset, byte position and append time,
+//!   to seek by offset or time. The `.log` file is the source of truth; an index is checked
+//!   before use and rebuilt from its segment when missing or stale.
+//! - `groups/<name>.offset`: the committed next offset of each [`ConsumerGroup`].
 //!
 //! A segment is a sequence of frames, one per record:
 //!
 //! ```text
 //! +---------------+----------------+-----------------------------------------------+
 //! | len: u32 LE   | crc32c: u32 LE | body: `len` bytes                             |
-//! | (body length) | (of the body)  | version byte 1, then the Record as serde_json |
+//! | (body length) | (of the body)  | version byte, then the record (see codec.rs): |
+//! |               |                | 2 = compact binary (written), 1 = JSON (read) |
 //! +---------------+----------------+-----------------------------------------------+
 //! ```
 //!
-//! A body over 256 MiB is refused as a damaged header.
+//! A body over 256 MiB is refused as a damaged header. Append times never decrease along the
+//! log (the writer clamps a clock that steps back), which is what makes seeking by time a
+//! binary search.
 //!
 //! # Durability and recovery
 //!
-//! An append is one write per segment followed by `fdatasync` (and a directory fsync when it
-//! creates a segment); offsets are returned only after both. A crash can therefore leave only
-//! the newest segment with a torn tail, which the writer cuts off when it opens. After a failed
-//! write or fsync the writer is poisoned and refuses every further append (see [`LogWriter`]).
+//! An append is one write per segment touched; [`Durability`] decides when it is fsynced
+//! (`batch`: before `append` returns; `interval`: by a [`Syncer`] that callers wait on;
+//! `none`: at segment close only). Creating a segment also fsyncs the directory. A crash can
+//! therefore leave only the newest segment with a torn tail, which the writer cuts off when it
+//! opens; damage followed by valid records is corruption and stops the writer instead. After a
+//! failed write or fsync the writer is poisoned and refuses every further append (see
+//! [`LogWriter`]).
+//!
+//! # Retention
+//!
+//! With `retention_bytes` and/or `retention`, the writer deletes the oldest whole segments
+//! (never the active one) on open, after each roll, and at most once a minute while appending.
 //!
 //! # Reading
 //!
@@ -38,14 +55,26 @@
 //! partial or failing frame may be a write in progress, so it reads as "nothing yet" and is
 //! tried again on the next call; in any older segment it is reported as corruption.
 
+mod codec;
+mod durability;
+mod group;
+mod index;
+mod options;
 mod reader;
 mod record;
 mod recovery;
+mod retention;
+mod seek;
 mod segment;
+mod syncer;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod writer;
 
+pub use self::durability::Durability;
+pub use self::group::ConsumerGroup;
+pub use self::options::WriterOptions;
 pub use self::reader::LogReader;
 pub use self::record::{NewRecord, Record};
-pub use self::writer::{LogWriter, WriterOptions};
+pub use self::syncer::{Durable, SyncProbe, Syncer};
+pub use self::writer::LogWriter;

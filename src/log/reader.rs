@@ -1,11 +1,15 @@
 //! Reading the log from any offset, alongside a live writer and without its lock.
 
 use super::record::{self, Frame, Record};
-use super::segment;
+use super::{WriterOptions, seek, segment};
 use crate::error::{Error, ErrorKind, Result};
+use chrono::{DateTime, Utc};
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+/// Index spacing of indexes a reader rebuilds in memory for segments that have none.
+const INDEX_INTERVAL: u64 = WriterOptions::DEFAULT.index_interval_bytes;
 
 /// Read buffer per open segment.
 const READ_BUFFER: usize = 1 << 16;
@@ -63,6 +67,13 @@ impl LogReader {
         self.place()
     }
 
+    /// Positions the reader at the first record appended at or after `time` (found through the
+    /// segments' indexes), or at the end of the log if there is none yet.
+    pub fn seek_time(&mut self, time: DateTime<Utc>) -> Result<()> {
+        let offset = seek::offset_at_time(&self.dir, time, INDEX_INTERVAL)?;
+        self.seek(offset)
+    }
+
     /// The next complete, checksum-valid record, or `Ok(None)` at the current end of the log;
     /// call again later to see new appends, including into segments created since.
     // Not `Iterator::next`: reading fails and the end moves, so `None` does not mean "done".
@@ -109,28 +120,44 @@ impl LogReader {
     }
 
     /// Offset of the first record in the log and the offset after the last (equal when the
-    /// log is empty). Reads the newest segment through to count its records.
+    /// log is empty). Reads the newest segment from its last index entry to count its records.
     pub fn bounds(&self) -> Result<(u64, u64)> {
         let bases = segment::list(&self.dir)?;
         let (Some(&first), Some(&last)) = (bases.first(), bases.last()) else {
             return Ok((0, 0));
         };
-        let mut cursor = Cursor::open(&self.dir, last)?;
-        while let Frame::Valid(_) = cursor.read()? {
-            cursor.next_offset += 1;
-        }
-        Ok((first, cursor.next_offset))
+        let start = seek::start_for_offset(&self.dir, last, u64::MAX)?;
+        Ok((first, seek::scan_end(&self.dir, last, start)?))
     }
 
-    /// Opens the segment holding `min_offset` and skips the records below it, checking their
-    /// checksums but not decoding them. Leaves no cursor while the log has no segment.
+    /// Opens the segment holding `min_offset` at the nearest index entry before it and skips
+    /// the records below it, checking their checksums but not decoding them. Leaves no cursor
+    /// while the log has no segment.
     fn place(&mut self) -> Result<()> {
-        let bases = segment::list(&self.dir)?;
-        if bases.is_empty() {
-            return Ok(());
-        }
-        let base = bases[segment::holding(&bases, self.min_offset)];
-        let mut cursor = Cursor::open(&self.dir, base)?;
+        // Retention may delete the chosen segment between listing and opening it: list again.
+        let mut attempts = 0;
+        let mut cursor = loop {
+            let bases = segment::list(&self.dir)?;
+            if bases.is_empty() {
+                return Ok(());
+            }
+            let base = bases[segment::holding(&bases, self.min_offset)];
+            let start = match seek::start_for_offset(&self.dir, base, self.min_offset) {
+                Ok(start) => start,
+                Err(_) if attempts < 3 && !segment::path(&self.dir, base).exists() => {
+                    attempts += 1;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            match Cursor::open_at(&self.dir, base, start) {
+                Ok(cursor) => break cursor,
+                Err(_) if attempts < 3 && !segment::path(&self.dir, base).exists() => {
+                    attempts += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        };
         while cursor.next_offset < self.min_offset {
             // Whatever stops the skip (the end, a write in progress, damage) is next() to judge.
             let Frame::Valid(_) = cursor.read()? else {
@@ -154,7 +181,15 @@ impl LogReader {
                 format!("log segment after {} disappeared", current.path.display()),
             ));
         };
-        if next != current.next_offset {
+        if next != current.next_offset && !current.path.exists() {
+            // Retention deleted this segment while we read it and the next ones too: move on
+            // to the oldest record still there.
+            tracing::warn!(
+                from = current.next_offset,
+                to = next,
+                "log records were deleted by retention before this reader got to them"
+            );
+        } else if next != current.next_offset {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
@@ -173,15 +208,22 @@ impl LogReader {
 impl Cursor {
     /// Opens the segment with base offset `base` at its first frame.
     fn open(dir: &Path, base: u64) -> Result<Cursor> {
+        Cursor::open_at(dir, base, (0, base))
+    }
+
+    /// Opens the segment with base offset `base` at byte `pos`, where the frame of record
+    /// `offset` starts.
+    fn open_at(dir: &Path, base: u64, (pos, offset): (u64, u64)) -> Result<Cursor> {
         let path = segment::path(dir, base);
-        let file = File::open(&path)
-            .map_err(|err| Error::io(format!("opening log segment {}", path.display()), err))?;
+        let open_error = |err| Error::io(format!("opening log segment {}", path.display()), err);
+        let mut file = File::open(&path).map_err(open_error)?;
+        file.seek(SeekFrom::Start(pos)).map_err(open_error)?;
         Ok(Cursor {
             base,
             path,
             src: BufReader::with_capacity(READ_BUFFER, file),
-            pos: 0,
-            next_offset: base,
+            pos,
+            next_offset: offset,
             sealed: false,
         })
     }
@@ -224,9 +266,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// Options that put about two records of 200-byte payloads in each segment.
-    const TINY: WriterOptions = WriterOptions {
-        segment_bytes: 1024,
-    };
+    const TINY: WriterOptions = WriterOptions::with_segment_bytes(1024);
 
     #[test]
     fn a_damaged_record_in_an_older_segment_is_corruption_never_data() {
@@ -370,13 +410,8 @@ mod tests {
         const BATCH: u64 = 50;
         let dir = tempfile::tempdir().unwrap();
         // Segments of a few KiB, so the reader also crosses segments created while it reads.
-        let mut writer = LogWriter::open(
-            dir.path(),
-            WriterOptions {
-                segment_bytes: 8192,
-            },
-        )
-        .unwrap();
+        let mut writer =
+            LogWriter::open(dir.path(), WriterOptions::with_segment_bytes(8192)).unwrap();
 
         // given a reader polling in another thread
         let reader_dir = dir.path().to_owned();

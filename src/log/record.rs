@@ -1,5 +1,6 @@
-//! Records and the frame that stores one on disk: `len | crc32c | version | json`.
+//! Records and the frame that stores one on disk: `len | crc32c | body` (see [`codec`]).
 
+use super::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use chrono::{DateTime, Utc};
@@ -12,9 +13,6 @@ pub(crate) const HEADER_LEN: usize = 8;
 /// Largest body accepted. Records reach tens of MiB; a length beyond this is a damaged header,
 /// and refusing it keeps a garbage length from making us allocate gigabytes.
 pub(crate) const MAX_BODY_LEN: usize = 256 * 1024 * 1024;
-
-/// The first byte of every body, so a later format can be told apart from this one.
-pub(crate) const FORMAT_VERSION: u8 = 1;
 
 /// A record as stored in the log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,26 +36,10 @@ pub struct NewRecord<'a> {
     pub event: &'a Event,
 }
 
-/// A [`Record`] made of borrowed parts, so appending never clones an event's payload.
-///
-/// Field names and order must stay those of [`Record`]: this is what gets written and `Record`
-/// is what gets read back.
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    /// See [`Record::offset`].
-    offset: u64,
-    /// See [`Record::topic`].
-    topic: &'a str,
-    /// See [`Record::appended_at`].
-    appended_at: DateTime<Utc>,
-    /// See [`Record::event`].
-    event: &'a Event,
-}
-
 /// What a read at a frame boundary found.
 #[derive(Debug)]
 pub(crate) enum Frame {
-    /// A whole frame whose checksum matches; holds the body (version byte and JSON).
+    /// A whole frame whose checksum matches; holds the body (version byte first).
     Valid(Vec<u8>),
     /// Not a single byte: the clean end of the data.
     End,
@@ -81,26 +63,8 @@ pub(crate) fn encode_frame(
     appended_at: DateTime<Utc>,
     record: &NewRecord<'_>,
 ) -> Result<usize> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; HEADER_LEN]);
-    buf.push(FORMAT_VERSION);
-    let record_ref = RecordRef {
-        offset,
-        topic: record.topic,
-        appended_at,
-        event: record.event,
-    };
-    if let Err(err) = serde_json::to_writer(&mut *buf, &record_ref) {
-        buf.truncate(start);
-        return Err(Error::with_source(
-            ErrorKind::Internal,
-            format!("encoding event {} for the embedded log", record.event.id),
-            err,
-        ));
-    }
-    let body_len = buf.len() - start - HEADER_LEN;
+    let body_len = codec::body_len(record.topic, record.event);
     if body_len > MAX_BODY_LEN {
-        buf.truncate(start);
         return Err(Error::new(
             ErrorKind::Internal,
             format!(
@@ -110,31 +74,20 @@ pub(crate) fn encode_frame(
             ),
         ));
     }
+    let start = buf.len();
+    buf.reserve(HEADER_LEN + body_len);
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    codec::encode(buf, offset, appended_at, record.topic, record.event);
+    debug_assert_eq!(buf.len() - start - HEADER_LEN, body_len);
     let crc = crc32c::crc32c(&buf[start + HEADER_LEN..]);
     buf[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
     buf[start + 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Ok(HEADER_LEN + body_len)
 }
 
-/// An upper bound of the frame length of `record`, whatever offset and time it gets appended at.
+/// The frame length of `record`; the offset and time it gets do not change it.
 pub(crate) fn max_encoded_len(record: &NewRecord<'_>) -> Result<usize> {
-    // The widest offset and a timestamp with nanoseconds serialize to the most digits.
-    let widest_time = DateTime::from_timestamp(253_402_300_799, 999_999_999).unwrap_or_default();
-    let record_ref = RecordRef {
-        offset: u64::MAX,
-        topic: record.topic,
-        appended_at: widest_time,
-        event: record.event,
-    };
-    let mut counter = ByteCounter(0);
-    serde_json::to_writer(&mut counter, &record_ref).map_err(|err| {
-        Error::with_source(
-            ErrorKind::Internal,
-            format!("encoding event {} for the embedded log", record.event.id),
-            err,
-        )
-    })?;
-    Ok(HEADER_LEN + 1 + counter.0)
+    Ok(HEADER_LEN + codec::body_len(record.topic, record.event))
 }
 
 /// Reads the frame starting at the current position of `src`.
@@ -171,13 +124,7 @@ pub(crate) fn read_frame(src: &mut impl Read) -> io::Result<Frame> {
 
 /// Decodes a valid frame's body; the error says what is wrong with it.
 pub(crate) fn decode_body(body: &[u8]) -> std::result::Result<Record, String> {
-    match body.split_first() {
-        Some((&FORMAT_VERSION, json)) => {
-            serde_json::from_slice(json).map_err(|err| format!("undecodable record: {err}"))
-        }
-        Some((version, _)) => Err(format!("unknown format version {version}")),
-        None => Err("empty body".to_owned()),
-    }
+    codec::decode(body)
 }
 
 /// Fills `buf` as far as `src` has bytes, returning how many it read.
@@ -192,20 +139,6 @@ fn read_up_to(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-/// A writer that only counts, to size a record without holding its encoding.
-struct ByteCounter(usize);
-
-impl io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -254,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn encoded_len_is_an_upper_bound_within_a_few_bytes() {
+    fn encoded_len_is_exact() {
         for payload_len in [0, 10, 5_000] {
             let event = event(1, payload_len);
             let record = NewRecord {
@@ -263,10 +196,7 @@ mod tests {
             };
             let bound = max_encoded_len(&record).unwrap();
             let actual = encode_frame(&mut Vec::new(), 1, Utc::now(), &record).unwrap();
-            assert!(
-                bound >= actual && bound - actual <= 40,
-                "bound {bound}, actual {actual}"
-            );
+            assert!(bound == actual, "bound {bound}, actual {actual}");
         }
     }
 
@@ -302,8 +232,7 @@ mod tests {
 
     #[test]
     fn an_unknown_format_version_is_refused() {
-        let mut body = vec![FORMAT_VERSION + 1];
-        body.extend_from_slice(b"{}");
-        assert!(decode_body(&body).unwrap_err().contains("version 2"));
+        let body = vec![3, b'{', b'}'];
+        assert!(decode_body(&body).unwrap_err().contains("version 3"));
     }
 }

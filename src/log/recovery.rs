@@ -1,29 +1,42 @@
 //! Recovery of the last segment when a writer opens: keep every whole, valid record and cut off
 //! whatever a crash left half-written after them.
 
-use super::record::{self, Frame};
+use super::codec;
+use super::index::{Entry, Sampler};
+use super::record::{self, Frame, HEADER_LEN, MAX_BODY_LEN};
 use crate::error::{Error, ErrorKind, Result};
+use chrono::{DateTime, Utc};
 use std::fs::{File, OpenOptions};
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// What recovery found in the last segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recovered {
     /// Length of the segment after recovery: the end of its last valid frame.
     pub(crate) valid_bytes: u64,
     /// Offset the next appended record gets.
     pub(crate) next_offset: u64,
+    /// The segment's sparse index, rebuilt from the records kept.
+    pub(crate) entries: Vec<Entry>,
+    /// Append time of the segment's first record, if it has one (for rolling by age).
+    pub(crate) first_at: Option<DateTime<Utc>>,
+    /// Append time of its last record, if it has one (append times never go back).
+    pub(crate) last_at: Option<DateTime<Utc>>,
 }
 
 /// Scans the segment at `path` (whose first record has offset `base`) frame by frame and
-/// truncates it after the last valid frame, fsyncing the cut.
+/// truncates it after the last valid frame, fsyncing the cut; rebuilds its index on the way,
+/// with an entry every `interval` bytes.
 ///
-/// An incomplete frame, an impossible length, a checksum mismatch or an undecodable body all
-/// mean the same here: the tail of a write that never completed, since nothing acknowledged it.
-/// A valid frame with the wrong offset is different — the writer never produces one — so it is
-/// reported as corruption instead of being cut.
-pub(crate) fn recover(path: &Path, base: u64) -> Result<Recovered> {
+/// An incomplete frame, an impossible length, a checksum mismatch or an undecodable body at
+/// the end mean the same here: the tail of a write that never completed, since nothing
+/// acknowledged it. Two things are reported as [`ErrorKind::Corrupt`] instead of being cut,
+/// because cutting would throw away records that were acknowledged:
+/// - a valid frame with the wrong offset (the writer never produces one);
+/// - a damaged frame followed by a valid frame with the next offset: damage in the middle of
+///   the data (bit rot, a stray write), not a torn tail.
+pub(crate) fn recover(path: &Path, base: u64, interval: u64) -> Result<Recovered> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -33,8 +46,14 @@ pub(crate) fn recover(path: &Path, base: u64) -> Result<Recovered> {
     let file_len = file.metadata().map_err(read_error)?.len();
 
     let mut src = BufReader::with_capacity(1 << 16, &file);
-    let mut valid_bytes = 0;
-    let mut next_offset = base;
+    let mut sampler = Sampler::new(interval);
+    let mut found = Recovered {
+        valid_bytes: 0,
+        next_offset: base,
+        entries: Vec::new(),
+        first_at: None,
+        last_at: None,
+    };
     let torn_reason = loop {
         let body = match record::read_frame(&mut src).map_err(read_error)? {
             Frame::Valid(body) => body,
@@ -42,38 +61,81 @@ pub(crate) fn recover(path: &Path, base: u64) -> Result<Recovered> {
             Frame::Incomplete => break Some("incomplete frame".to_owned()),
             Frame::Damaged(reason) => break Some(reason),
         };
-        let record = match record::decode_body(&body) {
-            Ok(record) => record,
+        let header = match codec::header(&body) {
+            Ok(header) => header,
             Err(reason) => break Some(reason),
         };
-        if record.offset != next_offset {
+        if header.offset != found.next_offset {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
-                    "log segment {} holds offset {} at byte {valid_bytes} where offset \
-                     {next_offset} belongs",
+                    "log segment {} holds offset {} at byte {} where offset {} belongs",
                     path.display(),
-                    record.offset
+                    header.offset,
+                    found.valid_bytes,
+                    found.next_offset
                 ),
             ));
         }
-        valid_bytes += Frame::len_on_disk(&body);
-        next_offset += 1;
+        if sampler.take(found.valid_bytes) {
+            found.entries.push(Entry {
+                offset: header.offset,
+                pos: found.valid_bytes,
+                appended_at: header.appended_at,
+            });
+        }
+        found.first_at.get_or_insert(header.appended_at);
+        found.last_at = Some(header.appended_at);
+        found.valid_bytes += Frame::len_on_disk(&body);
+        found.next_offset += 1;
     };
 
     if let Some(reason) = torn_reason {
-        truncate(&file, path, valid_bytes)?;
+        if valid_frame_follows(&file, found.valid_bytes, found.next_offset + 1)? {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "log segment {} is corrupt at byte {} ({reason}) and valid records follow; \
+                     refusing to cut acknowledged records. Restore the segment from a backup, \
+                     or truncate it at that byte by hand to accept the loss",
+                    path.display(),
+                    found.valid_bytes
+                ),
+            ));
+        }
+        truncate(&file, path, found.valid_bytes)?;
         tracing::warn!(
             path = %path.display(),
-            valid_bytes,
-            dropped_bytes = file_len - valid_bytes,
+            valid_bytes = found.valid_bytes,
+            dropped_bytes = file_len - found.valid_bytes,
             reason,
             "truncated torn tail of embedded log"
         );
     }
-    Ok(Recovered {
-        valid_bytes,
-        next_offset,
+    Ok(found)
+}
+
+/// Whether the frame at `at` has a plausible length and the frame right after it is valid and
+/// holds `offset`: then the damage at `at` is confined to one frame in the middle of the data.
+fn valid_frame_follows(file: &File, at: u64, offset: u64) -> Result<bool> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut reader = file;
+    let io_error = |err| Error::io("reading past damage in a log segment", err);
+    reader.seek(SeekFrom::Start(at)).map_err(io_error)?;
+    if reader.read_exact(&mut header).is_err() {
+        return Ok(false);
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+    if len == 0 || len as usize > MAX_BODY_LEN {
+        return Ok(false);
+    }
+    reader
+        .seek(SeekFrom::Start(at + HEADER_LEN as u64 + len))
+        .map_err(io_error)?;
+    let next = record::read_frame(&mut BufReader::new(reader)).map_err(io_error)?;
+    Ok(match next {
+        Frame::Valid(body) => codec::header(&body).is_ok_and(|h| h.offset == offset),
+        _ => false,
     })
 }
 
@@ -204,5 +266,27 @@ mod tests {
             err.to_string().contains("00000000000000000005.log"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_damaged_record_before_the_tail_stops_the_writer_instead_of_cutting() {
+        // given a log whose second-to-last record has one byte flipped
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        append_range(&mut writer, 0..N - 1, 120);
+        let segment = &segment_paths(dir.path())[0];
+        let before_last = std::fs::metadata(segment).unwrap().len();
+        append_range(&mut writer, N - 1..N, 120);
+        drop(writer);
+        flip_byte(segment, before_last - 30);
+        let len = std::fs::metadata(segment).unwrap().len();
+
+        // when the writer reopens, then it refuses, naming the segment, and cuts nothing
+        let err = LogWriter::open(dir.path(), WriterOptions::default())
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.to_string().contains("valid records follow"), "{err}");
+        assert_eq!(std::fs::metadata(segment).unwrap().len(), len);
     }
 }

@@ -22,6 +22,14 @@ pub(crate) fn path(dir: &Path, base: u64) -> PathBuf {
     dir.join(file_name(base))
 }
 
+/// Suffix of every segment's index file.
+const INDEX_SUFFIX: &str = ".index";
+
+/// The path of the sparse index of the segment with base offset `base` in `dir`.
+pub(crate) fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:0DIGITS$}{INDEX_SUFFIX}"))
+}
+
 /// The base offset a segment file name stands for, or `None` for any other file.
 pub(crate) fn parse_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SUFFIX)?;

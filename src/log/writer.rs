@@ -1,46 +1,37 @@
-//! The one writer of a log directory: appends batches durably, rolls segments, and refuses to
-//! go on after a failed write or fsync.
+//! The one writer of a log directory: appends batches, rolls segments by size and age, keeps
+//! their sparse indexes, applies retention, and refuses to go on after a failed write or fsync.
 
+use super::index::{self, Entry, Sampler};
 use super::record::{self, NewRecord};
-use super::{recovery, segment};
+use super::{Durability, WriterOptions, recovery, retention, segment};
 use crate::error::{Error, ErrorKind, Result};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Name of the file whose lock marks the directory's writer.
 const LOCK_FILE: &str = "LOCK";
 
-/// How a [`LogWriter`] lays out its segments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WriterOptions {
-    /// Size at which a segment is closed and a new one started. A record that alone exceeds it
-    /// still goes in, into a segment of its own. Default 128 MiB.
-    pub segment_bytes: u64,
-}
-
-impl Default for WriterOptions {
-    fn default() -> Self {
-        WriterOptions {
-            segment_bytes: 128 * 1024 * 1024,
-        }
-    }
-}
+/// How often appends look at retention by age when no roll triggered it.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
 
 /// The exclusive writer of a log directory.
 ///
-/// Durability: [`append`](LogWriter::append) returns offsets only after the records' bytes are
-/// fdatasynced (and, for a new segment, the directory too). After a failed write or fsync the
-/// writer is poisoned: the kernel may have dropped the dirty pages while reporting the error
-/// only once, so retrying could "succeed" without the data on disk. Every later append fails
-/// with [`ErrorKind::SinkPoisoned`]; reopening (after a restart) recovers from what is on disk.
+/// Durability: with [`Durability::Batch`], [`append`](LogWriter::append) returns offsets only
+/// after the records' bytes are fdatasynced (and, for a new segment, the directory too); with
+/// the other modes it returns after write(2) and [`sync`](LogWriter::sync) (or the syncer of
+/// [`super::Syncer`]) makes them durable. After a failed write or fsync the writer is
+/// poisoned: the kernel may have dropped the dirty pages while reporting the error only once,
+/// so retrying could "succeed" without the data on disk. Every later append fails with
+/// [`ErrorKind::SinkPoisoned`]; reopening (after a restart) recovers from what is on disk.
 #[derive(Debug)]
 pub struct LogWriter {
     /// The log directory.
     dir: PathBuf,
-    /// Segment layout.
+    /// Layout, durability and retention.
     options: WriterOptions,
     /// The locked `LOCK` file; held open so the lock lasts as long as the writer.
     _lock: File,
@@ -50,46 +41,63 @@ pub struct LogWriter {
     segment_path: PathBuf,
     /// Bytes in `segment`, all of them whole valid frames.
     segment_len: u64,
+    /// Append time of the first record of `segment`, `None` while it is empty.
+    segment_first_at: Option<DateTime<Utc>>,
+    /// The sparse index of `segment`, opened for appending.
+    index: File,
+    /// Decides which records of `segment` get an index entry.
+    sampler: Sampler,
+    /// Append time of the last record; appends never go back in time, so seeking by time can
+    /// binary-search even if the clock steps back.
+    last_at: DateTime<Utc>,
     /// Offset the next record gets.
     next_offset: u64,
+    /// When retention last ran.
+    retention_checked: Instant,
     /// Set by the first failed write or fsync: what failed, for every later error.
     poisoned: Option<String>,
 }
 
 impl LogWriter {
-    /// Opens (creating the directory if needed) for exclusive writing; recovers a torn tail.
+    /// Opens (creating the directory if needed) for exclusive writing; recovers a torn tail,
+    /// rebuilds missing or stale indexes, and applies retention.
     ///
     /// Fails with [`ErrorKind::Locked`] while another writer, in this process or another, has
-    /// the directory open.
+    /// the directory open, and with [`ErrorKind::Corrupt`] on damage that is not a torn tail.
     pub fn open(dir: &Path, options: WriterOptions) -> Result<LogWriter> {
         create_dir(dir)?;
         let lock = lock(dir)?;
-        let (base, recovered) = match segment::list(dir)?.last() {
-            Some(&base) => (base, recovery::recover(&segment::path(dir, base), base)?),
+        let bases = segment::list(dir)?;
+        let interval = options.index_interval_bytes;
+        for &base in bases.iter().take(bases.len().saturating_sub(1)) {
+            ensure_index(dir, base, interval)?;
+        }
+        let base = match bases.last() {
+            Some(&base) => base,
             None => {
                 create_segment(dir, 0).map_err(|(what, err)| Error::io(what, err))?;
-                (
-                    0,
-                    recovery::Recovered {
-                        valid_bytes: 0,
-                        next_offset: 0,
-                    },
-                )
+                0
             }
         };
         let segment_path = segment::path(dir, base);
-        let segment = OpenOptions::new()
-            .append(true)
-            .open(&segment_path)
-            .map_err(|err| {
-                Error::io(
-                    format!(
-                        "opening log segment {} for appending",
-                        segment_path.display()
-                    ),
-                    err,
-                )
-            })?;
+        let recovered = recovery::recover(&segment_path, base, interval)?;
+        index::write(dir, base, &recovered.entries)?;
+        let segment = open_append(&segment_path).map_err(|(what, err)| Error::io(what, err))?;
+        if options.durability != Durability::None {
+            // Records a crashed process wrote but never fsynced are still in the page cache and
+            // read back as valid; make them durable before anyone relies on them (the log sink
+            // reports the log's tail as delivered).
+            segment
+                .sync_data()
+                .map_err(|err| Error::io(format!("fsyncing {}", segment_path.display()), err))?;
+        }
+        let index = open_append(&segment::index_path(dir, base))
+            .map_err(|(what, err)| Error::io(what, err))?;
+        let mut sampler = Sampler::new(interval);
+        if let Some(last) = recovered.entries.last() {
+            sampler.take(last.pos);
+        }
+        retention::apply(dir, &options, SystemTime::now())?;
         Ok(LogWriter {
             dir: dir.to_owned(),
             options,
@@ -97,44 +105,84 @@ impl LogWriter {
             segment,
             segment_path,
             segment_len: recovered.valid_bytes,
+            segment_first_at: recovered.first_at,
+            index,
+            sampler,
+            last_at: recovered.last_at.unwrap_or(DateTime::UNIX_EPOCH),
             next_offset: recovered.next_offset,
+            retention_checked: Instant::now(),
             poisoned: None,
         })
     }
 
-    /// Appends all records as one write, fdatasyncs, and only then returns the offsets assigned
-    /// (first..last+1). Blocking: call it from a blocking thread.
+    /// Appends all records, one write per segment touched, and returns the offsets assigned
+    /// (first..last+1) — after an fdatasync with [`Durability::Batch`], after write(2)
+    /// otherwise. Blocking: call it from a blocking thread.
     ///
-    /// A batch that crosses a segment boundary is one write per segment. If the append fails,
-    /// no offsets are assigned, but records may be on disk; they are found again on reopen, so
-    /// a caller retrying after a restart may store them twice (at-least-once).
+    /// If the append fails, no offsets are assigned, but records may be on disk; they are
+    /// found again on reopen, so a caller retrying after a restart may store them twice unless
+    /// it checks what the log already holds (the log sink does).
     pub fn append(&mut self, batch: &[NewRecord<'_>]) -> Result<Range<u64>> {
-        if let Some(cause) = &self.poisoned {
-            return Err(Error::new(ErrorKind::SinkPoisoned, poisoned_message(cause)));
-        }
+        self.check_poisoned()?;
         let first = self.next_offset;
+        if batch.is_empty() {
+            return Ok(first..first);
+        }
         // Encode everything before touching the disk, so an unencodable record fails the batch
         // without writing anything and without poisoning the writer.
-        let appended_at = Utc::now();
+        let appended_at = Utc::now().max(self.last_at);
         let mut buf = Vec::new();
         let mut frame_ends = Vec::with_capacity(batch.len());
         for (offset, record) in (first..).zip(batch) {
             record::encode_frame(&mut buf, offset, appended_at, record)?;
             frame_ends.push(buf.len());
         }
-        match self.write_frames(&buf, &frame_ends, first) {
-            Ok(()) => {
-                self.next_offset = first + batch.len() as u64;
-                Ok(first..self.next_offset)
-            }
-            Err((what, err)) => {
-                let cause = format!("{what}: {err}");
-                let message = poisoned_message(&cause);
-                tracing::error!(error = %cause, "embedded log poisoned");
-                self.poisoned = Some(cause);
-                Err(Error::with_source(ErrorKind::SinkPoisoned, message, err))
+        let rolled = self
+            .write_frames(&buf, &frame_ends, first, appended_at)
+            .map_err(|failure| self.poison(failure))?;
+        self.last_at = appended_at;
+        self.next_offset = first + batch.len() as u64;
+        if rolled || self.retention_checked.elapsed() >= RETENTION_CHECK {
+            self.apply_retention();
+        }
+        Ok(first..self.next_offset)
+    }
+
+    /// Fdatasyncs the active segment, making every record appended so far durable (older
+    /// segments were synced when they were closed). Returns the offset after the last record
+    /// now durable. A failure poisons the writer.
+    pub fn sync(&mut self) -> Result<u64> {
+        let (file, end) = self.sync_target()?;
+        match file.sync_data() {
+            Ok(()) => Ok(end),
+            Err(err) => {
+                Err(self.poison((format!("fsyncing {}", self.segment_path.display()), err)))
             }
         }
+    }
+
+    /// A second handle on the active segment and the offset after the last record appended:
+    /// fsyncing the handle makes every record below that offset durable. Lets a syncer fsync
+    /// without holding the writer, so appends are not blocked behind the fsync.
+    pub(crate) fn sync_target(&self) -> Result<(File, u64)> {
+        self.check_poisoned()?;
+        let file = self.segment.try_clone().map_err(|err| {
+            Error::io(
+                format!("duplicating handle of {}", self.segment_path.display()),
+                err,
+            )
+        })?;
+        Ok((file, self.next_offset))
+    }
+
+    /// Poisons the writer after a failed write or fsync (also one done by a syncer on a handle
+    /// from [`sync_target`](Self::sync_target)), returning the error to report.
+    pub(crate) fn poison(&mut self, (what, err): (String, io::Error)) -> Error {
+        let cause = format!("{what}: {err}");
+        let message = poisoned_message(&cause);
+        tracing::error!(error = %cause, "embedded log poisoned");
+        self.poisoned.get_or_insert(cause);
+        Error::with_source(ErrorKind::SinkPoisoned, message, err)
     }
 
     /// Offset the next appended record will get.
@@ -147,38 +195,84 @@ impl LogWriter {
         &self.dir
     }
 
+    /// The writer's options.
+    pub fn options(&self) -> &WriterOptions {
+        &self.options
+    }
+
     /// Bytes `record` takes on disk, frame header included, to enforce size limits before
-    /// appending. An upper bound: the offset and append time it will get change its length by
-    /// a few bytes, and this assumes the longest.
+    /// appending.
     pub fn encoded_len(record: &NewRecord<'_>) -> Result<usize> {
         record::max_encoded_len(record)
     }
 
+    /// The error of every operation on a poisoned writer.
+    fn check_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(cause) => Err(Error::new(ErrorKind::SinkPoisoned, poisoned_message(cause))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs retention, logging instead of failing: it only frees space, and the next roll
+    /// tries again.
+    fn apply_retention(&mut self) {
+        self.retention_checked = Instant::now();
+        if let Err(err) = retention::apply(&self.dir, &self.options, SystemTime::now()) {
+            tracing::warn!(error = %err.chain(), "log retention failed; will retry");
+        }
+    }
+
     /// Writes the encoded frames (`frame_ends` marks where each ends in `buf`; the first has
-    /// offset `first`), rolling to new segments where the current one would grow too large.
+    /// offset `first`), rolling to new segments where the current one would grow too large or
+    /// is too old. Returns whether it rolled.
     fn write_frames(
         &mut self,
         buf: &[u8],
         frame_ends: &[usize],
         first: u64,
-    ) -> Result<(), (String, io::Error)> {
+        appended_at: DateTime<Utc>,
+    ) -> Result<bool, (String, io::Error)> {
+        let mut rolled = false;
+        let mut entries = Vec::new();
         let mut chunk_start = 0;
         let mut frame_start = 0;
         for (offset, &frame_end) in (first..).zip(frame_ends) {
-            let before = self.segment_len + (frame_start - chunk_start) as u64;
+            let mut before = self.segment_len + (frame_start - chunk_start) as u64;
             let after = before + (frame_end - frame_start) as u64;
-            if before > 0 && after > self.options.segment_bytes {
-                self.write_chunk(&buf[chunk_start..frame_start])?;
+            if before > 0 && (after > self.options.segment_bytes || self.too_old(appended_at)) {
+                self.write_chunk(&buf[chunk_start..frame_start], &entries)?;
+                entries.clear();
                 self.roll(offset)?;
+                rolled = true;
                 chunk_start = frame_start;
+                before = 0;
             }
+            if self.sampler.take(before) {
+                entries.push(Entry {
+                    offset,
+                    pos: before,
+                    appended_at,
+                });
+            }
+            self.segment_first_at.get_or_insert(appended_at);
             frame_start = frame_end;
         }
-        self.write_chunk(&buf[chunk_start..])
+        self.write_chunk(&buf[chunk_start..], &entries)?;
+        Ok(rolled)
     }
 
-    /// Writes whole frames to the current segment and fdatasyncs them.
-    fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), (String, io::Error)> {
+    /// Whether the active segment's first record is past `segment_max_age` at `now`.
+    fn too_old(&self, now: DateTime<Utc>) -> bool {
+        match (self.options.segment_max_age, self.segment_first_at) {
+            (Some(max), Some(first)) => (now - first).to_std().is_ok_and(|age| age >= max),
+            _ => false,
+        }
+    }
+
+    /// Writes whole frames to the current segment (fdatasyncing them in batch mode), then
+    /// their index entries. The index is a hint and is not fsynced here.
+    fn write_chunk(&mut self, chunk: &[u8], entries: &[Entry]) -> Result<(), (String, io::Error)> {
         if chunk.is_empty() {
             return Ok(());
         }
@@ -186,21 +280,70 @@ impl LogWriter {
         self.segment
             .write_all(chunk)
             .map_err(|err| (format!("writing {}", path.display()), err))?;
-        self.segment
-            .sync_data()
-            .map_err(|err| (format!("fsyncing {}", path.display()), err))?;
+        if self.options.durability.syncs_each_append() {
+            self.segment
+                .sync_data()
+                .map_err(|err| (format!("fsyncing {}", path.display()), err))?;
+        }
         self.segment_len += chunk.len() as u64;
+        if !entries.is_empty() {
+            let mut bytes = Vec::with_capacity(entries.len() * index::ENTRY_LEN);
+            for entry in entries {
+                entry.encode(&mut bytes);
+            }
+            self.index
+                .write_all(&bytes)
+                .map_err(|err| (format!("writing the index of {}", path.display()), err))?;
+        }
         Ok(())
     }
 
-    /// Starts a new segment whose first record will have offset `base`.
+    /// Closes the current segment (fsyncing it unless the mode is `none`, and its index) and
+    /// starts a new one whose first record will have offset `base`.
     fn roll(&mut self, base: u64) -> Result<(), (String, io::Error)> {
+        let path = &self.segment_path;
+        if self.options.durability != Durability::None {
+            self.segment
+                .sync_data()
+                .map_err(|err| (format!("fsyncing {}", path.display()), err))?;
+        }
+        self.index
+            .sync_data()
+            .map_err(|err| (format!("fsyncing the index of {}", path.display()), err))?;
         let (segment, segment_path) = create_segment(&self.dir, base)?;
+        self.index = open_append(&segment::index_path(&self.dir, base))?;
         self.segment = segment;
         self.segment_path = segment_path;
         self.segment_len = 0;
+        self.segment_first_at = None;
+        self.sampler = Sampler::new(self.options.index_interval_bytes);
         Ok(())
     }
+}
+
+/// Makes sure the sealed segment `base` has an index that fits it, rebuilding it by a full
+/// scan (which reports any damage in the segment as corruption) when it is missing or stale.
+fn ensure_index(dir: &Path, base: u64, interval: u64) -> Result<()> {
+    let len = std::fs::metadata(segment::path(dir, base))
+        .map_err(|err| Error::io(format!("inspecting segment {base}"), err))?
+        .len();
+    let fits = index::load(dir, base)?
+        .is_some_and(|entries| entries.last().is_some_and(|last| last.pos < len) || len == 0);
+    if !fits {
+        tracing::info!(dir = %dir.display(), base, "rebuilding log segment index");
+        let entries = index::scan(dir, base, interval, true)?;
+        index::write(dir, base, &entries)?;
+    }
+    Ok(())
+}
+
+/// Opens (creating if needed) a file for appending.
+fn open_append(path: &Path) -> Result<File, (String, io::Error)> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|err| (format!("opening {} for appending", path.display()), err))
 }
 
 /// Creates `dir` if missing, and makes its entry in the parent durable.
@@ -311,9 +454,7 @@ mod tests {
     fn tiny_segments_roll_and_a_reopened_writer_continues_the_offsets() {
         // given segments of 1 KiB and records of about 400 bytes
         let dir = tempfile::tempdir().unwrap();
-        let options = WriterOptions {
-            segment_bytes: 1024,
-        };
+        let options = WriterOptions::with_segment_bytes(1024);
         let mut writer = LogWriter::open(dir.path(), options).unwrap();
         append_range(&mut writer, 0..7, 200);
         append_range(&mut writer, 7..30, 200);

@@ -1,36 +1,79 @@
-//! The embedded log as a sink: events appended to local segment files, fsynced before
-//! `publish` returns.
+//! The embedded log as a sink: events appended to local segment files, durable per
+//! `sink.log.durability` before `publish` returns.
 
 use super::{Outcome, Sink};
 use crate::config::LogSinkConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Event;
-use crate::log::{LogWriter, NewRecord, WriterOptions};
-use std::sync::{Arc, Mutex};
+use crate::event::{Event, Position};
+use crate::log::{Durability, LogReader, LogWriter, NewRecord, Syncer};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Records at the end of the log always read back at open, whatever the batch size.
+const MIN_TAIL_RECORDS: usize = 10_000;
 
 /// Appends events to the embedded log. The topic is the aggregate type.
 pub struct LogSink {
-    /// The writer, shared with the blocking thread that does the file I/O.
+    /// The writer, shared with the blocking thread that does the file I/O (and the syncer).
     writer: Arc<Mutex<LogWriter>>,
+    /// With `durability = "interval"`: the background syncer publish waits on.
+    syncer: Option<Syncer>,
     /// Largest record accepted, in bytes.
     max_record_bytes: usize,
+    /// (position, event id) of the records at the end of the log when it was opened, until
+    /// the relay takes them (see [`Sink::already_delivered`]).
+    tail: Vec<(Position, String)>,
 }
 
 impl LogSink {
-    /// Opens (and recovers) the log directory, taking its writer lock.
-    pub async fn open(config: &LogSinkConfig) -> Result<Self> {
+    /// Opens (and recovers) the log directory, taking its writer lock, and reads back the last
+    /// `max(10_000, 2 × batch_size)` records so the relay can acknowledge those its previous
+    /// run appended but never acknowledged.
+    pub async fn open(config: &LogSinkConfig, batch_size: usize) -> Result<Self> {
         let dir = config.dir.clone();
-        let options = WriterOptions {
-            segment_bytes: config.segment_bytes,
+        let options = config.writer_options();
+        let window = MIN_TAIL_RECORDS.max(batch_size.saturating_mul(2));
+        let (writer, tail) = tokio::task::spawn_blocking(move || {
+            let writer = LogWriter::open(&dir, options)?;
+            let tail = read_tail(&dir, window)?;
+            Ok::<_, Error>((writer, tail))
+        })
+        .await
+        .map_err(|err| Error::with_source(ErrorKind::Internal, "opening the log", err))??;
+        let writer = Arc::new(Mutex::new(writer));
+        let syncer = match config.durability {
+            Durability::Interval => Some(Syncer::start(
+                writer.clone(),
+                Duration::from_millis(config.fsync_interval_ms),
+            )?),
+            Durability::Batch | Durability::None => None,
         };
-        let writer = tokio::task::spawn_blocking(move || LogWriter::open(&dir, options))
-            .await
-            .map_err(|err| Error::with_source(ErrorKind::Internal, "opening the log", err))??;
         Ok(LogSink {
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
+            syncer,
             max_record_bytes: config.max_record_bytes,
+            tail,
         })
     }
+
+    /// The interval syncer, if the log runs in `interval` mode.
+    pub fn syncer(&self) -> Option<&Syncer> {
+        self.syncer.as_ref()
+    }
+}
+
+/// (position, event id) of the last `window` records of the log at `dir`, read through the
+/// index so a long log is not read from its start.
+fn read_tail(dir: &Path, window: usize) -> Result<Vec<(Position, String)>> {
+    let mut reader = LogReader::open(dir)?;
+    let (first, end) = reader.bounds()?;
+    reader.seek(end.saturating_sub(window as u64).max(first))?;
+    let mut tail = Vec::with_capacity(window.min((end - first) as usize));
+    while let Some(record) = reader.next()? {
+        tail.push((record.event.position, record.event.id));
+    }
+    Ok(tail)
 }
 
 impl Sink for LogSink {
@@ -57,7 +100,7 @@ impl Sink for LogSink {
             return Ok(outcomes);
         }
         let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
+        let offsets = tokio::task::spawn_blocking(move || {
             let records: Vec<NewRecord<'_>> = accepted
                 .iter()
                 .map(|event| NewRecord {
@@ -65,17 +108,135 @@ impl Sink for LogSink {
                     event,
                 })
                 .collect();
-            let mut writer = writer
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
             writer.append(&records)
         })
         .await
         .map_err(|err| Error::with_source(ErrorKind::Internal, "appending to the log", err))??;
+        if let Some(syncer) = &self.syncer {
+            syncer.wait_durable(offsets.end).await?;
+        }
         Ok(outcomes)
+    }
+
+    fn already_delivered(&mut self) -> Vec<(Position, String)> {
+        std::mem::take(&mut self.tail)
     }
 
     fn name(&self) -> &'static str {
         "log"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::testing::event;
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    /// A log sink configuration in `dir` with the given durability.
+    fn config(dir: &Path, durability: Durability, fsync_interval_ms: u64) -> LogSinkConfig {
+        LogSinkConfig {
+            dir: dir.to_owned(),
+            durability,
+            fsync_interval_ms,
+            ..LogSinkConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn interval_mode_does_not_resolve_publish_before_an_fsync_covers_it() {
+        // given a sink in interval mode whose syncer would wait a minute
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 60_000), 10)
+            .await
+            .unwrap();
+        let probe = sink.syncer().unwrap().probe();
+        let before = probe.fsyncs();
+        let events = vec![event(0, 100), event(1, 100)];
+
+        // when a batch is published, then it stays unresolved while no fsync runs
+        let publish = sink.publish(&events);
+        tokio::pin!(publish);
+        assert!(
+            timeout(Duration::from_millis(300), &mut publish)
+                .await
+                .is_err()
+        );
+        assert_eq!(probe.fsyncs(), before);
+
+        // and resolves once an fsync completed after the append
+        let syncing = probe.clone();
+        tokio::task::spawn_blocking(move || syncing.sync_now())
+            .await
+            .unwrap();
+        let outcomes = timeout(Duration::from_secs(5), publish)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcomes, vec![Outcome::Delivered; 2]);
+        assert_eq!(probe.fsyncs(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn interval_mode_resolves_within_an_interval_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 20), 10)
+            .await
+            .unwrap();
+        let probe = sink.syncer().unwrap().probe();
+        let events = vec![event(0, 100)];
+        timeout(Duration::from_secs(5), sink.publish(&events))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(probe.fsyncs() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_sink_reports_the_events_at_the_end_of_the_log() {
+        // given a log holding 30 events, in none mode (no fsync at all)
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), Durability::None, 50);
+        let mut sink = LogSink::open(&cfg, 10).await.unwrap();
+        assert!(sink.already_delivered().is_empty());
+        let events: Vec<Event> = (0..30).map(|n| event(n, 50)).collect();
+        sink.publish(&events).await.unwrap();
+        drop(sink);
+
+        // when it is opened again, then it reports their positions and ids, once
+        let mut sink = LogSink::open(&cfg, 10).await.unwrap();
+        let tail = sink.already_delivered();
+        assert_eq!(tail.len(), 30);
+        assert_eq!(tail[29], (Position(29), "event-29".to_owned()));
+        assert!(sink.already_delivered().is_empty());
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_fsync_publish_fails_for_good_and_appends_nothing() {
+        // given a sink in interval mode whose writer then sees an fsync fail
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 60_000), 10)
+            .await
+            .unwrap();
+        let probe = sink.syncer().unwrap().probe();
+        let failure = std::io::Error::other("injected EIO");
+        sink.writer
+            .lock()
+            .unwrap()
+            .poison(("fsyncing the active log segment".to_owned(), failure));
+        probe.sync_now();
+
+        // then publishing fails as poisoned (not retryable), and the log stays empty
+        let events = vec![event(0, 10)];
+        let err = sink.publish(&events).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SinkPoisoned);
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("injected EIO"), "{err}");
+        drop(sink);
+        assert!(
+            crate::log::testing::read_all(&mut LogReader::open(dir.path()).unwrap()).is_empty()
+        );
     }
 }

@@ -6,6 +6,11 @@
 //! outbox row sent only after that, so a crash at any point loses nothing; it may deliver the
 //! batch in flight again, so delivery is at-least-once and consumers must tolerate duplicates.
 //! Events of one batch are stored in the order given.
+//!
+//! A sink that can tell what it already holds (the embedded log can) reports it through
+//! [`Sink::already_delivered`] at start-up, and the relay acknowledges those events before
+//! fetching anything: a crash between storing a batch and acknowledging it then produces no
+//! duplicate.
 
 pub mod amqp;
 pub mod log;
@@ -15,7 +20,7 @@ pub use self::log::LogSink;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::error::Result;
-use crate::event::Event;
+use crate::event::{Event, Position};
 use std::future::Future;
 
 /// What became of one event handed to [`Sink::publish`].
@@ -34,6 +39,13 @@ pub trait Sink: Send {
     /// An `Err` means no event of this call may be assumed stored; the relay retries the whole
     /// batch if the error is retryable.
     fn publish(&mut self, events: &[Event]) -> impl Future<Output = Result<Vec<Outcome>>> + Send;
+
+    /// (position, event id) of events the sink already stored that a previous run may not
+    /// have acknowledged; the relay acknowledges those still pending before its first fetch.
+    /// Called once; sinks that cannot tell return nothing (the default).
+    fn already_delivered(&mut self) -> Vec<(Position, String)> {
+        Vec::new()
+    }
 
     /// A short name for logs and metrics, e.g. `log`.
     fn name(&self) -> &'static str;
@@ -54,10 +66,11 @@ pub enum AnySink {
 }
 
 impl AnySink {
-    /// Opens the sink chosen by `config`.
-    pub async fn open(config: &SinkConfig) -> Result<Self> {
+    /// Opens the sink chosen by `config`; `batch_size` is the source's, which bounds how many
+    /// events can be stored but unacknowledged.
+    pub async fn open(config: &SinkConfig, batch_size: usize) -> Result<Self> {
         match config.kind {
-            SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log).await?)),
+            SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log, batch_size).await?)),
             SinkKind::Amqp => Ok(AnySink::Amqp(Box::new(AmqpSink::open(&config.amqp).await?))),
         }
     }
@@ -68,6 +81,13 @@ impl Sink for AnySink {
         match self {
             AnySink::Log(sink) => sink.publish(events).await,
             AnySink::Amqp(sink) => sink.publish(events).await,
+        }
+    }
+
+    fn already_delivered(&mut self) -> Vec<(Position, String)> {
+        match self {
+            AnySink::Log(sink) => sink.already_delivered(),
+            AnySink::Amqp(sink) => sink.already_delivered(),
         }
     }
 

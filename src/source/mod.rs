@@ -51,6 +51,16 @@ pub trait Source: Send {
         shutdown: &CancellationToken,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Acknowledges, like [`Source::ack`], the events among `delivered` (position, event id)
+    /// that are still pending with exactly that position *and* id; everything else is left
+    /// alone, so records of another (e.g. recreated) outbox table never mark a row. Returns how
+    /// many were acknowledged. Used at start-up with what the sink already holds.
+    fn ack_delivered(
+        &mut self,
+        delivered: &[(Position, String)],
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
     /// Records events that will never be delivered, keeping the reason for the operator.
     fn reject(
         &mut self,

@@ -100,26 +100,26 @@ impl PollSource {
     }
 
     /// Runs one statement with `params` on the leader session, re-electing and retrying while
-    /// the error may heal. Returns `false` if shutdown came first.
+    /// the error may heal. Returns the rows it affected, or `None` if shutdown came first.
     async fn execute_as_leader(
         &mut self,
         what: &str,
         statement: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
         shutdown: &CancellationToken,
-    ) -> Result<bool> {
+    ) -> Result<Option<u64>> {
         loop {
             if !self.ensure_leader(shutdown).await? {
-                return Ok(false);
+                return Ok(None);
             }
             match self.session().client.execute(statement, params).await {
-                Ok(_) => return Ok(true),
+                Ok(rows) => return Ok(Some(rows)),
                 Err(err) => {
                     if !self
                         .wait_after(classify(what.to_string(), err), shutdown)
                         .await?
                     {
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
             }
@@ -195,13 +195,38 @@ impl Source for PollSource {
                 shutdown,
             )
             .await?;
-        if !done {
+        if done.is_none() {
             tracing::warn!(
                 events = positions.len(),
                 "shutting down before acknowledging; these events will be delivered again"
             );
         }
         Ok(())
+    }
+
+    async fn ack_delivered(
+        &mut self,
+        delivered: &[(Position, String)],
+        shutdown: &CancellationToken,
+    ) -> Result<u64> {
+        if delivered.is_empty() {
+            return Ok(0);
+        }
+        let positions: Vec<i64> = delivered.iter().map(|(p, _)| p.0 as i64).collect();
+        let ids: Vec<&str> = delivered.iter().map(|(_, id)| id.as_str()).collect();
+        let statement = match self.config.on_sent {
+            OnSent::Mark => self.table.mark_delivered.clone(),
+            OnSent::Delete => self.table.delete_delivered.clone(),
+        };
+        let done = self
+            .execute_as_leader(
+                "acknowledging events already in the sink",
+                &statement,
+                &[&positions, &ids],
+                shutdown,
+            )
+            .await?;
+        Ok(done.unwrap_or(0))
     }
 
     async fn reject(&mut self, rejected: &[Rejected], shutdown: &CancellationToken) -> Result<()> {

@@ -43,7 +43,9 @@ impl InProcessRelay {
         let mut source = PollSource::start(&config.source, &config.relay)
             .await
             .expect("source");
-        let mut sink = AnySink::open(&config.sink).await.expect("sink");
+        let mut sink = AnySink::open(&config.sink, config.source.batch_size)
+            .await
+            .expect("sink");
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let relay = config.relay.clone();

@@ -1,8 +1,12 @@
-//! `outboxd log read` and `outboxd log tail`: records of the embedded log as JSON lines.
+//! `outboxd log read`, `log tail` and `log stats`: the embedded log as JSON lines, and a
+//! summary of what it holds.
+
+mod stats;
 
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::log::{LogReader, Record};
+use crate::log::{ConsumerGroup, LogReader, Record};
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -15,11 +19,22 @@ const FOLLOW_INTERVAL: Duration = Duration::from_millis(50);
 /// The `log` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
-    /// Print records from an offset on, as JSON lines.
+    /// Print records from a starting point on, as JSON lines.
     Read {
-        /// First offset to print.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
+        /// First offset to print [default: the group's next offset, else the beginning].
+        #[arg(long, conflicts_with_all = ["from_time", "from_beginning"])]
+        from: Option<u64>,
+        /// Start at the first record appended at or after this time (RFC 3339).
+        #[arg(long, value_name = "RFC3339", conflicts_with = "from_beginning")]
+        from_time: Option<DateTime<Utc>>,
+        /// Start at the first record still in the log.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Resume from this consumer group's committed offset, and commit the offset after the
+        /// last record read once the records are printed. --from/--from-time/--from-beginning
+        /// override (reset) where the group starts.
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
         /// Stop after this many records.
         #[arg(long)]
         limit: Option<u64>,
@@ -39,6 +54,24 @@ pub enum LogCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Summarize the log: segments, offsets, bytes, and records per topic.
+    Stats {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Log directory [default: sink.log.dir from the configuration].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Where `log read` starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// At this offset.
+    Offset(u64),
+    /// At the first record appended at or after this time.
+    Time(DateTime<Utc>),
 }
 
 /// Options every `log` subcommand takes.
@@ -58,9 +91,24 @@ pub async fn run(config: &Config, command: LogCommand) -> Result<()> {
     tokio::task::spawn_blocking(move || match command {
         LogCommand::Read {
             from,
+            from_time,
+            from_beginning,
+            group,
             limit,
             common,
-        } => read(&config, from, limit, &common),
+        } => {
+            let start = match (from, from_time, from_beginning) {
+                (Some(offset), _, _) => Some(Start::Offset(offset)),
+                (_, Some(time), _) => Some(Start::Time(time)),
+                (_, _, true) => Some(Start::Offset(0)),
+                _ => None,
+            };
+            read(&config, start, group.as_deref(), limit, &common)
+        }
+        LogCommand::Stats { json, dir } => {
+            let dir = dir.unwrap_or_else(|| config.sink.log.dir.clone());
+            stats::run(&existing(dir)?, json)
+        }
         LogCommand::Tail {
             lines,
             follow,
@@ -71,12 +119,18 @@ pub async fn run(config: &Config, command: LogCommand) -> Result<()> {
     .map_err(|err| Error::with_source(ErrorKind::Internal, "reading the log", err))?
 }
 
-/// Opens the reader on the chosen directory.
-fn open(config: &Config, common: &CommonArgs) -> Result<LogReader> {
-    let dir = common
-        .dir
-        .clone()
-        .unwrap_or_else(|| config.sink.log.dir.clone());
+/// The chosen log directory.
+fn log_dir(config: &Config, common: &CommonArgs) -> Result<PathBuf> {
+    existing(
+        common
+            .dir
+            .clone()
+            .unwrap_or_else(|| config.sink.log.dir.clone()),
+    )
+}
+
+/// `dir`, if it exists.
+fn existing(dir: PathBuf) -> Result<PathBuf> {
     if !dir.is_dir() {
         return Err(Error::new(
             ErrorKind::Io,
@@ -86,23 +140,54 @@ fn open(config: &Config, common: &CommonArgs) -> Result<LogReader> {
             ),
         ));
     }
-    LogReader::open(&dir)
+    Ok(dir)
+}
+
+/// Opens the reader on the chosen directory.
+fn open(config: &Config, common: &CommonArgs) -> Result<LogReader> {
+    LogReader::open(&log_dir(config, common)?)
 }
 
 /// `log read`.
-fn read(config: &Config, from: u64, limit: Option<u64>, common: &CommonArgs) -> Result<()> {
-    let mut reader = open(config, common)?;
-    reader.seek(from)?;
+fn read(
+    config: &Config,
+    start: Option<Start>,
+    group: Option<&str>,
+    limit: Option<u64>,
+    common: &CommonArgs,
+) -> Result<()> {
+    let dir = log_dir(config, common)?;
+    let mut reader = LogReader::open(&dir)?;
+    let group = group
+        .map(|name| ConsumerGroup::open(&dir, name))
+        .transpose()?;
+    let resume = match &group {
+        Some(group) => group.offset()?,
+        None => None,
+    };
+    match (start, resume) {
+        (Some(Start::Time(time)), _) => reader.seek_time(time)?,
+        (Some(Start::Offset(offset)), _) => reader.seek(offset)?,
+        (None, Some(offset)) => reader.seek(offset)?,
+        (None, None) => reader.seek(0)?,
+    }
     let mut out = Output::new();
     let mut printed = 0;
+    // The offset after the last record read and printed (or filtered out): what the group
+    // commits. Only advanced after a record's line is flushed, so nothing is skipped.
+    let mut next = None;
     while limit.is_none_or(|limit| printed < limit) {
         let Some(record) = reader.next()? else { break };
         if matches(&record, common) {
             if !out.print(&record)? {
-                return Ok(());
+                break;
             }
             printed += 1;
         }
+        next = Some(record.offset + 1);
+    }
+    if let (Some(group), Some(next)) = (&group, next) {
+        group.commit(next)?;
     }
     Ok(())
 }

@@ -1,0 +1,178 @@
+//! Retention: deleting whole old segments once the log is over its size or age limit.
+//!
+//! Only a prefix of the log goes, oldest segment first, so what remains is still one run of
+//! consecutive offsets; the active (newest) segment is never deleted. A reader that still has a
+//! deleted segment open reads it to its end (the file lives on until closed) and moves on to
+//! the next; a reader positioned before the first remaining offset starts at that offset.
+
+use super::{WriterOptions, segment};
+use crate::error::{Error, Result};
+use std::path::Path;
+use std::time::SystemTime;
+
+/// Deletes the oldest segments of `dir` while the log breaks a limit of `options`, keeping at
+/// least the newest segment. Returns the base offsets deleted.
+///
+/// Age is the segment file's modification time: the time of its last append.
+pub(crate) fn apply(dir: &Path, options: &WriterOptions, now: SystemTime) -> Result<Vec<u64>> {
+    if !options.has_retention() {
+        return Ok(Vec::new());
+    }
+    let bases = segment::list(dir)?;
+    let mut sizes = Vec::with_capacity(bases.len());
+    for &base in &bases {
+        let path = segment::path(dir, base);
+        let meta = std::fs::metadata(&path)
+            .map_err(|err| Error::io(format!("inspecting {}", path.display()), err))?;
+        let modified = meta.modified().unwrap_or(now);
+        sizes.push((base, meta.len(), modified));
+    }
+    let mut total: u64 = sizes.iter().map(|(_, len, _)| len).sum();
+    let mut deleted = Vec::new();
+    for &(base, len, modified) in sizes.iter().take(sizes.len().saturating_sub(1)) {
+        let too_big = options.retention_bytes.is_some_and(|max| total > max);
+        let too_old = options
+            .retention
+            .is_some_and(|max| now.duration_since(modified).is_ok_and(|age| age > max));
+        if !too_big && !too_old {
+            break;
+        }
+        delete(dir, base)?;
+        total -= len;
+        deleted.push(base);
+    }
+    if !deleted.is_empty() {
+        segment::sync_dir(dir)
+            .map_err(|err| Error::io(format!("fsyncing log directory {}", dir.display()), err))?;
+        tracing::info!(dir = %dir.display(), segments = deleted.len(), first_kept_bytes = total,
+            "retention deleted old log segments");
+    }
+    Ok(deleted)
+}
+
+/// Deletes one segment: the index first, so a crash in between leaves a segment without an
+/// index (rebuilt on open) rather than an index without a segment.
+fn delete(dir: &Path, base: u64) -> Result<()> {
+    for path in [segment::index_path(dir, base), segment::path(dir, base)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(Error::io(format!("deleting {}", path.display()), err)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::testing::{append_range, read_all, segment_paths};
+    use crate::log::{LogReader, LogWriter};
+    use std::fs::File;
+    use std::time::Duration;
+
+    /// Sizes of the segment files in `dir`, in offset order.
+    fn sizes(dir: &Path) -> Vec<u64> {
+        let paths = segment_paths(dir);
+        paths
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect()
+    }
+
+    #[test]
+    fn retention_by_size_deletes_only_whole_oldest_segments() {
+        // given a log with a size limit of three segments
+        let dir = tempfile::tempdir().unwrap();
+        let options = WriterOptions {
+            retention_bytes: Some(3 * 2048),
+            ..WriterOptions::with_segment_bytes(2048)
+        };
+        let mut writer = LogWriter::open(dir.path(), options).unwrap();
+        // and a reader holding the first segment open
+        let mut early = LogReader::open(dir.path()).unwrap();
+        append_range(&mut writer, 0..2, 200);
+        assert_eq!(early.next().unwrap().unwrap().offset, 0);
+
+        // when far more is appended
+        for start in (2..202).step_by(4) {
+            append_range(&mut writer, start..start + 4, 200);
+        }
+
+        // then the log stays within the limit, whole segments gone from the front only
+        let total: u64 = sizes(dir.path()).iter().sum();
+        assert!(total <= 3 * 2048 + 2048, "{total} bytes");
+        let (first, end) = LogReader::open(dir.path()).unwrap().bounds().unwrap();
+        assert!(first > 0 && end == 202, "{first}..{end}");
+        let rest = read_all(&mut LogReader::open(dir.path()).unwrap());
+        let offsets: Vec<u64> = rest.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (first..202).collect::<Vec<_>>());
+        // and the early reader finishes its (deleted) segment, then moves on to what is left
+        let seen: Vec<u64> = read_all(&mut early).iter().map(|r| r.offset).collect();
+        assert_eq!(seen.last(), Some(&201));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        // and a reader seeking into deleted history starts at the first record kept
+        let mut late = LogReader::open(dir.path()).unwrap();
+        late.seek(1).unwrap();
+        assert_eq!(late.next().unwrap().unwrap().offset, first);
+    }
+
+    #[test]
+    fn retention_by_age_deletes_old_segments_but_never_the_active_one() {
+        // given four segments, all last written two hours ago
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer =
+            LogWriter::open(dir.path(), WriterOptions::with_segment_bytes(2048)).unwrap();
+        append_range(&mut writer, 0..16, 200);
+        let paths = segment_paths(dir.path());
+        assert!(paths.len() >= 4);
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for path in &paths {
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        // and the second newest written just now
+        let recent = &paths[paths.len() - 2];
+        File::options()
+            .write(true)
+            .open(recent)
+            .unwrap()
+            .set_modified(SystemTime::now())
+            .unwrap();
+
+        // when retention of one hour runs
+        let options = WriterOptions {
+            retention: Some(Duration::from_secs(3600)),
+            ..WriterOptions::with_segment_bytes(2048)
+        };
+        let deleted = apply(dir.path(), &options, SystemTime::now()).unwrap();
+
+        // then the old prefix is gone, the recent and the active (old) segments stay
+        assert_eq!(deleted.len(), paths.len() - 2);
+        assert_eq!(segment_paths(dir.path()), paths[paths.len() - 2..].to_vec());
+        assert!(!segment::index_path(dir.path(), deleted[0]).exists());
+    }
+
+    #[test]
+    fn segments_roll_by_age_so_retention_can_free_them() {
+        // given a maximum segment age of 50 ms
+        let dir = tempfile::tempdir().unwrap();
+        let options = WriterOptions {
+            segment_max_age: Some(Duration::from_millis(50)),
+            ..WriterOptions::DEFAULT
+        };
+        let mut writer = LogWriter::open(dir.path(), options).unwrap();
+        append_range(&mut writer, 0..3, 10);
+        append_range(&mut writer, 3..4, 10);
+        assert_eq!(segment_paths(dir.path()).len(), 1);
+
+        // when the next append comes later than that, then it starts a new segment
+        std::thread::sleep(Duration::from_millis(60));
+        append_range(&mut writer, 4..6, 10);
+        assert_eq!(segment::list(dir.path()).unwrap(), vec![0, 4]);
+    }
+}
