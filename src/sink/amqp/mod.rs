@@ -1,8 +1,8 @@
 //! RabbitMQ as a sink: events published persistent and `mandatory` to one exchange on a channel
 //! in confirm mode; an event counts as delivered only once the broker has acked it.
 //!
-//! Publishes are pipelined: a batch is sent without waiting, up to `max_in_flight` unconfirmed,
-//! and the confirms are collected as they come. A message the broker cannot route to any queue
+//! Publishes are pipelined: a batch is sent without waiting, up to `max_in_flight` unconfirmed
+//! and at most one per aggregate, and the confirms are collected as they come. A message the broker cannot route to any queue
 //! comes back (`basic.return`) and is refused with the reason, so it is marked failed instead of
 //! vanishing. A nack, a confirm timeout or a lost connection fails the whole batch with a
 //! retryable error: the relay publishes it again on a fresh connection, so nothing unconfirmed
@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use lapin::options::BasicPublishOptions;
 use lapin::{Confirmation, PublisherConfirm};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 /// Publishes events to a RabbitMQ exchange with publisher confirms.
@@ -80,15 +80,23 @@ impl AmqpSink {
         let channel = self.link().await?.channel.clone();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut in_flight: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
+        let mut aggregates: HashSet<&str> = HashSet::new();
         for (index, event) in events.iter().enumerate() {
             let routing_key = template.render(event);
             if let Some(reason) = message::unsendable(event, &routing_key) {
                 outcomes[index] = Some(Outcome::Refused(reason));
                 continue;
             }
-            if in_flight.len() >= max_in_flight
-                && let Some((done, confirm)) = in_flight.pop_front()
+            // At most one unconfirmed message per aggregate: a nack does not stop the broker
+            // from taking the messages sent after it, so a second one in flight could reach the
+            // queue ahead of its rejected predecessor. Other aggregates stay pipelined.
+            while in_flight.len() >= max_in_flight
+                || aggregates.contains(event.aggregate_id.as_str())
             {
+                let Some((done, confirm)) = in_flight.pop_front() else {
+                    break;
+                };
+                aggregates.remove(events[done].aggregate_id.as_str());
                 outcomes[done] = Some(settle(&events[done], confirm, timeout, &exchange).await?);
             }
             let send = channel.basic_publish(
@@ -117,6 +125,7 @@ impl AmqpSink {
                 })?
                 .map_err(|err| unavailable("publishing to RabbitMQ", err))?;
             in_flight.push_back((index, confirm));
+            aggregates.insert(event.aggregate_id.as_str());
         }
         for (done, confirm) in in_flight {
             outcomes[done] = Some(settle(&events[done], confirm, timeout, &exchange).await?);
