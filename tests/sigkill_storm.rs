@@ -50,6 +50,7 @@ async fn twenty_sigkills_during_a_stream_lose_nothing() {
         assert_complete(&logs[0].iter().collect::<Vec<_>>(), 20_000),
         repeats
     );
-    assert!(repeats <= 20 * 250, "{repeats} duplicates for 20 kills");
+    // The log reports what it holds at start-up, so a kill between append and ack repeats nothing.
+    assert_eq!(repeats, 0, "{repeats} duplicates after 20 kills");
     eprintln!("20 kills: {} records, {repeats} duplicates", logs[0].len());
 }
