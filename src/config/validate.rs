@@ -72,6 +72,7 @@ impl Config {
             256 << 20,
         )?;
         self.sink.amqp.validate()?;
+        self.sink.kafka.validate()?;
 
         range(
             "relay.retry_initial_ms",

@@ -8,9 +8,11 @@
 //! Events of one batch are stored in the order given.
 
 pub mod amqp;
+pub mod kafka;
 pub mod log;
 
 pub use self::amqp::AmqpSink;
+pub use self::kafka::KafkaSink;
 pub use self::log::LogSink;
 
 use crate::config::{SinkConfig, SinkKind};
@@ -51,6 +53,8 @@ pub enum AnySink {
     Log(LogSink),
     /// RabbitMQ (boxed: it is much larger than the log sink).
     Amqp(Box<AmqpSink>),
+    /// Kafka (boxed, like RabbitMQ).
+    Kafka(Box<KafkaSink>),
 }
 
 impl AnySink {
@@ -59,6 +63,9 @@ impl AnySink {
         match config.kind {
             SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log).await?)),
             SinkKind::Amqp => Ok(AnySink::Amqp(Box::new(AmqpSink::open(&config.amqp).await?))),
+            SinkKind::Kafka => Ok(AnySink::Kafka(Box::new(
+                KafkaSink::open(&config.kafka).await?,
+            ))),
         }
     }
 }
@@ -68,6 +75,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Log(sink) => sink.publish(events).await,
             AnySink::Amqp(sink) => sink.publish(events).await,
+            AnySink::Kafka(sink) => sink.publish(events).await,
         }
     }
 
@@ -75,6 +83,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Log(sink) => sink.name(),
             AnySink::Amqp(sink) => sink.name(),
+            AnySink::Kafka(sink) => sink.name(),
         }
     }
 
@@ -82,6 +91,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Log(sink) => sink.is_healthy(),
             AnySink::Amqp(sink) => sink.is_healthy(),
+            AnySink::Kafka(sink) => sink.is_healthy(),
         }
     }
 }
