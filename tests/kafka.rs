@@ -217,6 +217,17 @@ async fn a_missing_topic_is_an_error_naming_it() {
         "{line}"
     );
     assert!(line.contains("sink.kafka.create_topics"), "{line}");
+
+    // And the binary stops at start-up with that one error line
+    let path = write_config(&config, dir.path(), "missing-topic");
+    let (code, _, stderr) = run_cli(&path, &["run"]);
+    assert_ne!(code, 0, "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!("\"{topic}\" does not exist")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,7 +65,9 @@ impl KafkaSink {
             known_topics: HashSet::new(),
             healthy: true,
         };
-        if let Some(fixed) = sink.topic.fixed() {
+        if let Some(fixed) = sink.topic.fixed(&config.table) {
+            topic::check_name(&fixed)
+                .map_err(|reason| Error::config("sink.kafka.topic", reason))?;
             sink.ensure_topic(&fixed).await?;
         }
         tracing::info!(bootstrap_servers = %config.bootstrap_servers, topic = %config.topic, "connected to Kafka");

@@ -58,7 +58,9 @@ impl TopicTemplate {
             parts.push(Part::Literal(rest.to_string()));
         }
         let template = TopicTemplate { parts };
-        if let Some(fixed) = template.fixed() {
+        if let Some(fixed) = template.fixed("") {
+            // Only literal text is checked here; the table's name is checked with the rest
+            // when the sink opens.
             check_name(&fixed)?;
         }
         Ok(template)
@@ -78,14 +80,15 @@ impl TopicTemplate {
         topic
     }
 
-    /// The topic, if the template has no per-event placeholder (`{table}` is known up front
-    /// only to the sink, so a template using it is not fixed here).
-    pub fn fixed(&self) -> Option<String> {
+    /// The topic, if the template has no per-event placeholder (`{table}` is not one: it is
+    /// replaced by `table`).
+    pub fn fixed(&self, table: &str) -> Option<String> {
         self.parts
             .iter()
             .map(|part| match part {
                 Part::Literal(text) => Some(text.as_str()),
-                _ => None,
+                Part::Table => Some(table),
+                Part::AggregateType | Part::EventType => None,
             })
             .collect()
     }
@@ -120,7 +123,7 @@ mod tests {
             template.render(&event(None), "outbox"),
             "outbox.event.order"
         );
-        assert_eq!(template.fixed(), None);
+        assert_eq!(template.fixed("outbox"), None);
     }
 
     #[test]
@@ -131,7 +134,9 @@ mod tests {
             "outbox-order.OrderPlaced_v1"
         );
         let fixed = TopicTemplate::parse("all-events").unwrap();
-        assert_eq!(fixed.fixed().as_deref(), Some("all-events"));
+        assert_eq!(fixed.fixed("outbox").as_deref(), Some("all-events"));
+        let per_table = TopicTemplate::parse("{table}.events").unwrap();
+        assert_eq!(per_table.fixed("outbox").as_deref(), Some("outbox.events"));
     }
 
     #[test]
