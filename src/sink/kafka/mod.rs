@@ -255,3 +255,54 @@ fn classify(event: &Event, topic: &str, err: KafkaError) -> Refusal {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::kafka::message::tests::event;
+
+    /// A produce error with librdkafka's `code`.
+    fn produce_error(code: RDKafkaErrorCode) -> KafkaError {
+        KafkaError::MessageProduction(code)
+    }
+
+    #[test]
+    fn a_message_kafka_can_never_take_is_refused_with_the_topic_and_size() {
+        let refusal = classify(
+            &event(None),
+            "orders",
+            produce_error(RDKafkaErrorCode::MessageSizeTooLarge),
+        );
+        let Refusal::Permanent(reason) = refusal else {
+            panic!("too large must be permanent")
+        };
+        assert!(
+            reason.starts_with("Kafka refused the 18 byte message for topic \"orders\": "),
+            "{reason}"
+        );
+        assert!(matches!(
+            classify(
+                &event(None),
+                "x",
+                produce_error(RDKafkaErrorCode::InvalidTopic)
+            ),
+            Refusal::Permanent(_)
+        ));
+    }
+
+    #[test]
+    fn timeouts_and_broker_errors_fail_the_batch_retryably() {
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            let Refusal::Retry(err) = classify(&event(None), "orders", produce_error(code)) else {
+                panic!("{code:?} must be retried")
+            };
+            assert_eq!(err.kind(), ErrorKind::SinkUnavailable);
+            assert!(err.is_retryable());
+        }
+    }
+}
