@@ -60,6 +60,8 @@ pub fn from_sources(
             )
         })?;
     resolve_password_file(&mut cfg)?;
+    // The Kafka topic template's {table} is the outbox table's name.
+    cfg.sink.kafka.table = cfg.source.table.name.clone();
     cfg.validate()?;
     Ok(cfg)
 }

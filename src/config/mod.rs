@@ -11,7 +11,9 @@ mod validate;
 
 pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load};
 pub use secret::{DbUrl, MASK, Secret, mask_connection_string};
-pub use sink::{AmqpSinkConfig, ExchangeType, LogSinkConfig, SinkConfig, SinkKind};
+pub use sink::{
+    AmqpSinkConfig, ExchangeType, KafkaSinkConfig, LogSinkConfig, SinkConfig, SinkKind,
+};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 
 use crate::log::{Durability, WriterOptions};
 pub use crate::sink::amqp::{AmqpSinkConfig, ExchangeType};
+pub use crate::sink::kafka::KafkaSinkConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,19 +16,23 @@ pub enum SinkKind {
     Log,
     /// RabbitMQ (AMQP 0-9-1), with publisher confirms.
     Amqp,
+    /// Kafka, with an idempotent producer and delivery reports.
+    Kafka,
 }
 
 /// The sink section.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
-    /// Which sink: `log` or `amqp`. Default `log`.
+    /// Which sink: `log`, `amqp` or `kafka`. Default `log`.
     #[serde(rename = "type")]
     pub kind: SinkKind,
     /// Settings of the embedded log.
     pub log: LogSinkConfig,
     /// Settings of the RabbitMQ sink.
     pub amqp: AmqpSinkConfig,
+    /// Settings of the Kafka sink.
+    pub kafka: KafkaSinkConfig,
 }
 
 /// The embedded log sink.

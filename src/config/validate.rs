@@ -105,6 +105,7 @@ impl Config {
             range("sink.log.retention_ms", age, 1_000, u64::MAX >> 1)?;
         }
         self.sink.amqp.validate()?;
+        self.sink.kafka.validate()?;
 
         range(
             "relay.retry_initial_ms",

@@ -13,9 +13,11 @@
 //! duplicate.
 
 pub mod amqp;
+pub mod kafka;
 pub mod log;
 
 pub use self::amqp::AmqpSink;
+pub use self::kafka::KafkaSink;
 pub use self::log::LogSink;
 
 use crate::config::{SinkConfig, SinkKind};
@@ -63,6 +65,8 @@ pub enum AnySink {
     Log(LogSink),
     /// RabbitMQ (boxed: it is much larger than the log sink).
     Amqp(Box<AmqpSink>),
+    /// Kafka (boxed, like RabbitMQ).
+    Kafka(Box<KafkaSink>),
 }
 
 impl AnySink {
@@ -72,6 +76,9 @@ impl AnySink {
         match config.kind {
             SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log, batch_size).await?)),
             SinkKind::Amqp => Ok(AnySink::Amqp(Box::new(AmqpSink::open(&config.amqp).await?))),
+            SinkKind::Kafka => Ok(AnySink::Kafka(Box::new(
+                KafkaSink::open(&config.kafka).await?,
+            ))),
         }
     }
 }
@@ -81,6 +88,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Log(sink) => sink.publish(events).await,
             AnySink::Amqp(sink) => sink.publish(events).await,
+            AnySink::Kafka(sink) => sink.publish(events).await,
         }
     }
 
@@ -88,6 +96,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Log(sink) => sink.already_delivered(),
             AnySink::Amqp(sink) => sink.already_delivered(),
+            AnySink::Kafka(sink) => sink.already_delivered(),
         }
     }
 
@@ -95,6 +104,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Log(sink) => sink.name(),
             AnySink::Amqp(sink) => sink.name(),
+            AnySink::Kafka(sink) => sink.name(),
         }
     }
 
@@ -102,6 +112,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Log(sink) => sink.is_healthy(),
             AnySink::Amqp(sink) => sink.is_healthy(),
+            AnySink::Kafka(sink) => sink.is_healthy(),
         }
     }
 }

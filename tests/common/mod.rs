@@ -4,5 +4,6 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod kafka;
 pub mod pg;
 pub mod relay;

@@ -1,0 +1,170 @@
+//! Turning an [`Event`] into a Kafka record's headers: outboxd's own, the row's, and optionally
+//! CloudEvents binary-mode attributes.
+
+use crate::event::Event;
+use chrono::SecondsFormat;
+use rdkafka::message::{Header, OwnedHeaders};
+use serde_json::Value;
+
+/// The CloudEvents version the `ce_*` headers follow.
+const CLOUDEVENTS_SPEC_VERSION: &str = "1.0";
+
+/// One header, name and value, before it is handed to librdkafka.
+pub type HeaderPair = (String, String);
+
+/// The headers of `event`'s record, in order: `id`, `type`, `aggregatetype`, `aggregateid`,
+/// `position`; with `cloudevents_source`, the CloudEvents binary-mode attributes and
+/// `content-type`; then every member of the row's `headers` object whose name outboxd does not
+/// already use (so consumers can rely on outboxd's), string values as-is, others as JSON text.
+pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Vec<HeaderPair> {
+    let mut pairs: Vec<HeaderPair> = vec![
+        ("id".into(), event.id.clone()),
+        ("type".into(), event.event_type.clone()),
+        ("aggregatetype".into(), event.aggregate_type.clone()),
+        ("aggregateid".into(), event.aggregate_id.clone()),
+        ("position".into(), event.position.to_string()),
+    ];
+    if let Some(source) = cloudevents_source {
+        let time = event
+            .created_at
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        pairs.extend([
+            ("ce_id".into(), event.id.clone()),
+            ("ce_type".into(), event.event_type.clone()),
+            ("ce_source".into(), source.to_string()),
+            ("ce_specversion".into(), CLOUDEVENTS_SPEC_VERSION.into()),
+            ("ce_time".into(), time),
+            ("content-type".into(), "application/json".into()),
+        ]);
+    }
+    let row: Option<serde_json::Map<String, Value>> = event
+        .headers
+        .as_ref()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok());
+    for (name, value) in row.into_iter().flatten() {
+        if pairs.iter().any(|(taken, _)| *taken == name) {
+            continue;
+        }
+        let text = match value {
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        pairs.push((name, text));
+    }
+    pairs
+}
+
+/// `pairs` as librdkafka headers.
+pub fn owned_headers(pairs: &[HeaderPair]) -> OwnedHeaders {
+    pairs.iter().fold(
+        OwnedHeaders::new_with_capacity(pairs.len()),
+        |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        },
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::event::Position;
+    use chrono::DateTime;
+    use serde_json::value::RawValue;
+
+    /// A sample event, with the given headers JSON.
+    pub(crate) fn event(headers: Option<&str>) -> Event {
+        Event {
+            id: "6f1c0000-0000-4000-8000-000000000001".into(),
+            aggregate_type: "order".into(),
+            aggregate_id: "42".into(),
+            event_type: "OrderPlaced".into(),
+            payload: RawValue::from_string(r#"{"total": "19.90"}"#.into()).unwrap(),
+            headers: headers.map(|h| RawValue::from_string(h.into()).unwrap()),
+            created_at: DateTime::from_timestamp(1_700_000_000, 5).unwrap(),
+            position: Position(7),
+        }
+    }
+
+    /// The value of header `name`.
+    fn get<'a>(pairs: &'a [HeaderPair], name: &str) -> &'a str {
+        pairs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .expect(name)
+    }
+
+    #[test]
+    fn outboxd_headers_come_first_and_win_over_row_headers() {
+        let pairs = headers(
+            &event(Some(r#"{"aggregateid":"spoofed","trace":"t1"}"#)),
+            None,
+        );
+        let names: Vec<&str> = pairs.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "type",
+                "aggregatetype",
+                "aggregateid",
+                "position",
+                "trace"
+            ]
+        );
+        assert_eq!(get(&pairs, "id"), "6f1c0000-0000-4000-8000-000000000001");
+        assert_eq!(get(&pairs, "type"), "OrderPlaced");
+        assert_eq!(get(&pairs, "aggregatetype"), "order");
+        assert_eq!(get(&pairs, "aggregateid"), "42");
+        assert_eq!(get(&pairs, "position"), "7");
+        assert_eq!(get(&pairs, "trace"), "t1");
+    }
+
+    #[test]
+    fn row_header_strings_stay_as_is_and_other_values_become_json_text() {
+        let pairs = headers(
+            &event(Some(
+                r#"{"s":"a\"b","n":-3,"f":1.5,"ok":true,"none":null,"obj":{"k":[1]}}"#,
+            )),
+            None,
+        );
+        assert_eq!(get(&pairs, "s"), "a\"b");
+        assert_eq!(get(&pairs, "n"), "-3");
+        assert_eq!(get(&pairs, "f"), "1.5");
+        assert_eq!(get(&pairs, "ok"), "true");
+        assert_eq!(get(&pairs, "none"), "null");
+        assert_eq!(get(&pairs, "obj"), r#"{"k":[1]}"#);
+    }
+
+    #[test]
+    fn cloudevents_mode_adds_the_binary_mode_attributes() {
+        let pairs = headers(&event(Some(r#"{"ce_id":"spoofed"}"#)), Some("/shop/orders"));
+        assert_eq!(get(&pairs, "ce_id"), "6f1c0000-0000-4000-8000-000000000001");
+        assert_eq!(get(&pairs, "ce_type"), "OrderPlaced");
+        assert_eq!(get(&pairs, "ce_source"), "/shop/orders");
+        assert_eq!(get(&pairs, "ce_specversion"), "1.0");
+        assert_eq!(get(&pairs, "ce_time"), "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(get(&pairs, "content-type"), "application/json");
+        assert_eq!(pairs.iter().filter(|(key, _)| key == "ce_id").count(), 1);
+        assert!(
+            !headers(&event(None), None)
+                .iter()
+                .any(|(key, _)| key.starts_with("ce_"))
+        );
+    }
+
+    #[test]
+    fn owned_headers_keep_order_and_bytes() {
+        use rdkafka::message::Headers;
+        let owned = owned_headers(&headers(&event(None), None));
+        assert_eq!(owned.count(), 5);
+        let first = owned.get(0);
+        assert_eq!(
+            (first.key, first.value),
+            ("id", Some(&b"6f1c0000-0000-4000-8000-000000000001"[..]))
+        );
+    }
+}

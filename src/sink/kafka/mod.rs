@@ -1,0 +1,308 @@
+//! Kafka as a sink: one record per event, keyed by aggregate id (so an aggregate's events share
+//! a partition), produced by an idempotent producer with `acks=all`; an event counts as
+//! delivered only once its delivery report succeeded.
+//!
+//! A batch is sent without waiting (every event handed to librdkafka, which pipelines them),
+//! then every delivery report is awaited. Retries are librdkafka's, within
+//! `message_timeout_ms`; the idempotent producer keeps each partition in order across them. A
+//! report that still failed fails the whole batch with a retryable error, after every report of
+//! the batch is in, so nothing of it is still in flight when the relay sends it again in order:
+//! nothing is lost, consumers may see duplicates, and no event is reported delivered while an
+//! earlier event of its aggregate is not. A message Kafka can never take (too large, an
+//! invalid topic name) is refused with the reason, so its row is marked failed and later events
+//! flow.
+
+mod client;
+mod config;
+mod message;
+mod topic;
+
+pub use self::config::{
+    Compression, KafkaSinkConfig, LibrdkafkaOptions, SaslMechanism, SecurityProtocol,
+};
+pub use self::topic::TopicTemplate;
+
+use super::{Outcome, Sink};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+/// How long to wait before offering a record again when librdkafka's queue is full and none of
+/// this batch's own reports is pending to wait on.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+
+/// Produces events to Kafka with an idempotent producer.
+pub struct KafkaSink {
+    /// The sink's settings.
+    config: KafkaSinkConfig,
+    /// The parsed `topic` template.
+    topic: TopicTemplate,
+    /// The producer; replaced after a fatal (idempotence) error.
+    producer: FutureProducer,
+    /// Topics seen to exist (or created), so metadata is checked once per topic.
+    known_topics: HashSet<String>,
+    /// Whether the last batch was delivered (for readiness checks).
+    healthy: bool,
+}
+
+impl KafkaSink {
+    /// Creates the producer and checks that the brokers answer, and that the topic exists
+    /// (or creates it) when the template names one topic. Failing here is final, so a
+    /// misconfigured relay says so at once instead of retrying forever.
+    pub async fn open(config: &KafkaSinkConfig) -> Result<Self> {
+        let topic = TopicTemplate::parse(&config.topic)
+            .map_err(|reason| Error::config("sink.kafka.topic", reason))?;
+        let producer = client::producer(config)?;
+        client::check_reachable(&producer, &config.bootstrap_servers).await?;
+        let mut sink = KafkaSink {
+            config: config.clone(),
+            topic,
+            producer,
+            known_topics: HashSet::new(),
+            healthy: true,
+        };
+        if let Some(fixed) = sink.topic.fixed(&config.table) {
+            topic::check_name(&fixed)
+                .map_err(|reason| Error::config("sink.kafka.topic", reason))?;
+            sink.ensure_topic(&fixed).await?;
+        }
+        tracing::info!(bootstrap_servers = %config.bootstrap_servers, topic = %config.topic, "connected to Kafka");
+        Ok(sink)
+    }
+
+    /// Makes sure `topic` exists before the first record is sent to it: creates it when
+    /// `create_topics` is on, otherwise fails with an error naming it (retryable, so the
+    /// events wait, none lost, until an operator creates the topic).
+    async fn ensure_topic(&mut self, topic: &str) -> Result<()> {
+        if self.known_topics.contains(topic) {
+            return Ok(());
+        }
+        if !client::topic_exists(&self.producer, topic).await? {
+            if !self.config.create_topics {
+                return Err(Error::new(
+                    ErrorKind::SinkUnavailable,
+                    format!(
+                        "Kafka topic \"{topic}\" does not exist; create it or set \
+                         sink.kafka.create_topics = true"
+                    ),
+                ));
+            }
+            client::create_topic(&self.config, topic).await?;
+        }
+        self.known_topics.insert(topic.to_string());
+        Ok(())
+    }
+
+    /// Sends every event of the batch, then collects every delivery report.
+    async fn publish_batch(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
+        let mut failure: Option<Error> = None;
+        for index in 0..events.len() {
+            match self.send(events, index, &mut pending, &mut outcomes).await {
+                Ok(()) => {}
+                Err(Refusal::Permanent(reason)) => outcomes[index] = Some(Outcome::Refused(reason)),
+                Err(Refusal::Retry(err)) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        // Every report is awaited even after a failure, so no record of this batch is still in
+        // flight when the relay sends the batch again.
+        for (index, report) in pending {
+            match settle(&events[index], report).await {
+                Ok(outcome) => outcomes[index] = Some(outcome),
+                Err(err) => {
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.ok_or_else(|| Error::new(ErrorKind::Internal, "event left unreported"))
+            })
+            .collect()
+    }
+
+    /// Hands `events[index]` to librdkafka and queues its delivery report in `pending`. While
+    /// librdkafka's queue is full, waits for this batch's oldest report (recording its outcome)
+    /// or, with none pending, briefly.
+    async fn send(
+        &mut self,
+        events: &[Event],
+        index: usize,
+        pending: &mut VecDeque<(usize, DeliveryFuture)>,
+        outcomes: &mut [Option<Outcome>],
+    ) -> std::result::Result<(), Refusal> {
+        let event = &events[index];
+        let topic = self.topic.render(event, &self.config.table);
+        topic::check_name(&topic).map_err(Refusal::Permanent)?;
+        self.ensure_topic(&topic).await.map_err(Refusal::Retry)?;
+        let cloudevents_source = self
+            .config
+            .cloudevents
+            .then_some(self.config.cloudevents_source.as_str());
+        let headers = message::owned_headers(&message::headers(event, cloudevents_source));
+        loop {
+            let record = FutureRecord::to(&topic)
+                .key(event.aggregate_id.as_bytes())
+                .payload(event.payload.get().as_bytes())
+                .timestamp(event.created_at.timestamp_millis())
+                .headers(headers.clone());
+            match self.producer.send_result(record) {
+                Ok(report) => {
+                    pending.push_back((index, report));
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    match pending.pop_front() {
+                        Some((done, report)) => {
+                            let outcome = settle(&events[done], report).await;
+                            outcomes[done] = Some(outcome.map_err(Refusal::Retry)?);
+                        }
+                        None => tokio::time::sleep(QUEUE_FULL_PAUSE).await,
+                    }
+                }
+                Err((err, _)) => return Err(classify(event, &topic, err)),
+            }
+        }
+    }
+}
+
+/// Why one event was not handed to Kafka.
+enum Refusal {
+    /// Kafka will never take it: the row is marked failed with this reason.
+    Permanent(String),
+    /// It may work later: the batch fails and is retried.
+    Retry(Error),
+}
+
+impl Sink for KafkaSink {
+    async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        let result = self.publish_batch(events).await;
+        self.healthy = result.is_ok();
+        if result.is_err()
+            && let Some((code, reason)) = self.producer.client().fatal_error()
+        {
+            // An idempotent producer that lost track of its sequence numbers refuses every
+            // further send; a fresh one (new producer id) lets the relay's retry go through.
+            tracing::warn!(error = %code, reason, "kafka producer failed fatally; recreating it");
+            self.producer = client::producer(&self.config)?;
+        }
+        result
+    }
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    /// Whether the last batch went through; reads cached state only.
+    fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+}
+
+/// Waits for one delivery report: success is delivered, a permanent error refuses the event,
+/// anything else fails the batch.
+async fn settle(event: &Event, report: DeliveryFuture) -> Result<Outcome> {
+    match report.await {
+        Ok(Ok(_)) => Ok(Outcome::Delivered),
+        Ok(Err((err, message))) => {
+            let topic = rdkafka::Message::topic(&message).to_string();
+            match classify(event, &topic, err) {
+                Refusal::Permanent(reason) => Ok(Outcome::Refused(reason)),
+                Refusal::Retry(err) => Err(err),
+            }
+        }
+        Err(_) => Err(Error::new(
+            ErrorKind::SinkUnavailable,
+            format!("Kafka producer closed before reporting event {}", event.id),
+        )),
+    }
+}
+
+/// Sorts a produce error into permanent (the message itself is unacceptable) or retryable.
+fn classify(event: &Event, topic: &str, err: KafkaError) -> Refusal {
+    let permanent = matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    );
+    if permanent {
+        Refusal::Permanent(format!(
+            "Kafka refused the {} byte message for topic \"{topic}\": {err}",
+            event.payload.get().len()
+        ))
+    } else {
+        Refusal::Retry(Error::with_source(
+            ErrorKind::SinkUnavailable,
+            format!("Kafka did not take event {} (topic \"{topic}\")", event.id),
+            err,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::kafka::message::tests::event;
+
+    /// A produce error with librdkafka's `code`.
+    fn produce_error(code: RDKafkaErrorCode) -> KafkaError {
+        KafkaError::MessageProduction(code)
+    }
+
+    #[test]
+    fn a_message_kafka_can_never_take_is_refused_with_the_topic_and_size() {
+        let refusal = classify(
+            &event(None),
+            "orders",
+            produce_error(RDKafkaErrorCode::MessageSizeTooLarge),
+        );
+        let Refusal::Permanent(reason) = refusal else {
+            panic!("too large must be permanent")
+        };
+        assert!(
+            reason.starts_with("Kafka refused the 18 byte message for topic \"orders\": "),
+            "{reason}"
+        );
+        assert!(matches!(
+            classify(
+                &event(None),
+                "x",
+                produce_error(RDKafkaErrorCode::InvalidTopic)
+            ),
+            Refusal::Permanent(_)
+        ));
+    }
+
+    #[test]
+    fn timeouts_and_broker_errors_fail_the_batch_retryably() {
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            let Refusal::Retry(err) = classify(&event(None), "orders", produce_error(code)) else {
+                panic!("{code:?} must be retried")
+            };
+            assert_eq!(err.kind(), ErrorKind::SinkUnavailable);
+            assert!(err.is_retryable());
+        }
+    }
+}
