@@ -7,6 +7,7 @@
 //! The pieces: a [`source`] hands out events in order, a [`sink`] stores them durably, and the
 //! [`relay`] loop between them acknowledges to the source only what the sink confirmed.
 
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod error;

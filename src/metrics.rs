@@ -2,6 +2,7 @@
 //! labels stay low-cardinality (sink, outcome — never an aggregate or event id).
 
 use crate::event::Event;
+use crate::sink::Outcome;
 use chrono::Utc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -212,38 +213,38 @@ impl Metrics {
         text
     }
 
-    /// Records a batch the sink confirmed: outcomes, batch size, latency of each delivered event
+    /// Records a batch the sink answered: outcomes, batch size, latency of each delivered event
     /// since its creation, and the time of this publish.
-    pub fn observe_published(&self, sink: &'static str, events: &[Event], delivered: &[bool]) {
+    pub fn observe_published(&self, sink: &'static str, events: &[Event], outcomes: &[Outcome]) {
         let now = Utc::now();
-        let mut count = 0;
-        for (event, ok) in events.iter().zip(delivered) {
-            if *ok {
-                count += 1;
-                let age = (now - event.created_at)
-                    .num_microseconds()
-                    .unwrap_or(i64::MAX);
-                self.latency.observe(age.max(0) as f64 / 1e6);
+        let (mut delivered, mut refused) = (0, 0);
+        for (event, outcome) in events.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Delivered => {
+                    delivered += 1;
+                    let age = (now - event.created_at)
+                        .num_microseconds()
+                        .unwrap_or(i64::MAX);
+                    self.latency.observe(age.max(0) as f64 / 1e6);
+                }
+                Outcome::Refused(_) => refused += 1,
+                Outcome::Retry(_) | Outcome::Deferred => {}
             }
         }
-        let refused = (events.len() - count) as u64;
+        let label = |outcome| PublishLabels { sink, outcome };
         self.published
-            .get_or_create(&PublishLabels {
-                sink,
-                outcome: "delivered",
-            })
-            .inc_by(count as u64);
+            .get_or_create(&label("delivered"))
+            .inc_by(delivered);
         if refused > 0 {
             self.published
-                .get_or_create(&PublishLabels {
-                    sink,
-                    outcome: "refused",
-                })
+                .get_or_create(&label("refused"))
                 .inc_by(refused);
             self.dead_letters.inc_by(refused);
         }
         self.batch_size.observe(events.len() as f64);
-        self.last_publish.set(now.timestamp_micros() as f64 / 1e6);
+        if delivered > 0 {
+            self.last_publish.set(now.timestamp_micros() as f64 / 1e6);
+        }
     }
 
     /// Whether the relay can do its job: source connected and sink accepting.

@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "failed_index",
         template: include_str!("../migrations/0003_failed_index.sql"),
     },
+    Migration {
+        version: 4,
+        name: "dead_letters",
+        template: include_str!("../migrations/0004_dead_letters.sql"),
+    },
 ];
 
 /// The migration that installs the trigger; re-applied whenever the channel changes.

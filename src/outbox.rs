@@ -15,8 +15,15 @@ pub struct OutboxTable {
     pub schema: String,
     /// Table name as configured (unquoted), for catalog look-ups.
     pub name: String,
-    /// Fetches pending rows in position order; `$1` is the limit.
+    /// Fetches pending rows in position order; `$1` is the limit, `$2` a `text[]` of aggregates
+    /// to leave out (waiting to retry).
     pub fetch_pending: String,
+    /// [`Self::fetch_pending`] that also leaves out every event after a dead letter of its
+    /// aggregate (`on_dead_letter = "block_aggregate"`).
+    pub fetch_pending_blocking: String,
+    /// Records a failed attempt: `$1` positions, `$2` reasons, `$3` max attempts; rows reaching
+    /// it become dead letters. Returns position, attempts and whether it is now dead.
+    pub mark_retry: String,
     /// Marks rows sent; `$1` is an `int8[]` of positions.
     pub mark_sent: String,
     /// Deletes sent rows; `$1` is an `int8[]` of positions.
@@ -37,24 +44,6 @@ impl OutboxTable {
         let c = &source.columns;
         let q = quote_ident;
         let qualified = format!("{}.{}", q(&source.table.schema), q(&source.table.name));
-        let fetch_pending = format!(
-            "SELECT {pos}, ({txid} IS NULL OR {txid} < pg_snapshot_xmin(pg_current_snapshot())), \
-             {id}::text, {atype}::text, {aid}::text, {etype}::text, {payload}::text, \
-             {headers}::text, {created}::timestamptz \
-             FROM {qualified} WHERE {sent} IS NULL AND {failed} IS NULL \
-             ORDER BY {pos} LIMIT $1",
-            pos = q(&c.position),
-            txid = q(&c.txid),
-            id = q(&c.id),
-            atype = q(&c.aggregate_type),
-            aid = q(&c.aggregate_id),
-            etype = q(&c.event_type),
-            payload = q(&c.payload),
-            headers = q(&c.headers),
-            created = q(&c.created_at),
-            sent = q(&c.sent_at),
-            failed = q(&c.failed_at),
-        );
         let mark_sent = format!(
             "UPDATE {qualified} SET {sent} = now(), {attempts} = {attempts} + 1 \
              WHERE {pos} = ANY($1::int8[]) AND {sent} IS NULL",
@@ -114,24 +103,49 @@ impl OutboxTable {
             ("attempts", q(&c.attempts)),
             ("last_error", q(&c.last_error)),
             ("failed_at", q(&c.failed_at)),
+            ("skipped_at", q(&c.skipped_at)),
             ("position_index", q(&derived_name(name, "position_key"))),
             ("pending_index", q(&derived_name(name, "pending_idx"))),
             ("failed_index", q(&derived_name(name, "failed_idx"))),
+            ("dead_index", q(&derived_name(name, "dead_idx"))),
             ("trigger", q(&derived_name(name, "notify"))),
             ("channel", quote_literal(&source.channel())),
         ];
-        OutboxTable {
+        let mut table = OutboxTable {
             qualified,
             schema: source.table.schema.clone(),
             name: name.clone(),
-            fetch_pending,
+            fetch_pending: String::new(),
+            fetch_pending_blocking: String::new(),
+            mark_retry: String::new(),
             mark_sent,
             delete_sent,
             mark_delivered,
             delete_delivered,
             mark_failed,
             template_vars,
-        }
+        };
+        let fetch = "SELECT o.{position}, \
+             (o.{txid} IS NULL OR o.{txid} < pg_snapshot_xmin(pg_current_snapshot())), \
+             o.{id}::text, o.{aggregate_type}::text, o.{aggregate_id}::text, \
+             o.{event_type}::text, o.{payload}::text, o.{headers}::text, \
+             o.{created_at}::timestamptz \
+             FROM {table} AS o WHERE o.{sent_at} IS NULL AND o.{failed_at} IS NULL \
+             AND (o.{aggregate_id} IS NULL OR o.{aggregate_id} <> ALL($2::text[]))";
+        let blocked = " AND NOT EXISTS (SELECT 1 FROM {table} AS d \
+             WHERE d.{aggregate_id} = o.{aggregate_id} AND d.{failed_at} IS NOT NULL \
+             AND d.{skipped_at} IS NULL AND d.{position} < o.{position})";
+        let order = " ORDER BY o.{position} LIMIT $1";
+        table.fetch_pending = table.render(&format!("{fetch}{order}"));
+        table.fetch_pending_blocking = table.render(&format!("{fetch}{blocked}{order}"));
+        table.mark_retry = table.render(
+            "UPDATE {table} AS o SET {attempts} = o.{attempts} + 1, {last_error} = r.reason, \
+             {failed_at} = CASE WHEN o.{attempts} + 1 >= $3 THEN now() END \
+             FROM unnest($1::int8[], $2::text[]) AS r(pos, reason) \
+             WHERE o.{position} = r.pos AND o.{sent_at} IS NULL \
+             RETURNING o.{position}, o.{attempts}, o.{failed_at} IS NOT NULL, o.{aggregate_id}::text",
+        );
+        table
     }
 
     /// The advisory lock key that elects one active relay per outbox table.

@@ -1,7 +1,7 @@
 //! The relay loop: take a batch from the source, publish it, acknowledge what the sink confirmed.
 
 use crate::config::RelayConfig;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, Position, Rejected};
 use crate::metrics::{self, SinkLabels};
 use crate::retry::{Backoff, sleep_or_shutdown};
@@ -60,18 +60,29 @@ pub async fn run<S: Source, K: Sink>(
             );
             break;
         };
-        let confirmed: Vec<bool> = outcomes.iter().map(|o| *o == Outcome::Delivered).collect();
-        metrics::get().observe_published(sink.name(), &batch.events, &confirmed);
-        let (delivered, refused) = split(&batch.events, outcomes);
-        for bad in &refused {
+        metrics::get().observe_published(sink.name(), &batch.events, &outcomes);
+        let split = split(&batch.events, outcomes);
+        for bad in &split.refused {
             tracing::error!(id = %bad.id, position = %bad.position, reason = %bad.reason,
                 sink = sink.name(), "sink refused event; marked failed");
         }
-        source.reject(&refused, &shutdown).await?;
-        source.ack(&delivered, &shutdown).await?;
+        for failed in &split.retry {
+            tracing::warn!(id = %failed.id, position = %failed.position, reason = %failed.reason,
+                sink = sink.name(), "event failed; its aggregate waits to retry");
+        }
+        if !split.retry.is_empty() {
+            metrics::get()
+                .retries
+                .get_or_create(&SinkLabels { sink: sink.name() })
+                .inc_by(split.retry.len() as u64);
+        }
+        source.reject(&split.refused, &shutdown).await?;
+        source.retry_later(&split.retry, &shutdown).await?;
+        source.ack(&split.delivered, &shutdown).await?;
         tracing::debug!(
-            delivered = delivered.len(),
-            refused = refused.len(),
+            delivered = split.delivered.len(),
+            refused = split.refused.len(),
+            retry = split.retry.len(),
             "batch relayed"
         );
     }
@@ -91,7 +102,18 @@ async fn publish<K: Sink>(
     let mut backoff = Backoff::from_config(config);
     metrics.in_flight.set(events.len() as i64);
     let result = loop {
-        match sink.publish(events).await {
+        let timeout = std::time::Duration::from_millis(config.publish_timeout_ms);
+        let attempt = match tokio::time::timeout(timeout, sink.publish(events)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                ErrorKind::SinkUnavailable,
+                format!(
+                    "publish did not complete within relay.publish_timeout_ms ({} ms)",
+                    config.publish_timeout_ms
+                ),
+            )),
+        };
+        match attempt {
             Ok(outcomes) => {
                 metrics.sink_up.set(1);
                 break Ok(Some(outcomes));
@@ -119,19 +141,32 @@ async fn publish<K: Sink>(
     result
 }
 
-/// Splits a batch by outcome into positions to acknowledge and events to mark failed.
-fn split(events: &[Event], outcomes: Vec<Outcome>) -> (Vec<Position>, Vec<Rejected>) {
-    let mut delivered = Vec::with_capacity(events.len());
-    let mut refused = Vec::new();
+/// A batch split by outcome.
+#[derive(Debug, Default)]
+struct Split {
+    /// Positions to acknowledge.
+    delivered: Vec<Position>,
+    /// Events refused for good.
+    refused: Vec<Rejected>,
+    /// Events to try again later.
+    retry: Vec<Rejected>,
+}
+
+/// Splits a batch by outcome.
+fn split(events: &[Event], outcomes: Vec<Outcome>) -> Split {
+    let mut split = Split::default();
     for (event, outcome) in events.iter().zip(outcomes) {
+        let failed = |reason| Rejected {
+            position: event.position,
+            id: event.id.clone(),
+            reason,
+        };
         match outcome {
-            Outcome::Delivered => delivered.push(event.position),
-            Outcome::Refused(reason) => refused.push(Rejected {
-                position: event.position,
-                id: event.id.clone(),
-                reason,
-            }),
+            Outcome::Delivered => split.delivered.push(event.position),
+            Outcome::Refused(reason) => split.refused.push(failed(reason)),
+            Outcome::Retry(reason) => split.retry.push(failed(reason)),
+            Outcome::Deferred => {}
         }
     }
-    (delivered, refused)
+    split
 }

@@ -95,12 +95,17 @@ async fn an_unroutable_event_is_marked_failed_with_the_reason_and_later_events_f
 
     // When an event no queue is bound for is written between two order events
     let client = connect(&db.url).await;
-    for (aggregate_type, event_type) in [("order", "A"), ("ghost", "Lost"), ("order", "B")] {
+    // (the ghost is its own aggregate: behind a dead letter its aggregate would wait)
+    for (aggregate_type, aggregate_id, event_type) in [
+        ("order", "1", "A"),
+        ("ghost", "2", "Lost"),
+        ("order", "1", "B"),
+    ] {
         client
             .execute(
                 "INSERT INTO outbox (aggregatetype, aggregateid, type, payload, headers) \
-                 VALUES ($1, '1', $2, '{\"n\": 1}', '{\"trace\": \"t1\", \"try\": 2}')",
-                &[&aggregate_type, &event_type],
+                 VALUES ($1, $3, $2, '{\"n\": 1}', '{\"trace\": \"t1\", \"try\": 2}')",
+                &[&aggregate_type, &event_type, &aggregate_id],
             )
             .await
             .unwrap();

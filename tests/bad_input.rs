@@ -130,7 +130,7 @@ async fn migrate_is_idempotent_and_existing_rows_are_relayed() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 3);
+    assert_eq!(versions, 4);
     let relay = InProcessRelay::start(&config).await;
     let logs = wait_for_events(&[&log], 1, WAIT).await;
     relay.stop().await;

@@ -1,5 +1,6 @@
 //! The command line: `run`, `migrate`, `check-config` and `log read|tail|stats`.
 
+mod dlq;
 mod log;
 mod run;
 mod status;
@@ -42,6 +43,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect, retry or skip dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Read the embedded log.
     #[command(subcommand)]
     Log(log::LogCommand),
@@ -55,6 +59,7 @@ pub async fn main() -> Result<()> {
         Command::Migrate => run::migrate(&load(&cli.config, true)?).await,
         Command::CheckConfig => check_config(&load(&cli.config, false)?),
         Command::Status { json } => status::run(&load(&cli.config, false)?, json).await,
+        Command::Dlq(command) => dlq::run(&load(&cli.config, false)?, command).await,
         Command::Log(command) => log::run(&load(&cli.config, false)?, command).await,
     }
 }

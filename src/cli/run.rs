@@ -25,6 +25,9 @@ pub async fn run(config: &Config) -> Result<()> {
         ),
         false => None,
     };
+    let cleanup = (config.source.on_sent == crate::config::OnSent::Mark
+        && config.source.retention_ms > 0)
+        .then(|| crate::cleanup::spawn(config.source.clone(), shutdown.clone()));
     let sampler = crate::stats::spawn_sampler(
         config.source.clone(),
         std::time::Duration::from_millis(config.relay.stats_interval_ms),
@@ -39,6 +42,9 @@ pub async fn run(config: &Config) -> Result<()> {
     // The relay may stop on an error without a signal: stop the helpers either way.
     shutdown.cancel();
     let _ = sampler.await;
+    if let Some(cleanup) = cleanup {
+        let _ = cleanup.await;
+    }
     if let Some(http) = http {
         let _ = http.await;
     }

@@ -114,6 +114,14 @@ pub struct SourceConfig {
     pub channel: Option<String>,
     /// Keep or delete rows once sent. Default `mark`.
     pub on_sent: OnSent,
+    /// With `on_sent = "mark"`, sent rows older than this are deleted in the background, in
+    /// small batches. Default 604800000 (7 days); 0 keeps them forever.
+    pub retention_ms: u64,
+    /// Rows deleted per cleanup statement (short transactions, short locks). Default 1000.
+    pub cleanup_batch: i64,
+    /// Pause between cleanup rounds once nothing is left to delete, in milliseconds. Default
+    /// 10000.
+    pub cleanup_interval_ms: u64,
     /// TLS settings.
     pub tls: TlsConfig,
     /// The outbox table.
@@ -136,6 +144,9 @@ impl Default for SourceConfig {
             application_name: "outboxd".into(),
             channel: None,
             on_sent: OnSent::Mark,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            cleanup_batch: 1000,
+            cleanup_interval_ms: 10_000,
             tls: TlsConfig::default(),
             table: TableConfig::default(),
             columns: ColumnsConfig::default(),
@@ -212,6 +223,9 @@ pub struct ColumnsConfig {
     pub last_error: String,
     /// When the event was given up on; NULL unless failed. Default `failed_at`.
     pub failed_at: String,
+    /// When an operator skipped the failed event on purpose (`outboxd dlq skip`). Default
+    /// `skipped_at`.
+    pub skipped_at: String,
 }
 
 impl Default for ColumnsConfig {
@@ -230,13 +244,14 @@ impl Default for ColumnsConfig {
             attempts: "attempts".into(),
             last_error: "last_error".into(),
             failed_at: "failed_at".into(),
+            skipped_at: "skipped_at".into(),
         }
     }
 }
 
 impl ColumnsConfig {
     /// Every column as (config key, name), in declaration order.
-    pub fn all(&self) -> [(&'static str, &str); 13] {
+    pub fn all(&self) -> [(&'static str, &str); 14] {
         [
             ("id", &self.id),
             ("aggregate_type", &self.aggregate_type),
@@ -251,6 +266,7 @@ impl ColumnsConfig {
             ("attempts", &self.attempts),
             ("last_error", &self.last_error),
             ("failed_at", &self.failed_at),
+            ("skipped_at", &self.skipped_at),
         ]
     }
 }
@@ -266,6 +282,26 @@ pub struct RelayConfig {
     /// How often the outbox is sampled for the pending / dead-letter gauges, in milliseconds.
     /// Default 5000.
     pub stats_interval_ms: u64,
+    /// Failed attempts (the sink failed this event while up) before it becomes a dead letter.
+    /// Default 10. Whole-sink outages (broker down) are retried forever and do not count.
+    pub max_attempts: i32,
+    /// What later events of an aggregate with a dead letter do: `block_aggregate` (wait for an
+    /// operator's `outboxd dlq retry` or `skip`) or `skip` (continue). Default
+    /// `block_aggregate`.
+    pub on_dead_letter: OnDeadLetter,
+    /// A publish that takes longer is abandoned and retried, in milliseconds. Default 60000.
+    pub publish_timeout_ms: u64,
+}
+
+/// What happens behind a dead letter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeadLetter {
+    /// Later events of the aggregate wait until an operator retries or skips the dead letter.
+    #[default]
+    BlockAggregate,
+    /// Later events of the aggregate are delivered; the dead letter stays for inspection.
+    Skip,
 }
 
 impl Default for RelayConfig {
@@ -274,6 +310,9 @@ impl Default for RelayConfig {
             retry_initial_ms: 100,
             retry_max_ms: 30_000,
             stats_interval_ms: 5000,
+            max_attempts: 10,
+            on_dead_letter: OnDeadLetter::BlockAggregate,
+            publish_timeout_ms: 60_000,
         }
     }
 }

@@ -126,6 +126,30 @@ impl Config {
             )
         })?;
         range(
+            "relay.max_attempts",
+            self.relay.max_attempts.max(0) as u64,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "relay.publish_timeout_ms",
+            self.relay.publish_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        range(
+            "source.cleanup_batch",
+            self.source.cleanup_batch.max(0) as u64,
+            1,
+            100_000,
+        )?;
+        range(
+            "source.cleanup_interval_ms",
+            self.source.cleanup_interval_ms,
+            10,
+            86_400_000,
+        )?;
+        range(
             "relay.stats_interval_ms",
             self.relay.stats_interval_ms,
             100,

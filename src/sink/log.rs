@@ -6,6 +6,7 @@ use crate::config::LogSinkConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, Position};
 use crate::log::{Durability, LogReader, LogWriter, NewRecord, Syncer};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -80,13 +81,19 @@ impl Sink for LogSink {
     async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut accepted = Vec::with_capacity(events.len());
+        let mut refused: HashSet<&str> = HashSet::new();
         for event in events {
+            if refused.contains(event.aggregate_id.as_str()) {
+                outcomes.push(Outcome::Deferred);
+                continue;
+            }
             let record = NewRecord {
                 topic: &event.aggregate_type,
                 event,
             };
             let size = LogWriter::encoded_len(&record)?;
             if size > self.max_record_bytes {
+                refused.insert(&event.aggregate_id);
                 outcomes.push(Outcome::Refused(format!(
                     "record of {size} bytes exceeds sink.log.max_record_bytes ({})",
                     self.max_record_bytes

@@ -32,6 +32,16 @@ pub enum Outcome {
     Delivered,
     /// Refused for good (too large, unencodable); the reason is kept on the outbox row.
     Refused(String),
+    /// Failed this time while the sink itself works (e.g. a nack for one message). The event
+    /// counts an attempt and is retried after a backoff; its aggregate waits meanwhile, the
+    /// others flow.
+    Retry(String),
+    /// Not attempted, because an earlier event of the same aggregate in this batch was refused
+    /// or failed. The source hands it out again later; no attempt is counted.
+    ///
+    /// Ordering rule for every sink: once an event of an aggregate is `Refused` or `Retry`, no
+    /// later event of that aggregate from the same batch may be stored; report them `Deferred`.
+    Deferred,
 }
 
 /// A destination for events.

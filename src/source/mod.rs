@@ -67,4 +67,16 @@ pub trait Source: Send {
         rejected: &[Rejected],
         shutdown: &CancellationToken,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records a failed attempt for each event. The source hands the event (and every later
+    /// event of its aggregate) out again only after a backoff, and turns it into a dead letter
+    /// once it has failed `relay.max_attempts` times. The default hands them out again at once.
+    fn retry_later(
+        &mut self,
+        failed: &[Rejected],
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (failed, shutdown);
+        async { Ok(()) }
+    }
 }

@@ -4,14 +4,15 @@
 use super::decode::{self, PendingRow};
 use super::leader::become_leader;
 use super::{Batch, Source};
-use crate::config::{OnSent, RelayConfig, SourceConfig};
+use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::event::{Position, Rejected};
 use crate::migrate;
 use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify};
 use crate::retry::{Backoff, sleep_or_shutdown};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// First re-check delay after the visibility guard held rows back; doubles up to the poll
@@ -32,6 +33,9 @@ pub struct PollSource {
     recheck: Duration,
     /// Delays between reconnection attempts; reset by every success.
     backoff: Backoff,
+    /// Aggregates waiting to retry a failed event, with the time they may go again. Their
+    /// events are left out of fetches meanwhile, so one failing aggregate holds up only itself.
+    parked: HashMap<String, Instant>,
 }
 
 impl PollSource {
@@ -51,6 +55,7 @@ impl PollSource {
             session: None,
             recheck: FIRST_RECHECK,
             backoff: Backoff::from_config(relay),
+            parked: HashMap::new(),
         })
     }
 
@@ -99,6 +104,42 @@ impl PollSource {
         Ok(sleep_or_shutdown(delay, shutdown).await)
     }
 
+    /// Runs one statement with `params` on the leader session like [`Self::execute_as_leader`],
+    /// returning its rows.
+    async fn query_as_leader(
+        &mut self,
+        what: &str,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<tokio_postgres::Row>>> {
+        loop {
+            if !self.ensure_leader(shutdown).await? {
+                return Ok(None);
+            }
+            match self.session().client.query(statement, params).await {
+                Ok(rows) => return Ok(Some(rows)),
+                Err(err) => {
+                    if !self
+                        .wait_after(classify(what.to_string(), err), shutdown)
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The aggregates still parked, forgetting those whose wait is over; and how long until the
+    /// next one is due.
+    fn parked_now(&mut self) -> (Vec<String>, Option<Duration>) {
+        let now = Instant::now();
+        self.parked.retain(|_, until| *until > now);
+        let next = self.parked.values().min().map(|until| *until - now);
+        (self.parked.keys().cloned().collect(), next)
+    }
+
     /// Runs one statement with `params` on the leader session, re-electing and retrying while
     /// the error may heal. Returns the rows it affected, or `None` if shutdown came first.
     async fn execute_as_leader(
@@ -138,13 +179,14 @@ impl Source for PollSource {
             if !self.ensure_leader(shutdown).await? {
                 return Ok(None);
             }
+            let (parked, next_due) = self.parked_now();
+            let statement = match self.relay.on_dead_letter {
+                OnDeadLetter::BlockAggregate => &self.table.fetch_pending_blocking,
+                OnDeadLetter::Skip => &self.table.fetch_pending,
+            };
             let session = self.session();
             let notified = session.notified.clone();
-            let rows = match session
-                .client
-                .query(&self.table.fetch_pending, &[&limit])
-                .await
-            {
+            let rows = match session.client.query(statement, &[&limit, &parked]).await {
                 Ok(rows) => rows,
                 Err(err) => {
                     let err = classify("fetching pending events", err);
@@ -169,6 +211,7 @@ impl Source for PollSource {
             } else {
                 poll_interval
             };
+            let wait = next_due.map_or(wait, |due| wait.min(due));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(None),
@@ -243,6 +286,54 @@ impl Source for PollSource {
             shutdown,
         )
         .await?;
+        Ok(())
+    }
+
+    async fn retry_later(
+        &mut self,
+        failed: &[Rejected],
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let positions: Vec<i64> = failed.iter().map(|r| r.position.0 as i64).collect();
+        let reasons: Vec<&str> = failed.iter().map(|r| r.reason.as_str()).collect();
+        let statement = self.table.mark_retry.clone();
+        let max = self.relay.max_attempts;
+        let what = "recording failed attempts";
+        let Some(rows) = self
+            .query_as_leader(what, &statement, &[&positions, &reasons, &max], shutdown)
+            .await?
+        else {
+            return Ok(());
+        };
+        let (initial, cap) = (
+            self.relay.retry_initial_ms as f64,
+            self.relay.retry_max_ms as f64,
+        );
+        for row in rows {
+            let (position, attempts, dead): (i64, i32, bool) = (row.get(0), row.get(1), row.get(2));
+            let aggregate: Option<String> = row.get(3);
+            if dead {
+                crate::metrics::get().dead_letters.inc();
+                tracing::error!(
+                    position,
+                    attempts,
+                    aggregate = aggregate.as_deref().unwrap_or(""),
+                    "event failed {attempts} times; moved to the dead letters"
+                );
+                continue;
+            }
+            // Per-aggregate backoff: exponential in the attempts so far, capped, full jitter.
+            let ceiling = (initial * 2f64.powi(attempts.clamp(0, 30) - 1)).min(cap);
+            let delay = Duration::from_millis((ceiling * fastrand::f64()) as u64);
+            if let Some(aggregate) = aggregate {
+                let until = Instant::now() + delay;
+                let slot = self.parked.entry(aggregate).or_insert(until);
+                *slot = (*slot).max(until);
+            }
+        }
         Ok(())
     }
 }

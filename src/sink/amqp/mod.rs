@@ -81,12 +81,8 @@ impl AmqpSink {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut in_flight: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
         let mut aggregates: HashSet<&str> = HashSet::new();
+        let mut stopped: HashSet<&str> = HashSet::new();
         for (index, event) in events.iter().enumerate() {
-            let routing_key = template.render(event);
-            if let Some(reason) = message::unsendable(event, &routing_key) {
-                outcomes[index] = Some(Outcome::Refused(reason));
-                continue;
-            }
             // At most one unconfirmed message per aggregate: a nack does not stop the broker
             // from taking the messages sent after it, so a second one in flight could reach the
             // queue ahead of its rejected predecessor. Other aggregates stay pipelined.
@@ -97,7 +93,22 @@ impl AmqpSink {
                     break;
                 };
                 aggregates.remove(events[done].aggregate_id.as_str());
-                outcomes[done] = Some(settle(&events[done], confirm, timeout, &exchange).await?);
+                let outcome = settle(&events[done], confirm, timeout, &exchange).await?;
+                if outcome != Outcome::Delivered {
+                    stopped.insert(events[done].aggregate_id.as_str());
+                }
+                outcomes[done] = Some(outcome);
+            }
+            // An earlier event of this aggregate was refused: do not let this one overtake it.
+            if stopped.contains(event.aggregate_id.as_str()) {
+                outcomes[index] = Some(Outcome::Deferred);
+                continue;
+            }
+            let routing_key = template.render(event);
+            if let Some(reason) = message::unsendable(event, &routing_key) {
+                stopped.insert(event.aggregate_id.as_str());
+                outcomes[index] = Some(Outcome::Refused(reason));
+                continue;
             }
             let send = channel.basic_publish(
                 exchange.as_str().into(),

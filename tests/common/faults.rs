@@ -1,0 +1,80 @@
+//! A sink wrapper that injects faults: transient failures for an aggregate, events refused for
+//! good, a publish that hangs, a sink that is down.
+
+use outboxd::error::{Error, ErrorKind, Result};
+use outboxd::event::Event;
+use outboxd::sink::{AnySink, Outcome, Sink};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What to inject; change it while the relay runs.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Remaining transient failures per aggregate id.
+    pub fail_aggregate: HashMap<String, usize>,
+    /// Event types the sink refuses for good.
+    pub refuse_types: HashSet<String>,
+    /// Event types that fail transiently every time.
+    pub always_fail_types: HashSet<String>,
+    /// The next publish sleeps this long before doing anything.
+    pub hang_once: Option<Duration>,
+}
+
+/// Wraps a real sink and applies [`Faults`].
+pub struct FaultSink {
+    /// The real sink.
+    pub inner: AnySink,
+    /// The faults to apply.
+    pub faults: Arc<Mutex<Faults>>,
+}
+
+impl Sink for FaultSink {
+    async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        let hang = self.faults.lock().unwrap().hang_once.take();
+        if let Some(hang) = hang {
+            tokio::time::sleep(hang).await;
+        }
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        let mut pass = Vec::new();
+        {
+            let mut faults = self.faults.lock().unwrap();
+            let mut failed: HashSet<String> = HashSet::new();
+            for (i, event) in events.iter().enumerate() {
+                let aggregate = &event.aggregate_id;
+                if failed.contains(aggregate) {
+                    outcomes[i] = Some(Outcome::Deferred);
+                } else if faults.refuse_types.contains(&event.event_type) {
+                    failed.insert(aggregate.clone());
+                    outcomes[i] = Some(Outcome::Refused("injected: refused for good".into()));
+                } else if faults.always_fail_types.contains(&event.event_type) {
+                    failed.insert(aggregate.clone());
+                    outcomes[i] = Some(Outcome::Retry("injected: always fails".into()));
+                } else if let Some(left) =
+                    faults.fail_aggregate.get_mut(aggregate).filter(|n| **n > 0)
+                {
+                    *left -= 1;
+                    failed.insert(aggregate.clone());
+                    outcomes[i] = Some(Outcome::Retry("injected: transient failure".into()));
+                } else {
+                    pass.push(i);
+                }
+            }
+        }
+        let forwarded: Vec<Event> = pass.iter().map(|&i| events[i].clone()).collect();
+        if !forwarded.is_empty() {
+            let results = self.inner.publish(&forwarded).await?;
+            for (&i, outcome) in pass.iter().zip(results) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| Error::new(ErrorKind::Internal, "no outcome")))
+            .collect()
+    }
+
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+}
