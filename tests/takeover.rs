@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The newest append time in the log at `dir`.
-fn last_append(dir: &PathBuf) -> Option<DateTime<Utc>> {
+fn last_append(dir: &std::path::Path) -> Option<DateTime<Utc>> {
     read_log(dir).last().map(|r| r.appended_at)
 }
 

@@ -176,8 +176,10 @@ fn read(
     // The offset after the last record read and printed (or filtered out): what the group
     // commits. Only advanced after a record's line is flushed, so nothing is skipped.
     let mut next = None;
+    let mut progress = Progress::new(reader.bounds()?.1);
     while limit.is_none_or(|limit| printed < limit) {
         let Some(record) = reader.next()? else { break };
+        progress.at(record.offset);
         if matches(&record, common) {
             if !out.print(&record)? {
                 break;
@@ -186,6 +188,7 @@ fn read(
         }
         next = Some(record.offset + 1);
     }
+    progress.done();
     if let (Some(group), Some(next)) = (&group, next) {
         group.commit(next)?;
     }
@@ -267,6 +270,50 @@ impl Output {
             Ok(()) => Ok(true),
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
             Err(err) => Err(Error::io("writing to stdout", err)),
+        }
+    }
+}
+
+/// Progress of a long read on stderr, shown only when stderr is a terminal (so scripts piping
+/// the records see nothing extra) and only once a read takes more than a second.
+struct Progress {
+    /// Offset after the last record when the read started.
+    end: u64,
+    /// When the read started.
+    started: std::time::Instant,
+    /// When progress was last shown.
+    shown: Option<std::time::Instant>,
+    /// Whether stderr is a terminal.
+    enabled: bool,
+}
+
+impl Progress {
+    /// Starts tracking a read towards `end`.
+    fn new(end: u64) -> Self {
+        use std::io::IsTerminal;
+        let enabled = std::io::stderr().is_terminal();
+        Progress {
+            end,
+            started: std::time::Instant::now(),
+            shown: None,
+            enabled,
+        }
+    }
+
+    /// Reports that the record at `offset` was read.
+    fn at(&mut self, offset: u64) {
+        let now = std::time::Instant::now();
+        let due = self.shown.map_or(now - self.started, |shown| now - shown);
+        if self.enabled && due >= std::time::Duration::from_secs(1) {
+            eprint!("\rread up to offset {offset} of {}", self.end);
+            self.shown = Some(now);
+        }
+    }
+
+    /// Clears the progress line.
+    fn done(&self) {
+        if self.shown.is_some() {
+            eprintln!();
         }
     }
 }
