@@ -1,10 +1,11 @@
 //! `outboxd run` and `outboxd migrate`.
 
 use crate::config::Config;
+use crate::config::SourceMode;
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
 use crate::sink::AnySink;
-use crate::source::PollSource;
+use crate::source::AnySource;
 
 /// Runs the relay until a signal asks it to stop.
 pub async fn run(config: &Config) -> Result<()> {
@@ -14,7 +15,7 @@ pub async fn run(config: &Config) -> Result<()> {
     if config.source.auto_migrate {
         migrate(config).await?;
     }
-    let mut source = PollSource::start(&config.source, &config.relay).await?;
+    let mut source = AnySource::start(&config.source, &config.relay).await?;
     let mut sink = AnySink::open(&config.sink, config.source.batch_size).await?;
     crate::metrics::get().sink_up.set(1);
     let http = match config.http.enabled {
@@ -54,6 +55,9 @@ pub async fn migrate(config: &Config) -> Result<()> {
         tracing::info!(table = %table.qualified, "schema up to date");
     } else {
         tracing::info!(table = %table.qualified, versions = ?applied, "migrations applied");
+    }
+    if config.source.mode == SourceMode::Logical {
+        crate::source::logical::slot::prepare(&session.client, &config.source).await?;
     }
     Ok(())
 }
