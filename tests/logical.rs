@@ -325,3 +325,46 @@ async fn logical_migrate_without_replication_privilege_names_the_fix() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_second_relay_on_the_slot_stands_by_and_takes_over() {
+    // Given two relay processes on one slot, each with its own log
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (log_a, log_b) = (dir.path().join("a"), dir.path().join("b"));
+    let config_a = config_in(SourceMode::Logical, &db, &log_a);
+    let mut config_b = config_a.clone();
+    config_b.sink.log.dir = log_b.clone();
+    migrate(&config_a).await;
+    create_aggregates(&db, 10).await;
+    let first = RelayProcess::spawn(&config_a, dir.path(), "first", &["run"]);
+    write_events(&db, 1, 1, 10).await;
+    wait_for_events(&[&log_a], 1, WAIT).await;
+    let second = RelayProcess::spawn(&config_b, dir.path(), "second", &["run"]);
+
+    // When events flow, the second stands by; then the first is killed
+    write_events(&db, 2, 200, 10).await;
+    wait_for_events(&[&log_a], 401, WAIT).await;
+    assert!(
+        read_log(&log_b).is_empty(),
+        "the standby relayed while the slot was held"
+    );
+    let standby_log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    assert!(standby_log.contains("standing by"), "{standby_log}");
+    first.kill();
+    write_events(&db, 2, 200, 10).await;
+
+    // Then the second takes over and, together, nothing is missing
+    let logs = wait_for_events(&[&log_a, &log_b], 801, WAIT).await;
+    assert!(!logs[1].is_empty());
+    let mut last = std::collections::HashMap::new();
+    for record in &logs[1] {
+        let previous = last.insert(record.event.aggregate_id.clone(), seq_of(record));
+        assert!(
+            previous < Some(seq_of(record)),
+            "aggregate out of order in the standby's log"
+        );
+    }
+    second.kill();
+    drop_slot(&db).await;
+}
