@@ -26,11 +26,14 @@ pub async fn run(config: &Config) -> Result<()> {
         ),
         false => None,
     };
-    let sampler = crate::stats::spawn_sampler(
-        config.source.clone(),
-        std::time::Duration::from_millis(config.relay.stats_interval_ms),
-        shutdown.clone(),
-    );
+    // Logical mode never marks rows sent, so the table's pending count would mean nothing.
+    let sampler = (config.source.mode == SourceMode::Poll).then(|| {
+        crate::stats::spawn_sampler(
+            config.source.clone(),
+            std::time::Duration::from_millis(config.relay.stats_interval_ms),
+            shutdown.clone(),
+        )
+    });
     tracing::info!(
         table = %OutboxTable::new(&config.source).qualified,
         sink = crate::sink::Sink::name(&sink),
@@ -39,7 +42,9 @@ pub async fn run(config: &Config) -> Result<()> {
     let result = crate::relay::run(&mut source, &mut sink, &config.relay, shutdown.clone()).await;
     // The relay may stop on an error without a signal: stop the helpers either way.
     shutdown.cancel();
-    let _ = sampler.await;
+    if let Some(sampler) = sampler {
+        let _ = sampler.await;
+    }
     if let Some(http) = http {
         let _ = http.await;
     }

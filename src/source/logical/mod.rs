@@ -145,8 +145,8 @@ impl LogicalSource {
                 let Some(sql) = &self.sql else {
                     return Err(err);
                 };
-                slot::check_slot(&sql.client, &self.config).await?;
-                if !self.config.logical.recreate_lost_slot {
+                // Retry only if the slot was lost and has just been re-created.
+                if !slot::check_slot(&sql.client, &self.config).await? {
                     return Err(err);
                 }
             }

@@ -151,8 +151,9 @@ async fn create_slot(client: &Client, slot: &str) -> Result<()> {
 }
 
 /// Fails clearly if the slot is missing or was invalidated; with `recreate_lost_slot` a lost
-/// slot is dropped and created again, with a loud warning, since what it held is gone.
-pub async fn check_slot(client: &Client, source: &SourceConfig) -> Result<()> {
+/// slot is dropped and created again, with a loud warning, since what it held is gone. Returns
+/// whether it was re-created.
+pub async fn check_slot(client: &Client, source: &SourceConfig) -> Result<bool> {
     let logical = &source.logical;
     let slot = logical.slot.as_str();
     match slot_status(client, slot).await?.as_deref() {
@@ -174,10 +175,11 @@ pub async fn check_slot(client: &Client, source: &SourceConfig) -> Result<()> {
                 .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                 .await
                 .map_err(|err| classify("dropping the lost replication slot", err))?;
-            create_slot(client, slot).await
+            create_slot(client, slot).await?;
+            Ok(true)
         }
         Some("lost") => Err(lost(slot)),
-        Some(_) => Ok(()),
+        Some(_) => Ok(false),
     }
 }
 
