@@ -1,10 +1,11 @@
 //! `outboxd run` and `outboxd migrate`.
 
 use crate::config::Config;
+use crate::config::SourceMode;
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
 use crate::sink::AnySink;
-use crate::source::PollSource;
+use crate::source::AnySource;
 
 /// Runs the relay until a signal asks it to stop.
 pub async fn run(config: &Config) -> Result<()> {
@@ -14,7 +15,7 @@ pub async fn run(config: &Config) -> Result<()> {
     if config.source.auto_migrate {
         migrate(config).await?;
     }
-    let mut source = PollSource::start(&config.source, &config.relay).await?;
+    let mut source = AnySource::start(&config.source, &config.relay).await?;
     let mut sink = AnySink::open(&config.sink, config.source.batch_size).await?;
     crate::metrics::get().sink_up.set(1);
     let http = match config.http.enabled {
@@ -25,14 +26,19 @@ pub async fn run(config: &Config) -> Result<()> {
         ),
         false => None,
     };
-    let cleanup = (config.source.on_sent == crate::config::OnSent::Mark
+    // Logical mode never marks rows sent, so neither cleanup nor the pending count apply.
+    let polling = config.source.mode == SourceMode::Poll;
+    let cleanup = (polling
+        && config.source.on_sent == crate::config::OnSent::Mark
         && config.source.retention_ms > 0)
         .then(|| crate::cleanup::spawn(config.source.clone(), shutdown.clone()));
-    let sampler = crate::stats::spawn_sampler(
-        config.source.clone(),
-        std::time::Duration::from_millis(config.relay.stats_interval_ms),
-        shutdown.clone(),
-    );
+    let sampler = polling.then(|| {
+        crate::stats::spawn_sampler(
+            config.source.clone(),
+            std::time::Duration::from_millis(config.relay.stats_interval_ms),
+            shutdown.clone(),
+        )
+    });
     tracing::info!(
         table = %OutboxTable::new(&config.source).qualified,
         sink = crate::sink::Sink::name(&sink),
@@ -41,7 +47,9 @@ pub async fn run(config: &Config) -> Result<()> {
     let result = crate::relay::run(&mut source, &mut sink, &config.relay, shutdown.clone()).await;
     // The relay may stop on an error without a signal: stop the helpers either way.
     shutdown.cancel();
-    let _ = sampler.await;
+    if let Some(sampler) = sampler {
+        let _ = sampler.await;
+    }
     if let Some(cleanup) = cleanup {
         let _ = cleanup.await;
     }
@@ -60,6 +68,9 @@ pub async fn migrate(config: &Config) -> Result<()> {
         tracing::info!(table = %table.qualified, "schema up to date");
     } else {
         tracing::info!(table = %table.qualified, versions = ?applied, "migrations applied");
+    }
+    if config.source.mode == SourceMode::Logical {
+        crate::source::logical::slot::prepare(&session.client, &config.source).await?;
     }
     Ok(())
 }

@@ -5,11 +5,13 @@
 //! `outboxd check-config`.
 
 mod load;
+mod logical;
 mod secret;
 mod sink;
 mod validate;
 
 pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load};
+pub use logical::LogicalConfig;
 pub use secret::{DbUrl, MASK, Secret, mask_connection_string};
 pub use sink::{
     AmqpSinkConfig, ExchangeType, KafkaSinkConfig, LogSinkConfig, SinkConfig, SinkKind,
@@ -60,6 +62,9 @@ pub enum SourceMode {
     /// Claim unsent rows from the outbox table, woken by LISTEN/NOTIFY.
     #[default]
     Poll,
+    /// Follow the outbox table's inserts (and event messages) through a logical replication
+    /// slot with `pgoutput`; needs `wal_level = logical` and the REPLICATION attribute.
+    Logical,
 }
 
 /// What happens to an outbox row once its event is durably in the sink.
@@ -128,6 +133,8 @@ pub struct SourceConfig {
     pub table: TableConfig,
     /// Column names, for running against an outbox table that already exists.
     pub columns: ColumnsConfig,
+    /// Logical replication settings (used when `mode = "logical"`).
+    pub logical: LogicalConfig,
 }
 
 impl Default for SourceConfig {
@@ -150,6 +157,7 @@ impl Default for SourceConfig {
             tls: TlsConfig::default(),
             table: TableConfig::default(),
             columns: ColumnsConfig::default(),
+            logical: LogicalConfig::default(),
         }
     }
 }

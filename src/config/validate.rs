@@ -53,6 +53,7 @@ impl Config {
                 ));
             }
         }
+        source.logical.validate()?;
         if source.tls.root_cert.is_some() && source.tls.mode == TlsMode::Disable {
             return Err(Error::config(
                 "source.tls.root_cert",

@@ -7,10 +7,15 @@
 //! are handed out again after a restart (at-least-once). [`Source::reject`] records events that
 //! can never be delivered, with the reason, so they stop blocking the stream.
 
+mod any;
 mod decode;
 mod leader;
+pub mod logical;
+pub mod pgoutput;
 pub mod poll;
 
+pub use any::AnySource;
+pub use logical::LogicalSource;
 pub use poll::PollSource;
 
 use crate::error::Result;

@@ -5,7 +5,7 @@ use super::pg::{TestDb, connect};
 use outboxd::config::{Config, DbUrl};
 use outboxd::log::{LogReader, Record};
 use outboxd::sink::AnySink;
-use outboxd::source::PollSource;
+use outboxd::source::AnySource;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,7 +40,7 @@ impl InProcessRelay {
         if config.source.auto_migrate {
             migrate(config).await;
         }
-        let mut source = PollSource::start(&config.source, &config.relay)
+        let mut source = AnySource::start(&config.source, &config.relay)
             .await
             .expect("source");
         let mut sink = AnySink::open(&config.sink, config.source.batch_size)
@@ -69,6 +69,11 @@ pub async fn migrate(config: &Config) {
     outboxd::migrate::migrate(&mut session.client, &table)
         .await
         .expect("migrate");
+    if config.source.mode == outboxd::config::SourceMode::Logical {
+        outboxd::source::logical::slot::prepare(&session.client, &config.source)
+            .await
+            .expect("publication and slot");
+    }
 }
 
 /// The real `outboxd` binary, run as a child process.

@@ -1,0 +1,229 @@
+//! Turning decoded inserts and emitted messages into [`Event`]s.
+//!
+//! A row goes through the same checks as in polling mode (see `source::decode`), so both modes
+//! accept and refuse exactly the same rows. An emitted message carries the same fields as JSON.
+
+use crate::config::ColumnsConfig;
+use crate::event::{Event, Position, Rejected};
+use crate::source::decode::{PendingRow, decode};
+use crate::source::pgoutput::{Relation, Value};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// First half of the id given to an emitted event without one: "outboxd" in ASCII. The second
+/// half is the message's LSN, so a replayed message gets the same id and the log dedupes it.
+const MESSAGE_ID_NAMESPACE: u64 = 0x6f75_7462_6f78_6400;
+
+/// Where each event field sits in an outbox table's tuples.
+#[derive(Debug, Clone, Default)]
+pub struct Columns {
+    /// Index of the id column.
+    id: Option<usize>,
+    /// Index of the aggregate type column.
+    aggregate_type: Option<usize>,
+    /// Index of the aggregate id column.
+    aggregate_id: Option<usize>,
+    /// Index of the event type column.
+    event_type: Option<usize>,
+    /// Index of the payload column.
+    payload: Option<usize>,
+    /// Index of the headers column.
+    headers: Option<usize>,
+    /// Index of the created-at column.
+    created_at: Option<usize>,
+}
+
+impl Columns {
+    /// Finds the configured columns in `relation`.
+    pub fn of(relation: &Relation, names: &ColumnsConfig) -> Self {
+        let find = |name: &str| relation.columns.iter().position(|c| c == name);
+        Columns {
+            id: find(&names.id),
+            aggregate_type: find(&names.aggregate_type),
+            aggregate_id: find(&names.aggregate_id),
+            event_type: find(&names.event_type),
+            payload: find(&names.payload),
+            headers: find(&names.headers),
+            created_at: find(&names.created_at),
+        }
+    }
+}
+
+/// Builds the event of an inserted row of the transaction committed at `position`.
+pub fn from_row(
+    columns: &Columns,
+    values: &[Value<'_>],
+    position: Position,
+    commit_time: DateTime<Utc>,
+) -> Result<Event, Rejected> {
+    let text = |index: Option<usize>| match index.and_then(|i| values.get(i)) {
+        Some(Value::Text(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        _ => None,
+    };
+    let created_at = text(columns.created_at).and_then(|t| parse_timestamp(&t));
+    let row = PendingRow {
+        position: position.0 as i64,
+        ready: true,
+        id: text(columns.id),
+        aggregate_type: text(columns.aggregate_type),
+        aggregate_id: text(columns.aggregate_id),
+        event_type: text(columns.event_type),
+        payload: text(columns.payload),
+        headers: text(columns.headers),
+        created_at: Some(created_at.unwrap_or(commit_time)),
+    };
+    let mut event = decode(row)?;
+    // `decode` round-trips the position through i64; keep the LSN exactly as it was.
+    event.position = position;
+    Ok(event)
+}
+
+/// Parses `timestamptz` in the text form the replication session produces (`DateStyle = ISO`,
+/// `TimeZone = UTC`, pinned at connect), e.g. `2026-11-23 19:19:00.123456+00`.
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The JSON body of an event message: `pg_logical_emit_message(true, '<prefix>', <json>)`.
+/// Unknown fields are ignored, so producers may add their own.
+#[derive(Debug, Deserialize)]
+struct MessageBody {
+    /// Event id; default: derived from the message's LSN.
+    #[serde(default)]
+    id: Option<String>,
+    /// Aggregate type.
+    aggregatetype: String,
+    /// Aggregate id.
+    aggregateid: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    event_type: String,
+    /// Payload, any JSON value.
+    payload: Box<RawValue>,
+    /// Headers, a JSON object, or absent / null.
+    #[serde(default)]
+    headers: Option<Box<RawValue>>,
+}
+
+/// Builds the event of an emitted message at `lsn` in the transaction committed at `position`,
+/// or says (in one sentence) why it is not one.
+pub fn from_message(
+    content: &[u8],
+    lsn: u64,
+    position: Position,
+    commit_time: DateTime<Utc>,
+) -> Result<Event, String> {
+    let body: MessageBody = serde_json::from_slice(content)
+        .map_err(|err| format!("message is not a valid event object: {err}"))?;
+    for (field, value) in [
+        ("aggregatetype", &body.aggregatetype),
+        ("aggregateid", &body.aggregateid),
+        ("type", &body.event_type),
+    ] {
+        if value.is_empty() {
+            return Err(format!("\"{field}\" is empty"));
+        }
+    }
+    let headers = body.headers.filter(|h| h.get() != "null");
+    if let Some(headers) = &headers
+        && !headers.get().trim_start().starts_with('{')
+    {
+        return Err("\"headers\" must be a JSON object".into());
+    }
+    let id = body
+        .id
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::from_u64_pair(MESSAGE_ID_NAMESPACE, lsn).to_string());
+    Ok(Event {
+        id,
+        aggregate_type: body.aggregatetype,
+        aggregate_id: body.aggregateid,
+        event_type: body.event_type,
+        payload: body.payload,
+        headers,
+        created_at: commit_time,
+        position,
+    })
+}
+
+/// Converts a `pgoutput` time (microseconds since 2000-01-01 UTC) to a timestamp.
+pub fn pg_time(micros: i64) -> DateTime<Utc> {
+    const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
+    DateTime::from_timestamp_micros(micros.saturating_add(PG_EPOCH_UNIX_SECONDS * 1_000_000))
+        .unwrap_or_else(Utc::now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox() -> Relation {
+        Relation {
+            id: 1,
+            namespace: "public".into(),
+            name: "outbox".into(),
+            columns: [
+                "id",
+                "aggregatetype",
+                "aggregateid",
+                "type",
+                "payload",
+                "headers",
+                "created_at",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+
+    #[test]
+    fn inserted_row_becomes_an_event_at_the_commit_position() {
+        let columns = Columns::of(&outbox(), &ColumnsConfig::default());
+        let values = [
+            Value::Text(b"6f1c"),
+            Value::Text(b"order"),
+            Value::Text(b"42"),
+            Value::Text(b"OrderPlaced"),
+            Value::Text(br#"{"a": 1}"#),
+            Value::Null,
+            Value::Text(b"2026-11-23 19:19:00.5+00"),
+        ];
+        let event = from_row(&columns, &values, Position(u64::MAX - 1), pg_time(0)).unwrap();
+        assert_eq!(event.position, Position(u64::MAX - 1));
+        assert_eq!(
+            (event.id.as_str(), event.aggregate_id.as_str()),
+            ("6f1c", "42")
+        );
+        assert_eq!(event.payload.get(), r#"{"a": 1}"#);
+        assert_eq!(
+            event.created_at.to_rfc3339(),
+            "2026-11-23T19:19:00.500+00:00"
+        );
+    }
+
+    #[test]
+    fn row_without_aggregate_id_is_rejected_like_in_polling_mode() {
+        let columns = Columns::of(&outbox(), &ColumnsConfig::default());
+        let values = [Value::Text(b"6f1c"), Value::Text(b"order"), Value::Null];
+        let rejected = from_row(&columns, &values, Position(7), pg_time(0)).unwrap_err();
+        assert_eq!(rejected.reason, "aggregate id is NULL");
+    }
+
+    #[test]
+    fn message_event_gets_a_stable_id_from_its_lsn() {
+        let body = br#"{"aggregatetype":"order","aggregateid":"1","type":"X","payload":[1]}"#;
+        let a = from_message(body, 500, Position(600), pg_time(0)).unwrap();
+        let b = from_message(body, 500, Position(600), pg_time(0)).unwrap();
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.payload.get(), "[1]");
+        assert!(a.headers.is_none());
+        let err = from_message(br#"{"aggregatetype":"order"}"#, 1, Position(2), pg_time(0));
+        assert!(err.unwrap_err().contains("not a valid event object"));
+        let bad_headers =
+            br#"{"aggregatetype":"o","aggregateid":"1","type":"X","payload":1,"headers":[1]}"#;
+        assert!(from_message(bad_headers, 1, Position(2), pg_time(0)).is_err());
+    }
+}

@@ -1,0 +1,490 @@
+//! The logical replication source: follows the outbox table's inserts, and event messages, in
+//! commit order through a replication slot with `pgoutput`.
+//!
+//! # Positions and acknowledgement
+//! Every event of a transaction carries the transaction's commit LSN as its position (known from
+//! Begin, so events can be handed out before Commit). Positions are therefore monotonic across
+//! transactions but shared inside one; the pair (position, event id) is unique. The slot's
+//! `confirmed_flush_lsn` is advanced only to the end of the last transaction whose events were
+//! all acknowledged or rejected (see [`progress`]); after a crash the server replays from there,
+//! so the unacknowledged tail may be delivered again, never lost.
+//!
+//! [`Source::ack_delivered`] cannot mark anything here (the server decides what to replay).
+//! Instead it remembers the newest position the sink already holds, with the ids stored at it:
+//! the sink stores in commit order, so every event of an earlier transaction is already there,
+//! and the replay drops those and the listed ids of that transaction. With the embedded log a
+//! restart therefore adds no duplicate. A sink position beyond the server's current WAL cannot
+//! come from this server (a log reused across clusters); it is then ignored with a warning.
+//!
+//! # Rejected events
+//! A row that cannot become an event, or an event the sink refuses, has no row to mark failed
+//! (it may be deleted already): it is logged with its position and counted as done, so it never
+//! blocks the slot. Invalid event messages are logged with their LSN and skipped the same way.
+//!
+//! # One consumer per slot
+//! PostgreSQL lets one session stream from a slot at a time, which makes a second relay on the
+//! same slot a standby: its START_REPLICATION is refused ("slot is active"), and it retries with
+//! backoff until the slot is free. No advisory lock is needed.
+
+mod event;
+mod progress;
+pub mod slot;
+mod stream;
+
+use super::pgoutput::{self, Message};
+use super::{Batch, Source};
+use crate::config::{RelayConfig, SourceConfig};
+use crate::error::{Error, Result};
+use crate::event::{Event, Position, Rejected};
+use crate::outbox::OutboxTable;
+use crate::pg::Session;
+use crate::retry::{Backoff, sleep_or_shutdown};
+use chrono::{DateTime, Utc};
+use event::Columns;
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
+use progress::Progress;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The transaction being decoded.
+#[derive(Debug, Clone, Copy)]
+struct OpenTxn {
+    /// Its commit LSN: the position of its events.
+    position: Position,
+    /// Its commit time, the `created_at` of emitted events.
+    commit_time: DateTime<Utc>,
+}
+
+/// Streams outbox events from a logical replication slot.
+pub struct LogicalSource {
+    /// Source settings.
+    config: SourceConfig,
+    /// Retry timing settings.
+    relay: RelayConfig,
+    /// The outbox table's names.
+    table: OutboxTable,
+    /// The replication stream, while open.
+    stream: Option<ReplicationClient>,
+    /// An ordinary session for heartbeats and lag, while open.
+    sql: Option<Session>,
+    /// Relations announced on this stream: the outbox's column layout, `None` for other tables.
+    relations: HashMap<u32, Option<Columns>>,
+    /// The transaction being decoded, between Begin and Commit.
+    txn: Option<OpenTxn>,
+    /// Events decoded and not yet handed out (at most `batch_size`).
+    events: Vec<Event>,
+    /// Rows decoded that cannot become events, not yet handed out.
+    rejected: Vec<Rejected>,
+    /// What may be confirmed to the slot.
+    progress: Progress,
+    /// The newest position the sink held at start-up, with the ids stored at it: the replay
+    /// drops events before it and those ids at it.
+    resume: Option<(Position, HashSet<String>)>,
+    /// Delays between reconnection attempts; reset by every success.
+    backoff: Backoff,
+    /// When the next heartbeat and lag measurement are due.
+    next_heartbeat: Instant,
+    /// Whether the lag is over the warning threshold (to warn once per crossing).
+    lagging: bool,
+}
+
+impl LogicalSource {
+    /// Connects once, checks the outbox table and the slot (re-creating a lost slot only if
+    /// configured), so mistakes fail start-up with a clear message. The stream is opened by the
+    /// first [`Source::next_batch`].
+    pub async fn start(config: &SourceConfig, relay: &RelayConfig) -> Result<Self> {
+        let table = OutboxTable::new(config);
+        let session = crate::pg::connect(config).await?;
+        crate::migrate::verify(&session.client, &table, &config.columns.all()).await?;
+        slot::check_slot(&session.client, config).await?;
+        Ok(LogicalSource {
+            config: config.clone(),
+            relay: relay.clone(),
+            table,
+            stream: None,
+            sql: Some(session),
+            relations: HashMap::new(),
+            txn: None,
+            events: Vec::new(),
+            rejected: Vec::new(),
+            progress: Progress::default(),
+            resume: None,
+            backoff: Backoff::from_config(relay),
+            next_heartbeat: Instant::now(),
+            lagging: false,
+        })
+    }
+
+    /// Opens the stream if it is not open, standing by while another relay holds the slot;
+    /// `false` on shutdown.
+    async fn ensure_stream(&mut self, shutdown: &CancellationToken) -> Result<bool> {
+        while self.stream.is_none() {
+            let err = match stream::open(&self.config).await {
+                Ok(client) => {
+                    tracing::info!(slot = %self.config.logical.slot, "replication stream open");
+                    self.stream = Some(client);
+                    self.backoff = Backoff::from_config(&self.relay);
+                    crate::metrics::get().source_up.set(1);
+                    return Ok(true);
+                }
+                Err(err) => err,
+            };
+            crate::metrics::get().source_up.set(0);
+            let delay = self.backoff.next_delay();
+            if stream::is_slot_busy(&err) {
+                tracing::info!(slot = %self.config.logical.slot, retry_in_ms = delay.as_millis() as u64,
+                    "replication slot is in use by another relay; standing by");
+            } else if err.is_retryable() {
+                tracing::warn!(error = %err.chain(), retry_in_ms = delay.as_millis() as u64,
+                    "postgres unavailable");
+            } else {
+                // A lost or missing slot gets its own clear message (or is re-created).
+                self.sql_session().await?;
+                let Some(sql) = &self.sql else {
+                    return Err(err);
+                };
+                // Retry only if the slot was lost and has just been re-created.
+                if !slot::check_slot(&sql.client, &self.config).await? {
+                    return Err(err);
+                }
+            }
+            if !sleep_or_shutdown(delay, shutdown).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Drops the stream and everything decoded from it: the next stream starts again at the
+    /// slot's confirmed position.
+    fn drop_stream(&mut self) {
+        if let Some(mut stream) = self.stream.take() {
+            stream.abort();
+        }
+        self.relations.clear();
+        self.txn = None;
+        self.events.clear();
+        self.rejected.clear();
+        self.progress.reset();
+        crate::metrics::get().source_up.set(0);
+    }
+
+    /// Opens the ordinary session if it is closed.
+    async fn sql_session(&mut self) -> Result<()> {
+        if self.sql.as_ref().is_none_or(Session::is_closed) {
+            self.sql = Some(crate::pg::connect(&self.config).await?);
+        }
+        Ok(())
+    }
+
+    /// The server's current WAL position.
+    async fn current_wal_lsn(&mut self) -> Result<u64> {
+        self.sql_session().await?;
+        let Some(sql) = &self.sql else {
+            return Ok(0);
+        };
+        let row = sql
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|err| crate::pg::classify("reading the current WAL position", err))?;
+        let text: String = row.get(0);
+        Lsn::parse(&text).map(Lsn::as_u64).map_err(|_| {
+            Error::new(
+                crate::error::ErrorKind::Internal,
+                format!("unparseable WAL position {text:?}"),
+            )
+        })
+    }
+
+    /// Writes a heartbeat and measures the slot's lag. Failures are logged, not fatal (the stream
+    /// notices a real outage), except a lost slot, which is.
+    async fn heartbeat(&mut self) -> Result<()> {
+        let interval = Duration::from_millis(self.config.logical.heartbeat_interval_ms);
+        self.next_heartbeat = Instant::now() + interval;
+        let result = async {
+            self.sql_session().await?;
+            let Some(sql) = &self.sql else {
+                return Ok(None);
+            };
+            slot::heartbeat(&sql.client, &self.config.logical.message_prefix).await?;
+            slot::lag(&sql.client, &self.config.logical.slot).await
+        }
+        .await;
+        match result {
+            Ok(Some((_, true))) => {
+                if !self.config.logical.recreate_lost_slot {
+                    return Err(slot::lost(&self.config.logical.slot));
+                }
+                self.drop_stream();
+                if let Some(sql) = &self.sql {
+                    slot::check_slot(&sql.client, &self.config).await?;
+                }
+            }
+            Ok(Some((lag, false))) => {
+                crate::metrics::get().slot_lag.set(lag);
+                let over = lag.max(0) as u64 > self.config.logical.lag_warn_bytes;
+                if over && !self.lagging {
+                    tracing::warn!(slot = %self.config.logical.slot, lag_bytes = lag,
+                        threshold = self.config.logical.lag_warn_bytes,
+                        "replication slot holds back more WAL than source.logical.lag_warn_bytes");
+                }
+                self.lagging = over;
+            }
+            Ok(None) => {}
+            Err(err) => {
+                self.sql = None;
+                tracing::warn!(error = %err.chain(), "heartbeat failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes one replication event into the pending batch. Returns whether a transaction
+    /// ended (a good moment to hand out what is pending).
+    fn apply(&mut self, event: ReplicationEvent) -> Result<bool> {
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.txn = Some(OpenTxn {
+                    position: Position(final_lsn.as_u64()),
+                    commit_time: event::pg_time(commit_time_micros),
+                });
+                self.progress.begin(final_lsn.as_u64());
+            }
+            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                self.progress.commit(lsn.as_u64(), end_lsn.as_u64());
+                self.txn = None;
+                self.confirm();
+                return Ok(true);
+            }
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => self.message(transactional, lsn.as_u64(), &prefix, &content),
+            ReplicationEvent::XLogData { data, .. } => self.xlog(&data)?,
+            ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(false)
+    }
+
+    /// A Relation or Insert (anything else in XLogData is skipped).
+    fn xlog(&mut self, data: &[u8]) -> Result<()> {
+        match pgoutput::decode(data)? {
+            Message::Relation(relation) => {
+                let ours =
+                    relation.namespace == self.table.schema && relation.name == self.table.name;
+                let columns = ours.then(|| Columns::of(&relation, &self.config.columns));
+                self.relations.insert(relation.id, columns);
+            }
+            Message::Insert {
+                relation_id,
+                values,
+            } => {
+                let (Some(Some(columns)), Some(txn)) = (self.relations.get(&relation_id), self.txn)
+                else {
+                    return Ok(());
+                };
+                match event::from_row(columns, &values, txn.position, txn.commit_time) {
+                    Ok(event) => self.push(event),
+                    Err(rejected) => {
+                        self.progress.handed_out(rejected.position.0);
+                        self.rejected.push(rejected);
+                    }
+                }
+            }
+            Message::Other(tag) => {
+                tracing::trace!(tag = %(tag as char), "pgoutput message skipped");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A `pg_logical_emit_message`: a heartbeat, an event, or someone else's.
+    fn message(&mut self, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
+        let logical = &self.config.logical;
+        if !transactional && prefix == slot::heartbeat_prefix(&logical.message_prefix) {
+            self.progress.marker(lsn);
+            self.confirm();
+            return;
+        }
+        if prefix != logical.message_prefix {
+            return;
+        }
+        let at = Lsn::from_u64(lsn).to_pg_string();
+        let Some(txn) = self.txn.filter(|_| transactional) else {
+            tracing::warn!(lsn = %at, "event message is not transactional; skipped (use \
+                pg_logical_emit_message(true, ...))");
+            return;
+        };
+        match event::from_message(content, lsn, txn.position, txn.commit_time) {
+            Ok(event) => self.push(event),
+            Err(reason) => {
+                tracing::error!(lsn = %at, reason, "invalid event message; skipped");
+            }
+        }
+    }
+
+    /// Queues a decoded event, unless the sink already holds it from a previous run.
+    fn push(&mut self, event: Event) {
+        if let Some((newest, ids)) = &mut self.resume {
+            if event.position < *newest || (event.position == *newest && ids.remove(&event.id)) {
+                return;
+            }
+            if event.position > *newest {
+                self.resume = None;
+            }
+        }
+        self.progress.handed_out(event.position.0);
+        self.events.push(event);
+    }
+
+    /// Tells the server how far the slot may advance, if that moved.
+    fn confirm(&mut self) {
+        if let (Some(lsn), Some(stream)) = (self.progress.confirmable(), &self.stream) {
+            stream.update_applied_lsn(Lsn::from_u64(lsn));
+        }
+    }
+
+    /// Hands out up to `batch_size` pending events and every pending rejection.
+    fn take_batch(&mut self) -> Batch {
+        let take = self.events.len().min(self.config.batch_size);
+        Batch {
+            events: self.events.drain(..take).collect(),
+            rejected: std::mem::take(&mut self.rejected),
+        }
+    }
+
+    /// Whether anything is pending.
+    fn has_pending(&self) -> bool {
+        !self.events.is_empty() || !self.rejected.is_empty()
+    }
+
+    /// After a stream error: drops the stream, and waits a backoff delay if it may heal
+    /// (`false` on shutdown), or returns the error if not.
+    async fn wait_after(&mut self, err: Error, shutdown: &CancellationToken) -> Result<bool> {
+        self.drop_stream();
+        if !err.is_retryable() {
+            return Err(err);
+        }
+        let delay = self.backoff.next_delay();
+        tracing::warn!(error = %err.chain(), retry_in_ms = delay.as_millis() as u64,
+            "replication stream lost; reconnecting");
+        Ok(sleep_or_shutdown(delay, shutdown).await)
+    }
+}
+
+impl Source for LogicalSource {
+    async fn next_batch(&mut self, shutdown: &CancellationToken) -> Result<Option<Batch>> {
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            // Large transactions are handed out in chunks as they are decoded.
+            if self.events.len() >= self.config.batch_size {
+                return Ok(Some(self.take_batch()));
+            }
+            if !self.ensure_stream(shutdown).await? {
+                return Ok(None);
+            }
+            // Between transactions, hand out what is pending unless more is already waiting.
+            let flush = self.has_pending() && self.txn.is_none();
+            let heartbeat_due = self.next_heartbeat;
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            let received: std::result::Result<Option<ReplicationEvent>, PgWireError> = tokio::select! {
+                biased;
+                // 1. Shutdown first: stop reading at once.
+                _ = shutdown.cancelled() => return Ok(None),
+                // 2. Whatever the server already sent.
+                received = stream.recv() => received,
+                // 3. Nothing more ready: hand out the pending batch.
+                _ = std::future::ready(()), if flush => return Ok(Some(self.take_batch())),
+                // 4. Idle: heartbeat and lag.
+                _ = tokio::time::sleep_until(heartbeat_due) => {
+                    self.heartbeat().await?;
+                    continue;
+                }
+            };
+            match received {
+                Ok(Some(event)) => {
+                    self.apply(event)?;
+                }
+                Ok(None) => {
+                    let err = Error::new(
+                        crate::error::ErrorKind::Transient,
+                        "the replication stream ended",
+                    );
+                    if !self.wait_after(err, shutdown).await? {
+                        return Ok(None);
+                    }
+                }
+                Err(err) => {
+                    let err = stream::classify("reading the replication stream", err);
+                    if !self.wait_after(err, shutdown).await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ack(&mut self, positions: &[Position], _shutdown: &CancellationToken) -> Result<()> {
+        for position in positions {
+            self.progress.done(position.0);
+        }
+        self.confirm();
+        Ok(())
+    }
+
+    async fn ack_delivered(
+        &mut self,
+        delivered: &[(Position, String)],
+        _shutdown: &CancellationToken,
+    ) -> Result<u64> {
+        // Nothing can be marked: the replay decides. Remember where the sink stands instead.
+        let Some(newest) = delivered.iter().map(|(position, _)| *position).max() else {
+            return Ok(0);
+        };
+        let current = match self.current_wal_lsn().await {
+            Ok(lsn) => lsn,
+            Err(err) => {
+                tracing::warn!(error = %err.chain(),
+                    "cannot read the current WAL position; the sink's tail may be delivered again");
+                return Ok(0);
+            }
+        };
+        if newest.0 > current {
+            tracing::warn!(sink_position = %Lsn::from_u64(newest.0).to_pg_string(),
+                server_position = %Lsn::from_u64(current).to_pg_string(),
+                "the sink holds events from beyond this server's WAL (another cluster?); not \
+                 using them to skip the replay");
+            return Ok(0);
+        }
+        let ids = delivered
+            .iter()
+            .filter(|(position, _)| *position == newest)
+            .map(|(_, id)| id.clone())
+            .collect();
+        self.resume = Some((newest, ids));
+        Ok(0)
+    }
+
+    async fn reject(&mut self, rejected: &[Rejected], _shutdown: &CancellationToken) -> Result<()> {
+        // No row to mark failed (see the module docs); the relay logged each one.
+        for bad in rejected {
+            self.progress.done(bad.position.0);
+        }
+        self.confirm();
+        Ok(())
+    }
+}
