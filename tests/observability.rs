@@ -114,10 +114,18 @@ async fn metrics_count_what_was_relayed_and_readyz_follows_the_sink() {
     write_events(&db, 3, 100, 10).await;
     wait_for_events(&[&log], 300, Duration::from_secs(60)).await;
 
-    // Then the counters and histograms moved by exactly that much
-    let (status, metrics) = get(addr, "/metrics").await;
-    assert_eq!(status, 200);
+    // Then the counters and histograms moved by exactly that much (the counters move right
+    // after the sink returns, a moment after the records are readable in the log)
     let delivered = r#"outboxd_events_published_total{sink="log",outcome="delivered"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, metrics) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        if sample(&metrics, delivered) >= 300.0 || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(sample(&metrics, delivered), 300.0, "{metrics}");
     assert_eq!(
         sample(&metrics, "outboxd_event_latency_seconds_count"),
