@@ -231,6 +231,11 @@ impl Metrics {
                 Outcome::Retry(_) | Outcome::Deferred => {}
             }
         }
+        // The delivered counter moves last, so a reader who sees it has seen everything else.
+        self.batch_size.observe(events.len() as f64);
+        if delivered > 0 {
+            self.last_publish.set(now.timestamp_micros() as f64 / 1e6);
+        }
         let label = |outcome| PublishLabels { sink, outcome };
         self.published
             .get_or_create(&label("delivered"))
@@ -240,10 +245,6 @@ impl Metrics {
                 .get_or_create(&label("refused"))
                 .inc_by(refused);
             self.dead_letters.inc_by(refused);
-        }
-        self.batch_size.observe(events.len() as f64);
-        if delivered > 0 {
-            self.last_publish.set(now.timestamp_micros() as f64 / 1e6);
         }
     }
 
