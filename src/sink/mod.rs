@@ -15,6 +15,7 @@
 pub mod amqp;
 pub mod kafka;
 pub mod log;
+pub mod template;
 
 pub use self::amqp::AmqpSink;
 pub use self::kafka::KafkaSink;

@@ -1,74 +1,24 @@
 //! The routing-key template: `{aggregatetype}.{type}` and friends, parsed once at start-up.
 
 use crate::event::Event;
+use crate::sink::template::{Field, Template};
 
-/// One piece of a parsed template.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    /// Text copied as written.
-    Literal(String),
-    /// `{aggregatetype}`.
-    AggregateType,
-    /// `{aggregateid}`.
-    AggregateId,
-    /// `{type}`.
-    EventType,
-}
+/// The placeholders a routing key may use.
+const FIELDS: &[Field] = &[Field::AggregateType, Field::AggregateId, Field::EventType];
 
 /// A routing key with placeholders for the event's fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoutingKeyTemplate {
-    /// The template's pieces, in order.
-    parts: Vec<Part>,
-}
+pub struct RoutingKeyTemplate(Template);
 
 impl RoutingKeyTemplate {
     /// Parses `template`; an unknown or unclosed placeholder is an error naming it.
     pub fn parse(template: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed placeholder in \"{template}\""))?;
-            let name = &rest[open + 1..open + close];
-            parts.push(match name {
-                "aggregatetype" => Part::AggregateType,
-                "aggregateid" => Part::AggregateId,
-                "type" => Part::EventType,
-                _ => {
-                    return Err(format!(
-                        "unknown placeholder {{{name}}}; use {{aggregatetype}}, {{aggregateid}} \
-                         or {{type}}"
-                    ));
-                }
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("stray '}}' in \"{template}\""));
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
-        Ok(RoutingKeyTemplate { parts })
+        Template::parse(template, FIELDS).map(RoutingKeyTemplate)
     }
 
     /// The routing key for `event`.
     pub fn render(&self, event: &Event) -> String {
-        let mut key = String::new();
-        for part in &self.parts {
-            key.push_str(match part {
-                Part::Literal(text) => text,
-                Part::AggregateType => &event.aggregate_type,
-                Part::AggregateId => &event.aggregate_id,
-                Part::EventType => &event.event_type,
-            });
-        }
-        key
+        self.0.render(event, "")
     }
 }
 

@@ -1,63 +1,23 @@
 //! The topic template: `outbox.event.{aggregatetype}` and friends, parsed once at start-up.
 
 use crate::event::Event;
+use crate::sink::template::{Field, Template};
 
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_BYTES: usize = 249;
 
-/// One piece of a parsed template.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    /// Text copied as written.
-    Literal(String),
-    /// `{aggregatetype}`.
-    AggregateType,
-    /// `{type}`.
-    EventType,
-    /// `{table}`: the outbox table's name.
-    Table,
-}
+/// The placeholders a topic may use.
+const FIELDS: &[Field] = &[Field::AggregateType, Field::EventType, Field::Table];
 
 /// A topic name with placeholders for the event's fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopicTemplate {
-    /// The template's pieces, in order.
-    parts: Vec<Part>,
-}
+pub struct TopicTemplate(Template);
 
 impl TopicTemplate {
-    /// Parses `template`; an unknown or unclosed placeholder is an error naming it.
+    /// Parses `template`; an unknown or unclosed placeholder is an error naming it, and a
+    /// template without per-event placeholders must be a legal topic name.
     pub fn parse(template: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed placeholder in \"{template}\""))?;
-            let name = &rest[open + 1..open + close];
-            parts.push(match name {
-                "aggregatetype" => Part::AggregateType,
-                "type" => Part::EventType,
-                "table" => Part::Table,
-                _ => {
-                    return Err(format!(
-                        "unknown placeholder {{{name}}}; use {{aggregatetype}}, {{type}} or \
-                         {{table}}"
-                    ));
-                }
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("stray '}}' in \"{template}\""));
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
-        let template = TopicTemplate { parts };
+        let template = TopicTemplate(Template::parse(template, FIELDS)?);
         if let Some(fixed) = template.fixed("") {
             // Only literal text is checked here; the table's name is checked with the rest
             // when the sink opens.
@@ -68,29 +28,13 @@ impl TopicTemplate {
 
     /// The topic for `event` of the outbox table `table`.
     pub fn render(&self, event: &Event, table: &str) -> String {
-        let mut topic = String::new();
-        for part in &self.parts {
-            topic.push_str(match part {
-                Part::Literal(text) => text,
-                Part::AggregateType => &event.aggregate_type,
-                Part::EventType => &event.event_type,
-                Part::Table => table,
-            });
-        }
-        topic
+        self.0.render(event, table)
     }
 
     /// The topic, if the template has no per-event placeholder (`{table}` is not one: it is
     /// replaced by `table`).
     pub fn fixed(&self, table: &str) -> Option<String> {
-        self.parts
-            .iter()
-            .map(|part| match part {
-                Part::Literal(text) => Some(text.as_str()),
-                Part::Table => Some(table),
-                Part::AggregateType | Part::EventType => None,
-            })
-            .collect()
+        self.0.fixed(table)
     }
 }
 
