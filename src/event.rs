@@ -69,6 +69,21 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// A sample event for unit tests, with the given headers JSON.
+#[cfg(test)]
+pub(crate) fn sample(headers: Option<&str>) -> Event {
+    Event {
+        id: "6f1c0000-0000-4000-8000-000000000001".into(),
+        aggregate_type: "order".into(),
+        aggregate_id: "42".into(),
+        event_type: "OrderPlaced".into(),
+        payload: RawValue::from_string(r#"{"total": "19.90"}"#.into()).expect("valid JSON"),
+        headers: headers.map(|h| RawValue::from_string(h.into()).expect("valid JSON")),
+        created_at: DateTime::from_timestamp(1_700_000_000, 5).expect("valid time"),
+        position: Position(7),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

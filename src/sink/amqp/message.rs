@@ -100,22 +100,10 @@ fn long_string(text: String) -> AMQPValue {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::event::Position;
-    use chrono::DateTime;
-    use serde_json::value::RawValue;
 
     /// A sample event, with the given headers JSON.
     pub(crate) fn event(headers: Option<&str>) -> Event {
-        Event {
-            id: "6f1c0000-0000-4000-8000-000000000001".into(),
-            aggregate_type: "order".into(),
-            aggregate_id: "42".into(),
-            event_type: "OrderPlaced".into(),
-            payload: RawValue::from_string(r#"{"total": "19.90"}"#.into()).unwrap(),
-            headers: headers.map(|h| RawValue::from_string(h.into()).unwrap()),
-            created_at: DateTime::from_timestamp(1_700_000_000, 5).unwrap(),
-            position: Position(7),
-        }
+        crate::event::sample(headers)
     }
 
     /// The header `name` of `table`.
