@@ -368,3 +368,26 @@ async fn logical_second_relay_on_the_slot_stands_by_and_takes_over() {
     second.kill();
     drop_slot(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_status_reports_the_slot_lag() {
+    // Given a migrated logical-mode outbox with a slot
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(SourceMode::Logical, &db, &dir.path().join("log"));
+    migrate(&config).await;
+    let path = write_config(&config, dir.path(), "c");
+
+    // When `outboxd status --json` runs, then it names the mode and gives the slot's lag
+    let (code, stdout, stderr) = run_cli(&path, &["status", "--json"]);
+    drop_slot(&db).await;
+    assert_eq!(code, 0, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["mode"], "logical", "{stdout}");
+    assert!(
+        status["slot_lag_bytes"]
+            .as_i64()
+            .is_some_and(|lag| lag >= 0),
+        "{stdout}"
+    );
+}

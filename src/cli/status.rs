@@ -27,11 +27,19 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
     let session = crate::pg::connect(&config.source).await?;
     crate::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;
     let stats = sample(&session.client, &table).await?;
+    let logical = config.source.mode == crate::config::SourceMode::Logical;
+    let slot_lag_bytes = match logical {
+        true => crate::source::logical::slot::lag(&session.client, &config.source.logical.slot)
+            .await?
+            .map(|(lag, _)| lag),
+        false => None,
+    };
+    let mode = if logical { "logical" } else { "poll" };
     let status = Status {
         outbox: &table.qualified,
-        mode: "poll",
+        mode,
         stats: &stats,
-        slot_lag_bytes: None,
+        slot_lag_bytes,
     };
     if json {
         let text = serde_json::to_string_pretty(&status)
@@ -51,7 +59,12 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
     println!("{:<16}{}", "pending", stats.pending);
     println!("{:<16}{}", "oldest pending", age);
     println!("{:<16}{}", "dead letters", stats.dead_letters);
-    println!("{:<16}n/a (poll mode)", "slot lag");
+    let lag = match (logical, slot_lag_bytes) {
+        (false, _) => "n/a (poll mode)".to_string(),
+        (true, None) => format!("slot {:?} does not exist", config.source.logical.slot),
+        (true, Some(bytes)) => format!("{bytes} bytes"),
+    };
+    println!("{:<16}{lag}", "slot lag");
     println!("{:<16}{}", "last publish", last);
     Ok(())
 }
