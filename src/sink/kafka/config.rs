@@ -240,8 +240,12 @@ impl KafkaSinkConfig {
         if !self.security_protocol.uses_sasl()
             && (self.sasl_username.is_some() || !self.sasl_password.is_empty())
         {
+            let key = match self.sasl_username {
+                Some(_) => "sink.kafka.sasl_username",
+                None => "sink.kafka.sasl_password",
+            };
             return Err(Error::config(
-                "sink.kafka.sasl_username",
+                key,
                 "is set but sink.kafka.security_protocol is not sasl_plaintext or sasl_ssl",
             ));
         }
