@@ -126,9 +126,9 @@ impl Config {
                 "must be at least relay.retry_initial_ms and at most 3600000",
             )
         })?;
-        range(
+        signed_range(
             "relay.max_attempts",
-            self.relay.max_attempts.max(0) as u64,
+            self.relay.max_attempts.into(),
             1,
             1_000_000,
         )?;
@@ -138,9 +138,9 @@ impl Config {
             100,
             3_600_000,
         )?;
-        range(
+        signed_range(
             "source.cleanup_batch",
-            self.source.cleanup_batch.max(0) as u64,
+            self.source.cleanup_batch,
             1,
             100_000,
         )?;
@@ -176,6 +176,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `value`, a signed setting, must lie in `min..=max`; the message shows it as given.
+fn signed_range(key: &str, value: i64, min: i64, max: i64) -> Result<()> {
+    if value < min || value > max {
+        return Err(Error::config(
+            key,
+            format!("must be between {min} and {max} (got {value})"),
+        ));
+    }
+    Ok(())
 }
 
 /// `value` must lie in `min..=max`.
