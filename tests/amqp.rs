@@ -311,37 +311,3 @@ async fn pending_rows(db: &common::pg::TestDb) -> i64 {
         .unwrap()
         .get(0)
 }
-
-/// Rows marked failed.
-async fn failed_rows(db: &common::pg::TestDb) -> i64 {
-    connect(&db.url)
-        .await
-        .query_one(
-            "SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Waits until at least `count` rows are marked sent.
-async fn wait_sent_at_least(db: &common::pg::TestDb, count: i64) {
-    let client = connect(&db.url).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let sent: i64 = client
-            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if sent >= count {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {sent} rows sent"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}

@@ -1,67 +1,13 @@
-//! The relay binary under SIGKILL, SIGTERM, and with a second relay on the same table.
+//! The relay binary under SIGTERM, and with a second relay on the same table. (SIGKILL and
+//! restart runs for both capture modes in tests/logical.rs.)
 
 mod common;
 
 use common::pg::test_db;
 use common::relay::*;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Waits until the log at `dir` holds at least `count` records.
-async fn wait_for_records(dir: &Path, count: usize) {
-    let deadline = Instant::now() + WAIT;
-    while read_log(dir).len() < count {
-        assert!(
-            Instant::now() < deadline,
-            "log at {} never reached {count}",
-            dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing() {
-    // Given a relay process and writers producing 6,000 events
-    let db = test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    let mut config = config_for(&db, &log);
-    config.source.batch_size = 200;
-    migrate(&config).await;
-    create_aggregates(&db, 40).await;
-    let relay = RelayProcess::spawn(&config, dir.path(), "first", &["run"]);
-    let writers = tokio::spawn({
-        let db = db.clone();
-        async move { write_events(&db, 4, 1500, 40).await }
-    });
-
-    // When it is SIGKILLed mid-stream and started again
-    wait_for_records(&log, 500).await;
-    relay.kill();
-    let before = read_log(&log).len();
-    let _restarted = RelayProcess::spawn(&config, dir.path(), "second", &["run"]);
-    writers.await.unwrap();
-
-    // Then every event arrives once, each aggregate in order: the batch in flight at the kill
-    // is either not in the log (fetched again) or in it and acknowledged at restart
-    let logs = wait_for_events(&[&log], 6000, WAIT).await;
-    let repeats = assert_in_order(&logs[0]);
-    assert_eq!(
-        assert_complete(&logs[0].iter().collect::<Vec<_>>(), 6000),
-        repeats
-    );
-    assert_eq!(
-        repeats, 0,
-        "{repeats} duplicates in one log across a SIGKILL"
-    );
-    assert!(
-        before < 6000,
-        "the kill came after the stream ended ({before} records)"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_batch_in_flight_and_exits_zero() {

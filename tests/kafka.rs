@@ -6,7 +6,7 @@ mod common;
 
 use common::amqp::wait_settled;
 use common::kafka::*;
-use common::pg::{TestDb, connect, test_db};
+use common::pg::{connect, test_db};
 use common::relay::*;
 use outboxd::config::SinkKind;
 use outboxd::error::ErrorKind;
@@ -320,38 +320,4 @@ fn check_config_masks_the_sasl_password_and_secret_options() {
         stdout.contains("topic = \"outbox.event.{aggregatetype}\""),
         "{stdout}"
     );
-}
-
-/// Rows marked failed.
-async fn failed_rows(db: &TestDb) -> i64 {
-    connect(&db.url)
-        .await
-        .query_one(
-            "SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Waits until at least `count` rows are marked sent.
-async fn wait_sent_at_least(db: &TestDb, count: i64) {
-    let client = connect(&db.url).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let sent: i64 = client
-            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if sent >= count {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {sent} rows sent"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

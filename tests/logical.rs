@@ -57,16 +57,6 @@ async fn slot_past(db: &TestDb, lsn: &str) -> i64 {
         .unwrap()
         .get(0)
 }
-
-/// Waits until the log at `dir` holds at least `count` records.
-async fn wait_for_records(dir: &Path, count: usize) {
-    let deadline = Instant::now() + WAIT;
-    while read_log(dir).len() < count {
-        assert!(Instant::now() < deadline, "log never reached {count}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // ---- The shared scenarios, run for both modes ----
 
 /// 8 concurrent writers with per-aggregate sequences: every event arrives, each aggregate in

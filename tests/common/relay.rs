@@ -286,3 +286,47 @@ pub fn assert_complete(records: &[&Record], expected: usize) -> usize {
     assert_eq!(distinct.len(), expected, "distinct events");
     records.len() - distinct.len()
 }
+
+/// Waits until the log at `dir` holds at least `count` records.
+pub async fn wait_for_records(dir: &Path, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read_log(dir).len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "log at {} never reached {count}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Rows marked failed.
+pub async fn failed_rows(db: &TestDb) -> i64 {
+    connect(&db.url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until at least `count` rows are marked sent.
+pub async fn wait_sent_at_least(db: &TestDb, count: i64) {
+    let client = connect(&db.url).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sent: i64 = client
+            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if sent >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {sent} rows sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
