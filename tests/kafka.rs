@@ -6,9 +6,9 @@ mod common;
 
 use common::amqp::wait_settled;
 use common::kafka::*;
-use common::pg::{connect, test_db};
+use common::pg::{TestDb, connect, test_db};
 use common::relay::*;
-use outboxd::config::SinkKind;
+use outboxd::config::{OnDeadLetter, SinkKind};
 use outboxd::error::ErrorKind;
 use outboxd::sink::{AnySink, Sink};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -147,8 +147,11 @@ async fn injected_produce_errors_and_a_broker_down_and_up_lose_nothing_and_keep_
     assert_eq!(failed_rows(&db).await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversize_event_is_marked_failed_with_the_reason_and_later_events_flow() {
+/// An oversize event between two small ones of aggregate `1`, and one event of aggregate `2`,
+/// all committed before the relay starts so they arrive in one batch; returns the failed row's
+/// reason and the `seq` of each record of aggregate `1` on the topic, once `settled` rows are
+/// left pending.
+async fn relay_an_oversize_event(on_dead_letter: OnDeadLetter, settled: i64) -> (String, Vec<i64>) {
     // Given a producer whose messages may not exceed 2,000 bytes
     let kafka = TestKafka::start(1);
     let topic = TestKafka::unique_topic("oversize");
@@ -157,29 +160,35 @@ async fn an_oversize_event_is_marked_failed_with_the_reason_and_later_events_flo
     let dir = tempfile::tempdir().unwrap();
     let mut config = config_for(&db, &dir.path().join("log"));
     kafka.configure(&mut config, &topic);
+    config.relay.on_dead_letter = on_dead_letter;
     config
         .sink
         .kafka
         .librdkafka_options
         .0
         .insert("message.max.bytes".into(), "2000".into());
-    let relay = InProcessRelay::start(&config).await;
 
-    // When a 5,000-byte event is written between two small ones of the same aggregate
+    // When a 5,000-byte event sits between two small ones of the same aggregate
+    migrate(&config).await;
     let client = connect(&db.url).await;
-    for (seq, filler) in [(1, 0), (2, 5000), (2, 0)] {
-        client
-            .execute(
-                "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) \
-                 VALUES ('order', '1', 'Step', jsonb_build_object('seq', $1::int, 'pad', repeat('x', $2::int)))",
-                &[&seq, &filler],
-            )
-            .await
-            .unwrap();
-    }
-
-    // Then it is marked failed with Kafka's reason, and both small events arrive in order
-    wait_settled(&db, 3, WAIT).await;
+    client
+        .execute(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) \
+             SELECT 'order', agg, 'Step', jsonb_build_object('seq', seq, 'pad', repeat('x', pad)) \
+             FROM (VALUES ('1', 1, 0), ('1', 2, 5000), ('1', 3, 0), ('2', 1, 0)) AS v(agg, seq, pad) \
+             ORDER BY agg, seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let relay = InProcessRelay::start(&config).await;
+    let records = kafka.read_topic(&topic, 2, WAIT).await;
+    assert!(
+        records.iter().any(|r| r.key == "2"),
+        "aggregate 2 never arrived"
+    );
+    wait_until_failed(&db, 1).await;
+    wait_settled_except(&db, settled).await;
     relay.stop().await;
     let failed: String = client
         .query_one(
@@ -192,8 +201,73 @@ async fn an_oversize_event_is_marked_failed_with_the_reason_and_later_events_flo
     eprintln!("oversize: {failed}");
     assert!(failed.contains(&format!("topic \"{topic}\"")), "{failed}");
     assert!(failed.to_lowercase().contains("too large"), "{failed}");
-    let records = kafka.read_topic(&topic, 2, WAIT).await;
-    assert_eq!(assert_partition_order(&records), (2, 0));
+    let expected = if on_dead_letter == OnDeadLetter::Skip {
+        3
+    } else {
+        2
+    };
+    let mut records = kafka.read_topic(&topic, expected, WAIT).await;
+    records.sort_by_key(|record| record.offset);
+    let of_aggregate_1 = records
+        .iter()
+        .filter(|record| record.key == "1")
+        .map(Received::seq)
+        .collect();
+    (failed, of_aggregate_1)
+}
+
+/// Waits until `count` rows are marked failed.
+async fn wait_until_failed(db: &TestDb, count: i64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while failed_rows(db).await < count {
+        assert!(std::time::Instant::now() < deadline, "no row marked failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until exactly `pending` rows are neither sent nor failed, and stay so for a second.
+async fn wait_settled_except(db: &TestDb, pending: i64) {
+    let client = connect(&db.url).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut stable_since = None;
+    loop {
+        let now: i64 = client
+            .query_one(
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if now == pending {
+            let since = *stable_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > Duration::from_secs(1) {
+                return;
+            }
+        } else {
+            stable_since = None;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} rows pending, expected {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_event_is_dead_lettered_and_blocks_only_its_own_aggregate() {
+    // Then (default block_aggregate) it is marked failed with Kafka's reason, the event before it
+    // and the other aggregate arrive, and the event after it waits for an operator
+    let (_, of_aggregate_1) = relay_an_oversize_event(OnDeadLetter::BlockAggregate, 1).await;
+    assert_eq!(of_aggregate_1, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_event_is_dead_lettered_and_with_skip_the_later_events_flow() {
+    // Then (skip) it is marked failed with Kafka's reason and both small events arrive in order
+    let (_, of_aggregate_1) = relay_an_oversize_event(OnDeadLetter::Skip, 0).await;
+    assert_eq!(of_aggregate_1, [1, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,10 @@
 //! the batch is in, so nothing of it is still in flight when the relay sends it again in order:
 //! nothing is lost, consumers may see duplicates, and no event is reported delivered while an
 //! earlier event of its aggregate is not. A message Kafka can never take (too large, an
-//! invalid topic name) is refused with the reason, so its row is marked failed and later events
-//! flow.
+//! invalid topic name) is refused with the reason, so its row is marked failed; later events of
+//! its aggregate in the same batch are not sent (reported `Deferred`), so `on_dead_letter`
+//! decides whether they follow. A refusal that only the broker's delivery report reveals comes
+//! after later records of the key were already sent; those cannot be recalled.
 
 mod client;
 mod config;
@@ -102,10 +104,20 @@ impl KafkaSink {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
         let mut failure: Option<Error> = None;
+        // Aggregates with an event refused before it was sent: their later events of this batch
+        // are not sent at all (the ordering rule of `Outcome::Deferred`).
+        let mut refused: HashSet<&str> = HashSet::new();
         for index in 0..events.len() {
+            if refused.contains(events[index].aggregate_id.as_str()) {
+                outcomes[index] = Some(Outcome::Deferred);
+                continue;
+            }
             match self.send(events, index, &mut pending, &mut outcomes).await {
                 Ok(()) => {}
-                Err(Refusal::Permanent(reason)) => outcomes[index] = Some(Outcome::Refused(reason)),
+                Err(Refusal::Permanent(reason)) => {
+                    refused.insert(events[index].aggregate_id.as_str());
+                    outcomes[index] = Some(Outcome::Refused(reason));
+                }
                 Err(Refusal::Retry(err)) => {
                     failure = Some(err);
                     break;
