@@ -69,6 +69,18 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// An event a sink already holds, as the sink reports it at start-up: enough for the source to
+/// recognise it when it comes round again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Where the event sits in its source.
+    pub position: Position,
+    /// The event's id.
+    pub id: String,
+    /// Its aggregate, whose events a sink stores in source order.
+    pub aggregate_id: String,
+}
+
 /// A sample event for unit tests, with the given headers JSON.
 #[cfg(test)]
 pub(crate) fn sample(headers: Option<&str>) -> Event {

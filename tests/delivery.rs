@@ -31,16 +31,17 @@ impl FaultyRelay {
         let mut source = PollSource::start(&config.source, &config.relay)
             .await
             .unwrap();
-        let inner = AnySink::open(&config.sink, config.source.batch_size)
+        let inner = AnySink::open(&config.sink, outboxd::cli::run::in_flight(config))
             .await
             .unwrap();
-        let mut sink = FaultSink { inner, faults };
+        let sink = FaultSink { inner, faults };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let relay = config.relay.clone();
-        let task = tokio::spawn(async move {
-            outboxd::relay::run(&mut source, &mut sink, &relay, token).await
-        });
+        let task =
+            tokio::spawn(
+                async move { outboxd::relay::run(&mut source, sink, &relay, token).await },
+            );
         FaultyRelay { shutdown, task }
     }
 

@@ -71,7 +71,8 @@ async fn a_batch_appended_but_never_acknowledged_is_not_appended_again() {
         let mut sink = AnySink::open(&config.sink, config.source.batch_size)
             .await
             .unwrap();
-        let batch = source.next_batch(&shutdown).await.unwrap().unwrap();
+        let wake = tokio::sync::Notify::new();
+        let batch = source.next_batch(&shutdown, &wake).await.unwrap().unwrap();
         assert_eq!(batch.events.len(), 40);
         sink.publish(&batch.events).await.unwrap();
     }

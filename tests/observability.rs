@@ -35,6 +35,13 @@ impl Sink for FlakySink {
         self.inner.publish(events).await
     }
 
+    async fn fork(&self) -> Result<Self> {
+        Ok(FlakySink {
+            inner: self.inner.fork().await?,
+            failing: self.failing.clone(),
+        })
+    }
+
     fn name(&self) -> &'static str {
         "log"
     }
@@ -95,17 +102,17 @@ async fn metrics_count_what_was_relayed_and_readyz_follows_the_sink() {
     let mut source = PollSource::start(&config.source, &config.relay)
         .await
         .unwrap();
-    let inner = AnySink::open(&config.sink, config.source.batch_size)
+    let inner = AnySink::open(&config.sink, outboxd::cli::run::in_flight(&config))
         .await
         .unwrap();
-    let mut sink = FlakySink {
+    let sink = FlakySink {
         inner,
         failing: failing.clone(),
     };
     let relay = tokio::spawn({
         let shutdown = shutdown.clone();
         let relay_config = config.relay.clone();
-        async move { outboxd::relay::run(&mut source, &mut sink, &relay_config, shutdown).await }
+        async move { outboxd::relay::run(&mut source, sink, &relay_config, shutdown).await }
     });
     outboxd::metrics::get().sink_up.set(1);
     assert_eq!(get(addr, "/healthz").await.0, 200);

@@ -2,7 +2,7 @@
 
 mod dlq;
 mod log;
-mod run;
+pub mod run;
 mod status;
 
 use crate::config::{self, Config};

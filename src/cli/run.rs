@@ -16,7 +16,7 @@ pub async fn run(config: &Config) -> Result<()> {
         migrate(config).await?;
     }
     let mut source = AnySource::start(&config.source, &config.relay).await?;
-    let mut sink = AnySink::open(&config.sink, config.source.batch_size).await?;
+    let sink = AnySink::open(&config.sink, in_flight(config)).await?;
     crate::metrics::get().sink_up.set(1);
     let http = match config.http.enabled {
         true => Some(
@@ -44,7 +44,7 @@ pub async fn run(config: &Config) -> Result<()> {
         sink = crate::sink::Sink::name(&sink),
         "outboxd started"
     );
-    let result = crate::relay::run(&mut source, &mut sink, &config.relay, shutdown.clone()).await;
+    let result = crate::relay::run(&mut source, sink, &config.relay, shutdown.clone()).await;
     // The relay may stop on an error without a signal: stop the helpers either way.
     shutdown.cancel();
     if let Some(sampler) = sampler {
@@ -57,6 +57,12 @@ pub async fn run(config: &Config) -> Result<()> {
         let _ = http.await;
     }
     result
+}
+
+/// Most events stored in the sink but not yet acknowledged: a batch per lane, and one more
+/// fetched ahead (see `relay::run`).
+pub fn in_flight(config: &Config) -> usize {
+    config.source.batch_size * (config.relay.lanes.max(1) + 1)
 }
 
 /// Applies pending migrations and reports what was done.

@@ -299,6 +299,11 @@ pub struct RelayConfig {
     pub on_dead_letter: OnDeadLetter,
     /// A publish that takes longer is abandoned and retried, in milliseconds. Default 60000.
     pub publish_timeout_ms: u64,
+    /// Parallel lanes: events are spread over them by a hash of the aggregate id, each lane
+    /// publishes in order through its own sink handle (for RabbitMQ, its own connection), so a
+    /// slow or failing aggregate holds up only its lane. Default 4. The embedded log always
+    /// runs one lane: it has one writer, and one lane keeps its records in commit order.
+    pub lanes: usize,
 }
 
 /// What happens behind a dead letter.
@@ -321,6 +326,7 @@ impl Default for RelayConfig {
             max_attempts: 10,
             on_dead_letter: OnDeadLetter::BlockAggregate,
             publish_timeout_ms: 60_000,
+            lanes: 4,
         }
     }
 }

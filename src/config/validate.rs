@@ -138,6 +138,7 @@ impl Config {
             100,
             3_600_000,
         )?;
+        range("relay.lanes", self.relay.lanes as u64, 1, 256)?;
         signed_range(
             "source.cleanup_batch",
             self.source.cleanup_batch,

@@ -4,7 +4,7 @@
 use super::{Outcome, Sink};
 use crate::config::LogSinkConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Event, Position};
+use crate::event::{Event, Stored};
 use crate::log::{Durability, LogReader, LogWriter, NewRecord, Syncer};
 use std::collections::HashSet;
 use std::path::Path;
@@ -18,23 +18,24 @@ const MIN_TAIL_RECORDS: usize = 10_000;
 pub struct LogSink {
     /// The writer, shared with the blocking thread that does the file I/O (and the syncer).
     writer: Arc<Mutex<LogWriter>>,
-    /// With `durability = "interval"`: the background syncer publish waits on.
-    syncer: Option<Syncer>,
+    /// With `durability = "interval"`: the background syncer publish waits on (shared by the
+    /// lanes' handles; the last one dropped runs the final fsync).
+    syncer: Option<Arc<Syncer>>,
     /// Largest record accepted, in bytes.
     max_record_bytes: usize,
     /// (position, event id) of the records at the end of the log when it was opened, until
     /// the relay takes them (see [`Sink::already_delivered`]).
-    tail: Vec<(Position, String)>,
+    tail: Vec<Stored>,
 }
 
 impl LogSink {
     /// Opens (and recovers) the log directory, taking its writer lock, and reads back the last
-    /// `max(10_000, 2 × batch_size)` records so the relay can acknowledge those its previous
+    /// `max(10_000, 2 × in_flight)` records so the relay can acknowledge those its previous
     /// run appended but never acknowledged.
-    pub async fn open(config: &LogSinkConfig, batch_size: usize) -> Result<Self> {
+    pub async fn open(config: &LogSinkConfig, in_flight: usize) -> Result<Self> {
         let dir = config.dir.clone();
         let options = config.writer_options();
-        let window = MIN_TAIL_RECORDS.max(batch_size.saturating_mul(2));
+        let window = MIN_TAIL_RECORDS.max(in_flight.saturating_mul(2));
         let (writer, tail) = tokio::task::spawn_blocking(move || {
             let writer = LogWriter::open(&dir, options)?;
             let tail = read_tail(&dir, window)?;
@@ -44,10 +45,10 @@ impl LogSink {
         .map_err(|err| Error::with_source(ErrorKind::Internal, "opening the log", err))??;
         let writer = Arc::new(Mutex::new(writer));
         let syncer = match config.durability {
-            Durability::Interval => Some(Syncer::start(
+            Durability::Interval => Some(Arc::new(Syncer::start(
                 writer.clone(),
                 Duration::from_millis(config.fsync_interval_ms),
-            )?),
+            )?)),
             Durability::Batch | Durability::None => None,
         };
         Ok(LogSink {
@@ -60,19 +61,23 @@ impl LogSink {
 
     /// The interval syncer, if the log runs in `interval` mode.
     pub fn syncer(&self) -> Option<&Syncer> {
-        self.syncer.as_ref()
+        self.syncer.as_deref()
     }
 }
 
-/// (position, event id) of the last `window` records of the log at `dir`, read through the
-/// index so a long log is not read from its start.
-fn read_tail(dir: &Path, window: usize) -> Result<Vec<(Position, String)>> {
+/// The last `window` records of the log at `dir`, oldest first, read through the index so a
+/// long log is not read from its start.
+fn read_tail(dir: &Path, window: usize) -> Result<Vec<Stored>> {
     let mut reader = LogReader::open(dir)?;
     let (first, end) = reader.bounds()?;
     reader.seek(end.saturating_sub(window as u64).max(first))?;
     let mut tail = Vec::with_capacity(window.min((end - first) as usize));
     while let Some(record) = reader.next()? {
-        tail.push((record.event.position, record.event.id));
+        tail.push(Stored {
+            position: record.event.position,
+            id: record.event.id,
+            aggregate_id: record.event.aggregate_id,
+        });
     }
     Ok(tail)
 }
@@ -126,8 +131,24 @@ impl Sink for LogSink {
         Ok(outcomes)
     }
 
-    fn already_delivered(&mut self) -> Vec<(Position, String)> {
+    fn already_delivered(&mut self) -> Vec<Stored> {
         std::mem::take(&mut self.tail)
+    }
+
+    /// Shares the writer: lanes append in turn under its lock.
+    async fn fork(&self) -> Result<Self> {
+        Ok(LogSink {
+            writer: self.writer.clone(),
+            syncer: self.syncer.clone(),
+            max_record_bytes: self.max_record_bytes,
+            tail: Vec::new(),
+        })
+    }
+
+    /// One: the log has one writer, so more lanes would only contend for it, and one lane
+    /// keeps the records in the order the source handed them out (commit order).
+    fn max_lanes(&self) -> usize {
+        1
     }
 
     fn name(&self) -> &'static str {
@@ -216,7 +237,8 @@ mod tests {
         let mut sink = LogSink::open(&cfg, 10).await.unwrap();
         let tail = sink.already_delivered();
         assert_eq!(tail.len(), 30);
-        assert_eq!(tail[29], (Position(29), "event-29".to_owned()));
+        assert_eq!(tail[29].position, crate::event::Position(29));
+        assert_eq!(tail[29].id, "event-29");
         assert!(sink.already_delivered().is_empty());
     }
 

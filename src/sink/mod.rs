@@ -23,7 +23,7 @@ pub use self::log::LogSink;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::error::Result;
-use crate::event::{Event, Position};
+use crate::event::{Event, Stored};
 use std::future::Future;
 
 /// What became of one event handed to [`Sink::publish`].
@@ -56,8 +56,20 @@ pub trait Sink: Send {
     /// (position, event id) of events the sink already stored that a previous run may not
     /// have acknowledged; the relay acknowledges those still pending before its first fetch.
     /// Called once; sinks that cannot tell return nothing (the default).
-    fn already_delivered(&mut self) -> Vec<(Position, String)> {
+    fn already_delivered(&mut self) -> Vec<Stored> {
         Vec::new()
+    }
+
+    /// Another handle on the same sink, for a parallel lane of the relay: publishes through
+    /// it may run at the same time as through this one. Reports nothing from
+    /// [`Sink::already_delivered`].
+    fn fork(&self) -> impl Future<Output = Result<Self>> + Send
+    where
+        Self: Sized;
+
+    /// Most lanes worth running on this sink; the relay runs `min(relay.lanes, this)`.
+    fn max_lanes(&self) -> usize {
+        usize::MAX
     }
 
     /// A short name for logs and metrics, e.g. `log`.
@@ -81,11 +93,11 @@ pub enum AnySink {
 }
 
 impl AnySink {
-    /// Opens the sink chosen by `config`; `batch_size` is the source's, which bounds how many
-    /// events can be stored but unacknowledged.
-    pub async fn open(config: &SinkConfig, batch_size: usize) -> Result<Self> {
+    /// Opens the sink chosen by `config`; `in_flight` bounds how many events can be stored but
+    /// unacknowledged (the source's batch size times the relay's lanes).
+    pub async fn open(config: &SinkConfig, in_flight: usize) -> Result<Self> {
         match config.kind {
-            SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log, batch_size).await?)),
+            SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log, in_flight).await?)),
             SinkKind::Amqp => Ok(AnySink::Amqp(Box::new(AmqpSink::open(&config.amqp).await?))),
             SinkKind::Kafka => Ok(AnySink::Kafka(Box::new(
                 KafkaSink::open(&config.kafka).await?,
@@ -103,11 +115,27 @@ impl Sink for AnySink {
         }
     }
 
-    fn already_delivered(&mut self) -> Vec<(Position, String)> {
+    fn already_delivered(&mut self) -> Vec<Stored> {
         match self {
             AnySink::Log(sink) => sink.already_delivered(),
             AnySink::Amqp(sink) => sink.already_delivered(),
             AnySink::Kafka(sink) => sink.already_delivered(),
+        }
+    }
+
+    async fn fork(&self) -> Result<Self> {
+        Ok(match self {
+            AnySink::Log(sink) => AnySink::Log(sink.fork().await?),
+            AnySink::Amqp(sink) => AnySink::Amqp(Box::new(sink.fork().await?)),
+            AnySink::Kafka(sink) => AnySink::Kafka(Box::new(sink.fork().await?)),
+        })
+    }
+
+    fn max_lanes(&self) -> usize {
+        match self {
+            AnySink::Log(sink) => sink.max_lanes(),
+            AnySink::Amqp(sink) => sink.max_lanes(),
+            AnySink::Kafka(sink) => sink.max_lanes(),
         }
     }
 

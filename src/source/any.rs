@@ -3,7 +3,8 @@
 use super::{Batch, LogicalSource, PollSource, Source};
 use crate::config::{RelayConfig, SourceConfig, SourceMode};
 use crate::error::Result;
-use crate::event::{Position, Rejected};
+use crate::event::{Position, Rejected, Stored};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The source chosen by `source.mode`.
@@ -27,10 +28,35 @@ impl AnySource {
 }
 
 impl Source for AnySource {
-    async fn next_batch(&mut self, shutdown: &CancellationToken) -> Result<Option<Batch>> {
+    async fn next_batch(
+        &mut self,
+        shutdown: &CancellationToken,
+        wake: &Notify,
+    ) -> Result<Option<Batch>> {
         match self {
-            AnySource::Poll(source) => source.next_batch(shutdown).await,
-            AnySource::Logical(source) => source.next_batch(shutdown).await,
+            AnySource::Poll(source) => source.next_batch(shutdown, wake).await,
+            AnySource::Logical(source) => source.next_batch(shutdown, wake).await,
+        }
+    }
+
+    fn batch_size(&self) -> usize {
+        match self {
+            AnySource::Poll(source) => source.batch_size(),
+            AnySource::Logical(source) => source.batch_size(),
+        }
+    }
+
+    fn redelivers(&self) -> bool {
+        match self {
+            AnySource::Poll(source) => source.redelivers(),
+            AnySource::Logical(source) => source.redelivers(),
+        }
+    }
+
+    fn release(&mut self, positions: &[Position]) {
+        match self {
+            AnySource::Poll(source) => source.release(positions),
+            AnySource::Logical(source) => source.release(positions),
         }
     }
 
@@ -43,7 +69,7 @@ impl Source for AnySource {
 
     async fn ack_delivered(
         &mut self,
-        delivered: &[(Position, String)],
+        delivered: &[Stored],
         shutdown: &CancellationToken,
     ) -> Result<u64> {
         match self {
@@ -56,6 +82,17 @@ impl Source for AnySource {
         match self {
             AnySource::Poll(source) => source.reject(rejected, shutdown).await,
             AnySource::Logical(source) => source.reject(rejected, shutdown).await,
+        }
+    }
+
+    async fn retry_later(
+        &mut self,
+        failed: &[Rejected],
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        match self {
+            AnySource::Poll(source) => source.retry_later(failed, shutdown).await,
+            AnySource::Logical(source) => source.retry_later(failed, shutdown).await,
         }
     }
 }

@@ -28,6 +28,12 @@ pub async fn become_leader(
         .client
         .batch_execute("SET client_connection_check_interval = '1s'")
         .await;
+    // The fetch excludes a list of aggregates (those in flight or parked); PostgreSQL looks a
+    // list up by hash only when it is a constant at planning time, i.e. in a custom plan.
+    let _ = session
+        .client
+        .batch_execute("SET plan_cache_mode = force_custom_plan")
+        .await;
     let key = table.leader_lock_key();
     let won: bool = session
         .client

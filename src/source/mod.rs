@@ -19,8 +19,9 @@ pub use logical::LogicalSource;
 pub use poll::PollSource;
 
 use crate::error::Result;
-use crate::event::{Event, Position, Rejected};
+use crate::event::{Event, Position, Rejected, Stored};
 use std::future::Future;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What one call to [`Source::next_batch`] produced.
@@ -41,12 +42,36 @@ impl Batch {
 
 /// A stream of committed outbox events.
 pub trait Source: Send {
-    /// Waits for the next non-empty batch. Returns `Ok(None)` once `shutdown` is cancelled.
-    /// Cancel-safe: dropping the future loses nothing, since nothing is acknowledged by it.
+    /// Waits for the next non-empty batch. Returns `Ok(None)` once `shutdown` is cancelled, and
+    /// a batch that may be empty once `wake` is notified (the relay has acknowledgements to
+    /// make). Cancel-safe: dropping the future loses nothing, since nothing is acknowledged by
+    /// it.
+    ///
+    /// Events handed out and not yet acknowledged, rejected, retried or released are *in
+    /// flight*: a source that hands events out again (see [`Source::redelivers`]) keeps every
+    /// later event of their aggregates back meanwhile, so at most one run of an aggregate is in
+    /// flight at a time.
     fn next_batch(
         &mut self,
         shutdown: &CancellationToken,
+        wake: &Notify,
     ) -> impl Future<Output = Result<Option<Batch>>> + Send;
+
+    /// Most events one batch holds (`source.batch_size`).
+    fn batch_size(&self) -> usize;
+
+    /// Whether events given to [`Source::retry_later`] or [`Source::release`] are handed out
+    /// again (polling re-reads the table). A source that reads a stream once does not; the
+    /// relay then retries failed events itself, in order.
+    fn redelivers(&self) -> bool {
+        true
+    }
+
+    /// Hands events back unsettled (not attempted, or abandoned at shutdown): they are no
+    /// longer in flight and are handed out again later. No attempt is counted.
+    fn release(&mut self, positions: &[Position]) {
+        let _ = positions;
+    }
 
     /// Records that these events are durably in the sink. After this returns they are never
     /// handed out again.
@@ -56,13 +81,13 @@ pub trait Source: Send {
         shutdown: &CancellationToken,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Acknowledges, like [`Source::ack`], the events among `delivered` (position, event id)
-    /// that are still pending with exactly that position *and* id; everything else is left
-    /// alone, so records of another (e.g. recreated) outbox table never mark a row. Returns how
-    /// many were acknowledged. Used at start-up with what the sink already holds.
+    /// Acknowledges, like [`Source::ack`], the events among `delivered` that are still pending
+    /// with exactly that position *and* id; everything else is left alone, so records of
+    /// another (e.g. recreated) outbox table never mark a row. Returns how many were
+    /// acknowledged. Used at start-up with what the sink already holds.
     fn ack_delivered(
         &mut self,
-        delivered: &[(Position, String)],
+        delivered: &[Stored],
         shutdown: &CancellationToken,
     ) -> impl Future<Output = Result<u64>> + Send;
 

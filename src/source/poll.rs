@@ -6,13 +6,14 @@ use super::leader::become_leader;
 use super::{Batch, Source};
 use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
-use crate::event::{Position, Rejected};
+use crate::event::{Position, Rejected, Stored};
 use crate::migrate;
 use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// First re-check delay after the visibility guard held rows back; doubles up to the poll
@@ -36,6 +37,11 @@ pub struct PollSource {
     /// Aggregates waiting to retry a failed event, with the time they may go again. Their
     /// events are left out of fetches meanwhile, so one failing aggregate holds up only itself.
     parked: HashMap<String, Instant>,
+    /// Events handed out and not yet settled: position → aggregate.
+    in_flight: HashMap<u64, String>,
+    /// How many events of each aggregate are in flight. Fetches leave these aggregates out,
+    /// so an aggregate's later events wait until its earlier ones are settled.
+    aggregates_in_flight: HashMap<String, usize>,
 }
 
 impl PollSource {
@@ -56,6 +62,8 @@ impl PollSource {
             recheck: FIRST_RECHECK,
             backoff: Backoff::from_config(relay),
             parked: HashMap::new(),
+            in_flight: HashMap::new(),
+            aggregates_in_flight: HashMap::new(),
         })
     }
 
@@ -131,13 +139,47 @@ impl PollSource {
         }
     }
 
-    /// The aggregates still parked, forgetting those whose wait is over; and how long until the
-    /// next one is due.
-    fn parked_now(&mut self) -> (Vec<String>, Option<Duration>) {
+    /// The aggregates a fetch must leave out (parked, forgetting those whose wait is over, and
+    /// in flight), and how long until the next parked one is due.
+    fn excluded_now(&mut self) -> (Vec<String>, Option<Duration>) {
         let now = Instant::now();
         self.parked.retain(|_, until| *until > now);
         let next = self.parked.values().min().map(|until| *until - now);
-        (self.parked.keys().cloned().collect(), next)
+        let mut excluded: Vec<String> = self.aggregates_in_flight.keys().cloned().collect();
+        excluded.extend(
+            self.parked
+                .keys()
+                .filter(|aggregate| !self.aggregates_in_flight.contains_key(*aggregate))
+                .cloned(),
+        );
+        (excluded, next)
+    }
+
+    /// Records events as handed out.
+    fn hand_out(&mut self, events: &[crate::event::Event]) {
+        for event in events {
+            self.in_flight
+                .insert(event.position.0, event.aggregate_id.clone());
+            *self
+                .aggregates_in_flight
+                .entry(event.aggregate_id.clone())
+                .or_default() += 1;
+        }
+    }
+
+    /// Forgets events as in flight, once settled one way or another.
+    fn settled(&mut self, positions: impl IntoIterator<Item = Position>) {
+        for position in positions {
+            let Some(aggregate) = self.in_flight.remove(&position.0) else {
+                continue;
+            };
+            if let Some(count) = self.aggregates_in_flight.get_mut(&aggregate) {
+                *count -= 1;
+                if *count == 0 {
+                    self.aggregates_in_flight.remove(&aggregate);
+                }
+            }
+        }
     }
 
     /// Runs one statement with `params` on the leader session, re-electing and retrying while
@@ -169,7 +211,11 @@ impl PollSource {
 }
 
 impl Source for PollSource {
-    async fn next_batch(&mut self, shutdown: &CancellationToken) -> Result<Option<Batch>> {
+    async fn next_batch(
+        &mut self,
+        shutdown: &CancellationToken,
+        wake: &Notify,
+    ) -> Result<Option<Batch>> {
         let limit = self.config.batch_size as i64;
         let poll_interval = Duration::from_millis(self.config.poll_interval_ms);
         loop {
@@ -179,14 +225,14 @@ impl Source for PollSource {
             if !self.ensure_leader(shutdown).await? {
                 return Ok(None);
             }
-            let (parked, next_due) = self.parked_now();
+            let (excluded, next_due) = self.excluded_now();
             let statement = match self.relay.on_dead_letter {
                 OnDeadLetter::BlockAggregate => &self.table.fetch_pending_blocking,
                 OnDeadLetter::Skip => &self.table.fetch_pending,
             };
             let session = self.session();
             let notified = session.notified.clone();
-            let rows = match session.client.query(statement, &[&limit, &parked]).await {
+            let rows = match session.client.query(statement, &[&limit, &excluded]).await {
                 Ok(rows) => rows,
                 Err(err) => {
                     let err = classify("fetching pending events", err);
@@ -199,6 +245,7 @@ impl Source for PollSource {
             let selection = decode::select(rows.iter().map(PendingRow::from_row).collect());
             if !selection.events.is_empty() || !selection.rejected.is_empty() {
                 self.recheck = FIRST_RECHECK;
+                self.hand_out(&selection.events);
                 return Ok(Some(Batch {
                     events: selection.events,
                     rejected: selection.rejected,
@@ -215,16 +262,26 @@ impl Source for PollSource {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(None),
+                _ = wake.notified() => return Ok(Some(Batch::default())),
                 _ = notified.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
     }
 
+    fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+
+    fn release(&mut self, positions: &[Position]) {
+        self.settled(positions.iter().copied());
+    }
+
     async fn ack(&mut self, positions: &[Position], shutdown: &CancellationToken) -> Result<()> {
         if positions.is_empty() {
             return Ok(());
         }
+        self.settled(positions.iter().copied());
         let positions: Vec<i64> = positions.iter().map(|p| p.0 as i64).collect();
         let statement = match self.config.on_sent {
             OnSent::Mark => self.table.mark_sent.clone(),
@@ -249,14 +306,14 @@ impl Source for PollSource {
 
     async fn ack_delivered(
         &mut self,
-        delivered: &[(Position, String)],
+        delivered: &[Stored],
         shutdown: &CancellationToken,
     ) -> Result<u64> {
         if delivered.is_empty() {
             return Ok(0);
         }
-        let positions: Vec<i64> = delivered.iter().map(|(p, _)| p.0 as i64).collect();
-        let ids: Vec<&str> = delivered.iter().map(|(_, id)| id.as_str()).collect();
+        let positions: Vec<i64> = delivered.iter().map(|d| d.position.0 as i64).collect();
+        let ids: Vec<&str> = delivered.iter().map(|d| d.id.as_str()).collect();
         let statement = match self.config.on_sent {
             OnSent::Mark => self.table.mark_delivered.clone(),
             OnSent::Delete => self.table.delete_delivered.clone(),
@@ -276,6 +333,7 @@ impl Source for PollSource {
         if rejected.is_empty() {
             return Ok(());
         }
+        self.settled(rejected.iter().map(|r| r.position));
         let positions: Vec<i64> = rejected.iter().map(|r| r.position.0 as i64).collect();
         let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
         let statement = self.table.mark_failed.clone();
@@ -297,6 +355,7 @@ impl Source for PollSource {
         if failed.is_empty() {
             return Ok(());
         }
+        self.settled(failed.iter().map(|r| r.position));
         let positions: Vec<i64> = failed.iter().map(|r| r.position.0 as i64).collect();
         let reasons: Vec<&str> = failed.iter().map(|r| r.reason.as_str()).collect();
         let statement = self.table.mark_retry.clone();

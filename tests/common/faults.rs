@@ -74,6 +74,13 @@ impl Sink for FaultSink {
             .collect()
     }
 
+    async fn fork(&self) -> Result<Self> {
+        Ok(FaultSink {
+            inner: self.inner.fork().await?,
+            faults: self.faults.clone(),
+        })
+    }
+
     fn name(&self) -> &'static str {
         "faulty"
     }

@@ -43,15 +43,16 @@ impl InProcessRelay {
         let mut source = AnySource::start(&config.source, &config.relay)
             .await
             .expect("source");
-        let mut sink = AnySink::open(&config.sink, config.source.batch_size)
+        let sink = AnySink::open(&config.sink, outboxd::cli::run::in_flight(config))
             .await
             .expect("sink");
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let relay = config.relay.clone();
-        let task = tokio::spawn(async move {
-            outboxd::relay::run(&mut source, &mut sink, &relay, token).await
-        });
+        let task =
+            tokio::spawn(
+                async move { outboxd::relay::run(&mut source, sink, &relay, token).await },
+            );
         InProcessRelay { shutdown, task }
     }
 

@@ -161,6 +161,17 @@ impl Sink for AmqpSink {
         result
     }
 
+    /// Opens a connection of its own: confirms are per channel, and a lane must not wait
+    /// behind another lane's unconfirmed messages.
+    async fn fork(&self) -> Result<Self> {
+        Ok(AmqpSink {
+            config: self.config.clone(),
+            routing_key: self.routing_key.clone(),
+            confirm_timeout: self.confirm_timeout,
+            link: Some(connect(&self.config, false).await?),
+        })
+    }
+
     fn name(&self) -> &'static str {
         "amqp"
     }

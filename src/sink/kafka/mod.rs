@@ -213,6 +213,17 @@ impl Sink for KafkaSink {
         result
     }
 
+    /// Shares the producer, which pipelines every handle's records over the same connections.
+    async fn fork(&self) -> Result<Self> {
+        Ok(KafkaSink {
+            config: self.config.clone(),
+            topic: self.topic.clone(),
+            producer: self.producer.clone(),
+            known_topics: self.known_topics.clone(),
+            healthy: self.healthy,
+        })
+    }
+
     fn name(&self) -> &'static str {
         "kafka"
     }

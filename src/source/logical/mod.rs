@@ -28,6 +28,7 @@
 
 mod event;
 mod progress;
+mod resume;
 pub mod slot;
 mod stream;
 
@@ -35,7 +36,7 @@ use super::pgoutput::{self, Message};
 use super::{Batch, Source};
 use crate::config::{RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
-use crate::event::{Event, Position, Rejected};
+use crate::event::{Event, Position, Rejected, Stored};
 use crate::outbox::OutboxTable;
 use crate::pg::Session;
 use crate::retry::{Backoff, sleep_or_shutdown};
@@ -43,8 +44,10 @@ use chrono::{DateTime, Utc};
 use event::Columns;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use progress::Progress;
-use std::collections::{HashMap, HashSet};
+use resume::Resume;
+use std::collections::HashMap;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -79,9 +82,8 @@ pub struct LogicalSource {
     rejected: Vec<Rejected>,
     /// What may be confirmed to the slot.
     progress: Progress,
-    /// The newest position the sink held at start-up, with the ids stored at it: the replay
-    /// drops events before it and those ids at it.
-    resume: Option<(Position, HashSet<String>)>,
+    /// What the sink held at start-up, while the replay has not passed it.
+    resume: Option<Resume>,
     /// Delays between reconnection attempts; reset by every success.
     backoff: Backoff,
     /// When the next heartbeat and lag measurement are due.
@@ -335,11 +337,11 @@ impl LogicalSource {
 
     /// Queues a decoded event, unless the sink already holds it from a previous run.
     fn push(&mut self, event: Event) {
-        if let Some((newest, ids)) = &mut self.resume {
-            if event.position < *newest || (event.position == *newest && ids.remove(&event.id)) {
+        if let Some(resume) = &mut self.resume {
+            if resume.holds(&event) {
                 return;
             }
-            if event.position > *newest {
+            if resume.is_over(event.position.0) {
                 self.resume = None;
             }
         }
@@ -383,7 +385,20 @@ impl LogicalSource {
 }
 
 impl Source for LogicalSource {
-    async fn next_batch(&mut self, shutdown: &CancellationToken) -> Result<Option<Batch>> {
+    fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+
+    /// A replication stream is read once; the relay retries failed events itself.
+    fn redelivers(&self) -> bool {
+        false
+    }
+
+    async fn next_batch(
+        &mut self,
+        shutdown: &CancellationToken,
+        wake: &Notify,
+    ) -> Result<Option<Batch>> {
         loop {
             if shutdown.is_cancelled() {
                 return Ok(None);
@@ -409,6 +424,8 @@ impl Source for LogicalSource {
                 received = stream.recv() => received,
                 // 3. Nothing more ready: hand out the pending batch.
                 _ = std::future::ready(()), if flush => return Ok(Some(self.take_batch())),
+                // The relay has acknowledgements to make: return between transactions.
+                _ = wake.notified(), if self.txn.is_none() => return Ok(Some(self.take_batch())),
                 // 4. Idle: heartbeat and lag.
                 _ = tokio::time::sleep_until(heartbeat_due) => {
                     self.heartbeat().await?;
@@ -448,13 +465,18 @@ impl Source for LogicalSource {
 
     async fn ack_delivered(
         &mut self,
-        delivered: &[(Position, String)],
+        delivered: &[Stored],
         _shutdown: &CancellationToken,
     ) -> Result<u64> {
         // Nothing can be marked: the replay decides. Remember where the sink stands instead.
-        let Some(newest) = delivered.iter().map(|(position, _)| *position).max() else {
+        let Some(resume) = Resume::new(delivered) else {
             return Ok(0);
         };
+        let newest = delivered
+            .iter()
+            .map(|stored| stored.position)
+            .max()
+            .unwrap_or_default();
         let current = match self.current_wal_lsn().await {
             Ok(lsn) => lsn,
             Err(err) => {
@@ -470,12 +492,7 @@ impl Source for LogicalSource {
                  using them to skip the replay");
             return Ok(0);
         }
-        let ids = delivered
-            .iter()
-            .filter(|(position, _)| *position == newest)
-            .map(|(_, id)| id.clone())
-            .collect();
-        self.resume = Some((newest, ids));
+        self.resume = Some(resume);
         Ok(0)
     }
 

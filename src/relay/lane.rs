@@ -1,0 +1,198 @@
+//! One lane: publishes the events handed to it, in order, one publish at a time, retrying
+//! transient sink failures with backoff.
+
+use crate::config::RelayConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use crate::metrics::{self, SinkLabels};
+use crate::retry::{Backoff, sleep_or_shutdown};
+use crate::sink::{Outcome, Sink};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The lane an aggregate's events always take, out of `lanes`: a stable hash (CRC32C) of the
+/// aggregate id, so the choice does not change between runs or builds.
+pub fn lane_of(aggregate_id: &str, lanes: usize) -> usize {
+    crc32c::crc32c(aggregate_id.as_bytes()) as usize % lanes.max(1)
+}
+
+/// What a lane hands back after publishing one run of events.
+pub struct Finished<K> {
+    /// Which lane.
+    pub lane: usize,
+    /// The lane's sink handle, for its next run.
+    pub sink: K,
+    /// The events it was given.
+    pub events: Vec<Event>,
+    /// One entry per event: its outcome, or `None` if shutdown came before it was settled (it
+    /// stays pending and is delivered by the next run). `Err` is a failure no retry can fix.
+    pub outcomes: Result<Vec<Option<Outcome>>>,
+}
+
+/// How a lane treats events the sink reports `Retry` or `Deferred`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Hand them back: the source hands them out again after a backoff (polling).
+    BySource,
+    /// Try them again in place, before anything later in the lane, since the source reads its
+    /// stream once (logical replication); after `relay.max_attempts` a failing event is refused.
+    InLane,
+}
+
+/// Publishes `events` through `sink` and reports what became of each.
+pub async fn run<K: Sink>(
+    lane: usize,
+    mut sink: K,
+    events: Vec<Event>,
+    config: Arc<RelayConfig>,
+    redelivery: Redelivery,
+    shutdown: CancellationToken,
+) -> Finished<K> {
+    let outcomes = match redelivery {
+        Redelivery::BySource => {
+            publish(&mut sink, &events, &config, &shutdown)
+                .await
+                .map(|outcomes| match outcomes {
+                    Some(outcomes) => outcomes.into_iter().map(Some).collect(),
+                    None => vec![None; events.len()],
+                })
+        }
+        Redelivery::InLane => publish_in_place(&mut sink, &events, &config, &shutdown).await,
+    };
+    Finished {
+        lane,
+        sink,
+        events,
+        outcomes,
+    }
+}
+
+/// Publishes `events`, then again every event that failed or was deferred, after a backoff,
+/// until each is delivered or refused. An event that failed `max_attempts` times is refused, so
+/// one poisoned event cannot hold its lane (and the slot) for ever.
+async fn publish_in_place<K: Sink>(
+    sink: &mut K,
+    events: &[Event],
+    config: &RelayConfig,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Option<Outcome>>> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+    let mut attempts = vec![0i32; events.len()];
+    let mut todo: Vec<usize> = (0..events.len()).collect();
+    let mut backoff = Backoff::from_config(config);
+    loop {
+        // The first round publishes the slice as given; only retries copy.
+        let retrying: Vec<Event>;
+        let batch = if todo.len() == events.len() {
+            events
+        } else {
+            retrying = todo.iter().map(|&i| events[i].clone()).collect();
+            &retrying
+        };
+        let Some(results) = publish(sink, batch, config, shutdown).await? else {
+            return Ok(outcomes);
+        };
+        let mut again = Vec::new();
+        let mut failed = 0;
+        for (&i, outcome) in todo.iter().zip(results) {
+            match outcome {
+                Outcome::Retry(reason) => {
+                    failed += 1;
+                    attempts[i] += 1;
+                    if attempts[i] >= config.max_attempts {
+                        outcomes[i] = Some(Outcome::Refused(format!(
+                            "failed {} times (relay.max_attempts); last error: {reason}",
+                            attempts[i]
+                        )));
+                    } else {
+                        tracing::warn!(id = %events[i].id, attempt = attempts[i], reason,
+                            "event failed; retrying it before the rest of its lane");
+                        again.push(i);
+                    }
+                }
+                Outcome::Deferred => again.push(i),
+                settled => outcomes[i] = Some(settled),
+            }
+        }
+        if again.is_empty() {
+            return Ok(outcomes);
+        }
+        metrics::get()
+            .retries
+            .get_or_create(&SinkLabels { sink: sink.name() })
+            .inc_by(failed);
+        if !sleep_or_shutdown(backoff.next_delay(), shutdown).await {
+            return Ok(outcomes);
+        }
+        todo = again;
+    }
+}
+
+/// Publishes one run of events, retrying the whole run while the sink fails transiently.
+/// Returns `None` if shutdown came during a retry wait.
+async fn publish<K: Sink>(
+    sink: &mut K,
+    events: &[Event],
+    config: &RelayConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<Outcome>>> {
+    let metrics = metrics::get();
+    let mut backoff = Backoff::from_config(config);
+    let timeout = Duration::from_millis(config.publish_timeout_ms);
+    loop {
+        let attempt = match tokio::time::timeout(timeout, sink.publish(events)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                ErrorKind::SinkUnavailable,
+                format!(
+                    "publish did not complete within relay.publish_timeout_ms ({} ms)",
+                    config.publish_timeout_ms
+                ),
+            )),
+        };
+        match attempt {
+            Ok(outcomes) => {
+                metrics.sink_up.set(1);
+                metrics.observe_published(sink.name(), events, &outcomes);
+                return Ok(Some(outcomes));
+            }
+            Err(err) if err.is_retryable() => {
+                metrics.sink_up.set(0);
+                metrics
+                    .retries
+                    .get_or_create(&SinkLabels { sink: sink.name() })
+                    .inc();
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err.chain(), sink = sink.name(),
+                    retry_in_ms = delay.as_millis() as u64, "publish failed; retrying");
+                if !sleep_or_shutdown(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(err) => {
+                metrics.sink_up.set(0);
+                return Err(err);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aggregate_always_takes_the_same_lane_and_the_lanes_are_all_used() {
+        let mut used = [0usize; 4];
+        for id in 0..1000 {
+            let aggregate = format!("order-{id}");
+            let lane = lane_of(&aggregate, 4);
+            assert_eq!(lane, lane_of(&aggregate, 4));
+            used[lane] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 150), "{used:?}");
+        assert_eq!(lane_of("anything", 1), 0);
+        assert_eq!(lane_of("anything", 0), 0);
+    }
+}

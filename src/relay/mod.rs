@@ -1,0 +1,330 @@
+//! The relay: takes batches from the source, spreads their events over parallel lanes by a hash
+//! of the aggregate id, and acknowledges what the sink confirmed.
+//!
+//! # Ordering and isolation
+//! An aggregate always takes the same lane (see [`lane_of`]), and a lane publishes the events
+//! it was given in the order the source handed them out, one publish at a time: an aggregate's
+//! events reach the sink in order. Lanes publish concurrently, each through its own sink handle
+//! ([`Sink::fork`]), so a slow or failing aggregate holds up its own lane only.
+//!
+//! Events the sink could not take this time (`Retry`, `Deferred`) are handled by whoever can
+//! hand them out again. The polling source can: it keeps every aggregate with events in flight
+//! out of its fetches, and parks a failing aggregate with its own backoff, so nothing later of
+//! that aggregate is in any lane meanwhile. A logical replication stream is read once, so there
+//! the lane retries the failed events itself before anything after them ([`Redelivery`]).
+//!
+//! # Acknowledgement
+//! Finished lanes are settled together: one acknowledgement for all the events they delivered,
+//! one rejection for those refused for good. The source is never told anything about an event
+//! before the sink confirmed it, so a crash at any point loses nothing.
+
+mod lane;
+
+pub use lane::{Redelivery, lane_of};
+
+use crate::config::RelayConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{Event, Position, Rejected};
+use crate::metrics::{self, SinkLabels};
+use crate::sink::{Outcome, Sink};
+use crate::source::{Batch, Source};
+use lane::Finished;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Relays until `shutdown` is cancelled (returns `Ok`) or an error no retry can fix (returns it;
+/// e.g. a poisoned log after a failed fsync: nothing more is acknowledged, and `outboxd run`
+/// logs the error and exits non-zero).
+///
+/// Shutdown stops claiming at once. Publishes already under way are finished and acknowledged;
+/// lanes waiting to retry give up, leaving their events pending for the next run. Nothing is
+/// lost or marked twice.
+pub async fn run<S: Source, K: Sink + 'static>(
+    source: &mut S,
+    mut sink: K,
+    config: &RelayConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    // A previous run may have stored events and crashed before acknowledging them: acknowledge
+    // what the sink already holds first, so those are not fetched and stored again.
+    let stored = sink.already_delivered();
+    if !stored.is_empty() {
+        let acked = source.ack_delivered(&stored, &shutdown).await?;
+        if acked > 0 {
+            tracing::info!(
+                events = acked,
+                sink = sink.name(),
+                "acknowledged events the sink already held from a previous run"
+            );
+        }
+    }
+    let mut relay = Relay::new(source, sink, config, shutdown).await?;
+    let result = relay.run().await;
+    metrics::get().in_flight.set(0);
+    tracing::info!("relay stopped");
+    result
+}
+
+/// A lane between publishes.
+struct Idle<K> {
+    /// Its sink handle; `None` while it publishes.
+    sink: Option<K>,
+    /// Events waiting for it, in the order the source handed them out.
+    queue: VecDeque<Event>,
+}
+
+/// The relay's running state.
+struct Relay<'a, S, K> {
+    /// Where events come from.
+    source: &'a mut S,
+    /// Delivery settings.
+    config: Arc<RelayConfig>,
+    /// Cancelled to stop.
+    shutdown: CancellationToken,
+    /// The lanes, indexed by [`lane_of`].
+    lanes: Vec<Idle<K>>,
+    /// Publishes under way, one per busy lane.
+    running: JoinSet<Finished<K>>,
+    /// Events handed out by the source and not yet settled.
+    in_flight: usize,
+    /// Most events in flight before the relay stops fetching.
+    max_in_flight: usize,
+    /// Most events in one publish.
+    max_publish: usize,
+    /// What the lanes do with events to try again.
+    redelivery: Redelivery,
+    /// Tells the source to return from a wait, because finished lanes want settling.
+    wake: Notify,
+    /// The sink's name, for logs and metrics.
+    sink_name: &'static str,
+}
+
+impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
+    /// Opens a sink handle per lane.
+    async fn new(
+        source: &'a mut S,
+        sink: K,
+        config: &RelayConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let count = config.lanes.clamp(1, sink.max_lanes().max(1));
+        let mut lanes = Vec::with_capacity(count);
+        for _ in 1..count {
+            lanes.push(Idle {
+                sink: Some(sink.fork().await?),
+                queue: VecDeque::new(),
+            });
+        }
+        let sink_name = sink.name();
+        lanes.push(Idle {
+            sink: Some(sink),
+            queue: VecDeque::new(),
+        });
+        let redelivery = if source.redelivers() {
+            Redelivery::BySource
+        } else {
+            Redelivery::InLane
+        };
+        let max_publish = source.batch_size().max(1);
+        Ok(Relay {
+            source,
+            config: Arc::new(config.clone()),
+            shutdown,
+            lanes,
+            running: JoinSet::new(),
+            in_flight: 0,
+            // One batch more than the lanes take at once, so the next is fetched while they
+            // publish.
+            max_in_flight: max_publish * (count + 1),
+            max_publish,
+            redelivery,
+            wake: Notify::new(),
+            sink_name,
+        })
+    }
+
+    /// Fetches, dispatches and settles until shutdown (and every lane is done) or a fatal error.
+    async fn run(&mut self) -> Result<()> {
+        let mut finished = Vec::new();
+        let mut stopping = false;
+        loop {
+            stopping |= self.shutdown.is_cancelled();
+            if !stopping {
+                self.start_idle_lanes();
+            }
+            if stopping && self.running.is_empty() {
+                return Ok(());
+            }
+            if !stopping && self.in_flight < self.max_in_flight {
+                match self.fetch(&mut finished).await? {
+                    Some(batch) => self.dispatch(batch).await?,
+                    None => stopping = true,
+                }
+            } else if let Some(done) = self.running.join_next().await {
+                finished.push(joined(done)?);
+            }
+            while let Some(done) = self.running.try_join_next() {
+                finished.push(joined(done)?);
+            }
+            if !finished.is_empty() {
+                self.settle(std::mem::take(&mut finished)).await?;
+            }
+        }
+    }
+
+    /// Waits for the source's next batch; lanes finishing meanwhile are collected into
+    /// `finished` (and the source woken, so they are settled promptly) while the fetch goes on,
+    /// since a fetch cut short would be wasted work.
+    async fn fetch(&mut self, finished: &mut Vec<Finished<K>>) -> Result<Option<Batch>> {
+        let next = self.source.next_batch(&self.shutdown, &self.wake);
+        tokio::pin!(next);
+        loop {
+            tokio::select! {
+                batch = &mut next => return batch,
+                Some(done) = self.running.join_next() => {
+                    finished.push(joined(done)?);
+                    self.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Rejects the batch's bad rows and queues its events on their lanes.
+    async fn dispatch(&mut self, batch: Batch) -> Result<()> {
+        if !batch.rejected.is_empty() {
+            for bad in &batch.rejected {
+                tracing::error!(id = %bad.id, position = %bad.position, reason = %bad.reason,
+                    "outbox row cannot be delivered; dead-lettered");
+            }
+            self.source.reject(&batch.rejected, &self.shutdown).await?;
+            metrics::get()
+                .dead_letters
+                .inc_by(batch.rejected.len() as u64);
+        }
+        self.in_flight += batch.events.len();
+        let count = self.lanes.len();
+        for event in batch.events {
+            let lane = lane_of(&event.aggregate_id, count);
+            self.lanes[lane].queue.push_back(event);
+        }
+        metrics::get().in_flight.set(self.in_flight as i64);
+        Ok(())
+    }
+
+    /// Starts a publish on every lane that has events and is not publishing.
+    fn start_idle_lanes(&mut self) {
+        for (index, lane) in self.lanes.iter_mut().enumerate() {
+            if lane.queue.is_empty() {
+                continue;
+            }
+            let Some(sink) = lane.sink.take() else {
+                continue;
+            };
+            let take = lane.queue.len().min(self.max_publish);
+            let events: Vec<Event> = lane.queue.drain(..take).collect();
+            self.running.spawn(lane::run(
+                index,
+                sink,
+                events,
+                self.config.clone(),
+                self.redelivery,
+                self.shutdown.clone(),
+            ));
+        }
+    }
+
+    /// Gives the finished lanes their sinks back and tells the source what became of their
+    /// events, in as few calls as possible. Returns the first fatal error any lane hit.
+    async fn settle(&mut self, finished: Vec<Finished<K>>) -> Result<()> {
+        let mut settled = Settled::default();
+        let mut fatal = None;
+        for done in finished {
+            self.lanes[done.lane].sink = Some(done.sink);
+            self.in_flight -= done.events.len();
+            match done.outcomes {
+                Ok(outcomes) => settled.add(&done.events, outcomes),
+                Err(err) => {
+                    fatal.get_or_insert(err);
+                    settled.release(&done.events);
+                }
+            }
+        }
+        metrics::get().in_flight.set(self.in_flight as i64);
+        if let Some(err) = fatal {
+            return Err(err);
+        }
+        settled.log(self.sink_name);
+        let shutdown = &self.shutdown;
+        self.source.reject(&settled.refused, shutdown).await?;
+        self.source.retry_later(&settled.retry, shutdown).await?;
+        self.source.ack(&settled.delivered, shutdown).await?;
+        self.source.release(&settled.released);
+        Ok(())
+    }
+}
+
+/// The outcome of a lane's task; a panic in a lane is an internal error.
+fn joined<K>(
+    done: std::result::Result<Finished<K>, tokio::task::JoinError>,
+) -> Result<Finished<K>> {
+    done.map_err(|err| Error::with_source(ErrorKind::Internal, "a relay lane failed", err))
+}
+
+/// Finished events sorted by what the source must do with them.
+#[derive(Debug, Default)]
+struct Settled {
+    /// To acknowledge.
+    delivered: Vec<Position>,
+    /// Refused for good: dead letters.
+    refused: Vec<Rejected>,
+    /// Failed this time: the source counts an attempt and hands them out later.
+    retry: Vec<Rejected>,
+    /// Not attempted (deferred, or abandoned at shutdown): the source hands them out again.
+    released: Vec<Position>,
+}
+
+impl Settled {
+    /// Sorts one lane's events by outcome.
+    fn add(&mut self, events: &[Event], outcomes: Vec<Option<Outcome>>) {
+        for (event, outcome) in events.iter().zip(outcomes) {
+            let failed = |reason| Rejected {
+                position: event.position,
+                id: event.id.clone(),
+                reason,
+            };
+            match outcome {
+                Some(Outcome::Delivered) => self.delivered.push(event.position),
+                Some(Outcome::Refused(reason)) => self.refused.push(failed(reason)),
+                Some(Outcome::Retry(reason)) => self.retry.push(failed(reason)),
+                Some(Outcome::Deferred) | None => self.released.push(event.position),
+            }
+        }
+    }
+
+    /// Marks every event of a lane as handed back unsettled.
+    fn release(&mut self, events: &[Event]) {
+        self.released
+            .extend(events.iter().map(|event| event.position));
+    }
+
+    /// Logs refusals and failures, and counts the failures as retries.
+    fn log(&self, sink: &'static str) {
+        for bad in &self.refused {
+            tracing::error!(id = %bad.id, position = %bad.position, reason = %bad.reason,
+                sink, "sink refused event; dead-lettered");
+        }
+        for failed in &self.retry {
+            tracing::warn!(id = %failed.id, position = %failed.position, reason = %failed.reason,
+                sink, "event failed; its aggregate waits to retry");
+        }
+        if !self.retry.is_empty() {
+            metrics::get()
+                .retries
+                .get_or_create(&SinkLabels { sink })
+                .inc_by(self.retry.len() as u64);
+        }
+    }
+}
