@@ -9,7 +9,7 @@ use common::relay::*;
 use outboxd::config::{Config, OnDeadLetter};
 use outboxd::log::Record;
 use outboxd::sink::AnySink;
-use outboxd::source::PollSource;
+use outboxd::source::AnySource;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -28,7 +28,7 @@ struct FaultyRelay {
 impl FaultyRelay {
     async fn start(config: &Config, faults: Arc<Mutex<Faults>>) -> Self {
         migrate(config).await;
-        let mut source = PollSource::start(&config.source, &config.relay)
+        let mut source = AnySource::start(&config.source, &config.relay)
             .await
             .unwrap();
         let inner = AnySink::open(&config.sink, outboxd::cli::run::in_flight(config))
@@ -333,4 +333,109 @@ async fn sent_rows_past_their_retention_are_deleted_in_the_background() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `count` aggregate ids that take a different lane than `than` when there are `lanes`.
+fn aggregates_off_the_lane_of(than: &str, lanes: usize, count: usize) -> Vec<String> {
+    let lane = outboxd::relay::lane_of(than, lanes);
+    (0..)
+        .map(|n| format!("other-{n}"))
+        .filter(|id| outboxd::relay::lane_of(id, lanes) != lane)
+        .take(count)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_aggregate_holds_up_only_its_own_lane() {
+    // Given four lanes and a sink that takes 4 s for every publish holding aggregate "slow"
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut config = config_for(&db, &log);
+    config.relay.lanes = 4;
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    let slow = Duration::from_secs(4);
+    faults
+        .lock()
+        .unwrap()
+        .slow_aggregates
+        .insert("slow".into(), slow);
+    let relay = FaultyRelay::start(&config, faults.clone()).await;
+
+    // When "slow" writes 3 events, then three aggregates on other lanes write 20 each
+    let others = aggregates_off_the_lane_of("slow", 4, 3);
+    let mut events: Vec<(&str, &str, i32)> = (1..=3).map(|seq| ("slow", "Step", seq)).collect();
+    for seq in 1..=20 {
+        for other in &others {
+            events.push((other.as_str(), "Step", seq));
+        }
+    }
+    let started = std::time::Instant::now();
+    insert(&db.url, &events).await;
+
+    // Then the others all arrive while the first publish of "slow" is still under way
+    let logs = wait_for_events(&[&log], 60, WAIT).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < slow * 3 / 4,
+        "the other lanes waited {waited:?} behind a {slow:?} publish"
+    );
+    assert!(logs[0].iter().all(|r| r.event.aggregate_id != "slow"));
+
+    // And once it is no longer slow, "slow" arrives complete and in order
+    faults.lock().unwrap().slow_aggregates.clear();
+    let logs = wait_for_events(&[&log], 63, WAIT).await;
+    relay.stop().await;
+    assert_eq!(assert_in_order(&logs[0]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_logical_mode_a_failing_aggregate_is_retried_in_order_and_a_poisoned_one_dead_lettered()
+{
+    // Given logical replication, a sink that fails aggregate "a" three times and refuses
+    // aggregate "p" transiently for ever, and at most 4 attempts
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut config = config_in(outboxd::config::SourceMode::Logical, &db, &log);
+    config.relay.retry_initial_ms = 50;
+    config.relay.retry_max_ms = 200;
+    config.relay.max_attempts = 4;
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    {
+        let mut faults = faults.lock().unwrap();
+        faults.fail_aggregate.insert("a".into(), 3);
+        faults.always_fail_types.insert("Poison".into());
+    }
+    let relay = FaultyRelay::start(&config, faults).await;
+    let dead_before = outboxd::metrics::get().dead_letters.get();
+
+    // When a, b and p write interleaved events, p's first one poisoned
+    let mut events = Vec::new();
+    for seq in 1..=10 {
+        events.push(("a", "Step", seq));
+        events.push(("b", "Step", seq));
+        events.push(("p", if seq == 1 { "Poison" } else { "Step" }, seq));
+    }
+    insert(&db.url, &events).await;
+
+    // Then a's failed events are not lost (the stream is not read again) and arrive in order,
+    // and p's poisoned event is dead-lettered after 4 attempts while its later events follow
+    let logs = wait_for_events(&[&log], 29, WAIT).await;
+    relay.stop().await;
+    let count = |aggregate: &str| {
+        logs[0]
+            .iter()
+            .filter(|r| r.event.aggregate_id == aggregate)
+            .count()
+    };
+    assert_eq!((count("a"), count("b"), count("p")), (10, 10, 9));
+    let seqs: Vec<i64> = logs[0]
+        .iter()
+        .filter(|r| r.event.aggregate_id == "a")
+        .map(seq_of)
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert!(outboxd::metrics::get().dead_letters.get() > dead_before);
+    drop_slot(&db).await;
 }

@@ -101,6 +101,7 @@ async fn publish_in_place<K: Sink>(
                     failed += 1;
                     attempts[i] += 1;
                     if attempts[i] >= config.max_attempts {
+                        metrics::get().dead_letters.inc();
                         outcomes[i] = Some(Outcome::Refused(format!(
                             "failed {} times (relay.max_attempts); last error: {reason}",
                             attempts[i]

@@ -19,6 +19,9 @@ pub struct Faults {
     pub always_fail_types: HashSet<String>,
     /// The next publish sleeps this long before doing anything.
     pub hang_once: Option<Duration>,
+    /// Every publish holding an event of one of these aggregates sleeps this long first: a
+    /// slow consumer or partition behind one aggregate.
+    pub slow_aggregates: HashMap<String, Duration>,
 }
 
 /// Wraps a real sink and applies [`Faults`].
@@ -31,7 +34,15 @@ pub struct FaultSink {
 
 impl Sink for FaultSink {
     async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
-        let hang = self.faults.lock().unwrap().hang_once.take();
+        let hang = {
+            let mut faults = self.faults.lock().unwrap();
+            let slow = events
+                .iter()
+                .filter_map(|event| faults.slow_aggregates.get(&event.aggregate_id))
+                .max()
+                .copied();
+            faults.hang_once.take().max(slow)
+        };
         if let Some(hang) = hang {
             tokio::time::sleep(hang).await;
         }
