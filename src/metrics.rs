@@ -228,7 +228,7 @@ impl Metrics {
                     self.latency.observe(age.max(0) as f64 / 1e6);
                 }
                 Outcome::Refused(_) => refused += 1,
-                Outcome::Retry(_) | Outcome::Deferred => {}
+                Outcome::Retry(_) | Outcome::Busy(_) | Outcome::Deferred => {}
             }
         }
         // The delivered counter moves last, so a reader who sees it has seen everything else.

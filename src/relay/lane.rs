@@ -7,6 +7,7 @@ use crate::event::Event;
 use crate::metrics::{self, SinkLabels};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use crate::sink::{Outcome, Sink};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,8 @@ pub struct Finished<K> {
     pub outcomes: Result<Vec<Option<Outcome>>>,
 }
 
-/// How a lane treats events the sink reports `Retry` or `Deferred`.
+/// How a lane treats events the sink reports `Retry` (and the `Deferred` ones behind them).
+/// `Busy` events are always tried again in the lane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Redelivery {
     /// Hand them back: the source hands them out again after a backoff (polling).
@@ -49,17 +51,7 @@ pub async fn run<K: Sink>(
     redelivery: Redelivery,
     shutdown: CancellationToken,
 ) -> Finished<K> {
-    let outcomes = match redelivery {
-        Redelivery::BySource => {
-            publish(&mut sink, &events, &config, &shutdown)
-                .await
-                .map(|outcomes| match outcomes {
-                    Some(outcomes) => outcomes.into_iter().map(Some).collect(),
-                    None => vec![None; events.len()],
-                })
-        }
-        Redelivery::InLane => publish_in_place(&mut sink, &events, &config, &shutdown).await,
-    };
+    let outcomes = settle(&mut sink, &events, &config, redelivery, &shutdown).await;
     Finished {
         lane,
         sink,
@@ -68,13 +60,16 @@ pub async fn run<K: Sink>(
     }
 }
 
-/// Publishes `events`, then again every event that failed or was deferred, after a backoff,
-/// until each is delivered or refused. An event that failed `max_attempts` times is refused, so
-/// one poisoned event cannot hold its lane (and the slot) for ever.
-async fn publish_in_place<K: Sink>(
+/// Publishes `events`, then again, after a backoff, every event this lane keeps trying: busy
+/// ones (no attempt counted), and with [`Redelivery::InLane`] failed ones too (refused once
+/// they failed `max_attempts` times, so one poisoned event cannot hold its lane and the slot
+/// for ever). A deferred event goes with its aggregate: tried again here if an earlier event
+/// of that aggregate is, otherwise handed back. Everything else is settled.
+async fn settle<K: Sink>(
     sink: &mut K,
     events: &[Event],
     config: &RelayConfig,
+    redelivery: Redelivery,
     shutdown: &CancellationToken,
 ) -> Result<Vec<Option<Outcome>>> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
@@ -94,10 +89,16 @@ async fn publish_in_place<K: Sink>(
             return Ok(outcomes);
         };
         let mut again = Vec::new();
+        let mut kept: HashSet<&str> = HashSet::new();
         let mut failed = 0;
         for (&i, outcome) in todo.iter().zip(results) {
-            match outcome {
-                Outcome::Retry(reason) => {
+            let aggregate = events[i].aggregate_id.as_str();
+            let keep = match outcome {
+                Outcome::Busy(reason) => {
+                    tracing::debug!(id = %events[i].id, reason, "sink busy; trying again");
+                    true
+                }
+                Outcome::Retry(reason) if redelivery == Redelivery::InLane => {
                     failed += 1;
                     attempts[i] += 1;
                     if attempts[i] >= config.max_attempts {
@@ -106,14 +107,24 @@ async fn publish_in_place<K: Sink>(
                             "failed {} times (relay.max_attempts); last error: {reason}",
                             attempts[i]
                         )));
+                        false
                     } else {
                         tracing::warn!(id = %events[i].id, attempt = attempts[i], reason,
                             "event failed; retrying it before the rest of its lane");
-                        again.push(i);
+                        true
                     }
                 }
-                Outcome::Deferred => again.push(i),
-                settled => outcomes[i] = Some(settled),
+                Outcome::Deferred => kept.contains(aggregate) || redelivery == Redelivery::InLane,
+                settled => {
+                    outcomes[i] = Some(settled);
+                    false
+                }
+            };
+            if keep {
+                kept.insert(aggregate);
+                again.push(i);
+            } else if outcomes[i].is_none() {
+                outcomes[i] = Some(Outcome::Deferred);
             }
         }
         if again.is_empty() {

@@ -299,7 +299,9 @@ impl Settled {
                 Some(Outcome::Delivered) => self.delivered.push(event.position),
                 Some(Outcome::Refused(reason)) => self.refused.push(failed(reason)),
                 Some(Outcome::Retry(reason)) => self.retry.push(failed(reason)),
-                Some(Outcome::Deferred) | None => self.released.push(event.position),
+                Some(Outcome::Deferred | Outcome::Busy(_)) | None => {
+                    self.released.push(event.position)
+                }
             }
         }
     }

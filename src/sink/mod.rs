@@ -37,11 +37,16 @@ pub enum Outcome {
     /// counts an attempt and is retried after a backoff; its aggregate waits meanwhile, the
     /// others flow.
     Retry(String),
+    /// The sink is up but cannot take it right now (a RabbitMQ nack: a full queue, a broker
+    /// error): the relay's lane tries it again after a backoff, in order, without counting an
+    /// attempt, so backpressure never turns an event into a dead letter.
+    Busy(String),
     /// Not attempted, because an earlier event of the same aggregate in this batch was refused
     /// or failed. The source hands it out again later; no attempt is counted.
     ///
-    /// Ordering rule for every sink: once an event of an aggregate is `Refused` or `Retry`, no
-    /// later event of that aggregate from the same batch may be stored; report them `Deferred`.
+    /// Ordering rule for every sink: once an event of an aggregate is `Refused`, `Retry` or
+    /// `Busy`, no later event of that aggregate from the same batch may be stored; report them
+    /// `Deferred`.
     Deferred,
 }
 

@@ -4,10 +4,12 @@
 //! Publishes are pipelined: a batch is sent without waiting, up to `max_in_flight` unconfirmed
 //! and at most one per aggregate, and the confirms are collected as they come. A message the broker cannot route to any queue
 //! comes back (`basic.return`) and is refused with the reason, so it is marked failed instead of
-//! vanishing. A nack, a confirm timeout or a lost connection fails the whole batch with a
-//! retryable error: the relay publishes it again on a fresh connection, so nothing unconfirmed
-//! is lost (consumers may see duplicates), and no event is reported delivered while an earlier
-//! event of its aggregate is not.
+//! vanishing. A nacked message is reported busy (the relay's lane sends it again after a
+//! backoff, in order; the messages acked around it stay delivered, so a small full queue cannot
+//! livelock on re-sent duplicates). A confirm timeout or a lost connection fails the whole batch
+//! with a retryable error: the relay publishes it again on a fresh connection, so nothing
+//! unconfirmed is lost (consumers may see duplicates), and no event is reported delivered while
+//! an earlier event of its aggregate is not.
 
 mod config;
 mod connection;
@@ -183,7 +185,8 @@ impl Sink for AmqpSink {
 }
 
 /// Waits for one confirm: an ack is delivered, an ack of a returned (unroutable) message is
-/// refused with the reason; a nack, a timeout or a channel failure fail the batch.
+/// refused with the reason, a nack is busy (tried again later, in order, as the messages
+/// confirmed before it stay delivered); a timeout or a channel failure fail the batch.
 async fn settle(
     event: &Event,
     confirm: PublisherConfirm,
@@ -209,10 +212,10 @@ async fn settle(
             "unroutable: exchange {exchange} routing key {}: {}",
             returned.delivery.routing_key, returned.reply_text
         ))),
-        Confirmation::Nack(_) => Err(Error::new(
-            ErrorKind::SinkUnavailable,
-            format!("RabbitMQ refused (nacked) event {}", event.id),
-        )),
+        Confirmation::Nack(_) => Ok(Outcome::Busy(format!(
+            "RabbitMQ nacked event {} (a full queue with reject-publish, or a broker error)",
+            event.id
+        ))),
         Confirmation::NotRequested => Err(Error::new(
             ErrorKind::Internal,
             "RabbitMQ channel is not in confirm mode",
