@@ -8,41 +8,10 @@ mod common;
 
 use common::pg::{TestDb, connect, test_db};
 use common::relay::*;
-use outboxd::config::{Config, DbUrl, SourceMode};
-use std::path::Path;
+use outboxd::config::{DbUrl, SourceMode};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A configuration for `db` in `mode`; in logical mode with a slot and publication of its own
-/// and a short heartbeat.
-fn config_in(mode: SourceMode, db: &TestDb, log: &Path) -> Config {
-    let mut config = config_for(db, log);
-    config.source.mode = mode;
-    config.source.logical.slot = db.name.clone();
-    config.source.logical.publication = db.name.clone();
-    config.source.logical.heartbeat_interval_ms = 200;
-    config
-}
-
-/// Drops the test's slot, so the cluster-wide slot count stays low.
-async fn drop_slot(db: &TestDb) {
-    let client = connect(&db.url).await;
-    // The relay may still be letting go of it: retry briefly.
-    for _ in 0..100 {
-        let dropped = client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1",
-                &[&db.name],
-            )
-            .await;
-        if dropped.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The slot's confirmed_flush_lsn minus `lsn`, in bytes (positive: the slot is past it).
 async fn slot_past(db: &TestDb, lsn: &str) -> i64 {

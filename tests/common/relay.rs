@@ -2,7 +2,7 @@
 //! application does, and reading back what reached the embedded log.
 
 use super::pg::{TestDb, connect};
-use outboxd::config::{Config, DbUrl};
+use outboxd::config::{Config, DbUrl, SourceMode};
 use outboxd::log::{LogReader, Record};
 use outboxd::sink::AnySink;
 use outboxd::source::AnySource;
@@ -24,6 +24,37 @@ pub fn config_for(db: &TestDb, log_dir: &Path) -> Config {
     // Relays run side by side in tests: let each bind a free port.
     config.http.listen = "127.0.0.1:0".into();
     config
+}
+
+/// A configuration for `db` in `mode` that writes the log under `log`; in logical mode with a
+/// slot and publication of its own (named after the database, as slots count cluster-wide)
+/// and a short heartbeat.
+pub fn config_in(mode: SourceMode, db: &TestDb, log: &Path) -> Config {
+    let mut config = config_for(db, log);
+    config.source.mode = mode;
+    config.source.logical.slot = db.name.clone();
+    config.source.logical.publication = db.name.clone();
+    config.source.logical.heartbeat_interval_ms = 200;
+    config
+}
+
+/// Drops the test's slot, so the cluster-wide slot count stays low.
+pub async fn drop_slot(db: &TestDb) {
+    let client = connect(&db.url).await;
+    // The relay may still be letting go of it: retry briefly.
+    for _ in 0..100 {
+        let dropped = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&db.name],
+            )
+            .await;
+        if dropped.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A relay running inside the test process.
