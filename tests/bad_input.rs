@@ -1,32 +1,148 @@
-//! Bad rows, bad configuration, and outbox tables that already exist.
+//! Bad rows, bad configuration, and outbox tables that already exist. The hostile-rows matrix
+//! (issue #10) runs in both source modes.
 
 mod common;
 
+use common::http::{get, sample};
 use common::pg::{connect, test_db};
 use common::relay::*;
+use outboxd::config::SourceMode;
 use std::time::Duration;
+use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_rows_are_marked_failed_with_a_reason_and_the_rest_keep_flowing() {
-    // Given a Debezium-style outbox that already exists, with its own column names, nullable
-    // columns and a text payload, and a relay configured for it with a small record limit
+/// The `created_at` of every row of the matrix but one.
+const CREATED_AT: &str = "2020-01-02 03:04:05.678";
+
+/// One row of the hostile-rows matrix, and what must become of it.
+struct Row {
+    /// Event id; two rows share one to make a duplicate.
+    id: Uuid,
+    /// Aggregate type (`kind`).
+    kind: Option<String>,
+    /// Aggregate id (`entity`).
+    entity: Option<String>,
+    /// Event type (`name`); names the row in messages.
+    name: String,
+    /// Payload (`body`, a text column, so it can hold anything).
+    body: Option<String>,
+    /// Headers (`hdrs`, a text column too).
+    hdrs: Option<String>,
+    /// `created_at`, as SQL text.
+    created_at: &'static str,
+    /// `None`: relayed intact; otherwise the beginning of its dead-letter reason.
+    dead: Option<&'static str>,
+}
+
+impl Row {
+    /// A row of aggregate type `k` that is relayed intact.
+    fn good(entity: &str, name: &str, body: &str) -> Row {
+        Row {
+            id: Uuid::new_v4(),
+            kind: Some("k".into()),
+            entity: Some(entity.into()),
+            name: name.into(),
+            body: Some(body.into()),
+            hdrs: None,
+            created_at: CREATED_AT,
+            dead: None,
+        }
+    }
+
+    /// Like `self`, but a dead letter with a reason starting `reason`.
+    fn dead(self, reason: &'static str) -> Row {
+        Row {
+            dead: Some(reason),
+            ..self
+        }
+    }
+}
+
+/// Every kind of hostile row, each in an aggregate of its own, between two good events of
+/// aggregate `a`.
+fn hostile_rows() -> Vec<Row> {
+    let huge = format!("{{\"blob\":\"{}\"}}", "x".repeat(16 << 20));
+    let duplicate = Uuid::new_v4();
+    let control = "\u{1}\t\u{7f}\u{1b}[31m\u{202e}\u{feff}\u{2028}\r\n";
+    vec![
+        Row::good("a", "Good1", "{\"seq\":1}"),
+        Row {
+            entity: None,
+            ..Row::good("-", "NullKey", "{}").dead("aggregate id is NULL")
+        },
+        Row::good("", "EmptyKey", "{}").dead("aggregate id is empty"),
+        Row {
+            kind: None,
+            ..Row::good("b", "NullKind", "{}").dead("aggregate type is NULL")
+        },
+        Row::good("c", "NotJson", "{oops").dead("payload is not valid JSON"),
+        Row::good("d", "RawControl", "{\"s\":\"a\u{1}b\"}").dead("payload is not valid JSON"),
+        Row::good("e", "Huge", &huge).dead("record of"),
+        Row {
+            hdrs: Some("[1,2]".into()),
+            ..Row::good("f", "HeadersArray", "{}").dead("headers must be a JSON object")
+        },
+        Row {
+            hdrs: Some("null".into()),
+            ..Row::good("g", "HeadersNull", "{}").dead("headers must be a JSON object")
+        },
+        Row {
+            hdrs: Some("nope".into()),
+            ..Row::good("h", "HeadersNotJson", "{}").dead("headers are not valid JSON")
+        },
+        Row {
+            id: duplicate,
+            ..Row::good("dup", "Duplicate1", "{\"n\":1}")
+        },
+        Row {
+            id: duplicate,
+            ..Row::good("dup", "Duplicate2", "{\"n\":2}")
+        },
+        Row {
+            kind: Some(format!("k{control}é")),
+            entity: Some(format!("ü{control}😀")),
+            name: format!("Unicode{control}"),
+            body: Some(r#"{"s":"zażółć \u0000 \u001f \ud83d\ude00 😀","\u2028":[]}"#.into()),
+            hdrs: Some(r#"{"h\n":"v\u0001 ☃","n":1,"o":{"x":null}}"#.into()),
+            ..Row::good("-", "-", "-")
+        },
+        Row {
+            created_at: "infinity",
+            ..Row::good("i", "InfiniteTime", "{}")
+        },
+        Row::good("a", "Good2", "{\"seq\":2}"),
+    ]
+}
+
+/// Hostile rows in `mode`: each is relayed intact or becomes a dead letter with its reason
+/// (logged, counted in `outboxd_dead_letters_total`, and in polling mode marked failed on its
+/// row), and none stops the flow: the good event written after them all arrives.
+async fn hostile_rows_are_relayed_intact_or_dead_lettered_and_never_stop_the_flow(
+    mode: SourceMode,
+) {
+    // Given a Debezium-style outbox with its own column names, nullable columns, text payload
+    // and headers, a created_at without time zone and no primary key, and a relay process (so
+    // the metrics are its own). The database's time zone is UTC, the zone logical mode reads a
+    // timestamp without time zone in, so both modes read created_at alike.
     let db = test_db().await;
     let client = connect(&db.url).await;
     client
-        .batch_execute(
-            "CREATE SCHEMA app;
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET timezone = 'UTC';
+             CREATE SCHEMA app;
              CREATE TABLE app.events (
-                 event_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-                 kind varchar(255), entity varchar(255), name varchar(255), body text
+                 event_id uuid NOT NULL DEFAULT gen_random_uuid(),
+                 kind varchar(255), entity varchar(255), name varchar(255), body text, hdrs text,
+                 created_at timestamp NOT NULL DEFAULT now()
              );",
-        )
+            db.name
+        ))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let mut config = config_for(&db, &log);
+    let mut config = config_in(mode, &db, &log);
     config.source.table.schema = "app".into();
     config.source.table.name = "events".into();
     let columns = &mut config.source.columns;
@@ -35,66 +151,115 @@ async fn bad_rows_are_marked_failed_with_a_reason_and_the_rest_keep_flowing() {
     columns.aggregate_id = "entity".into();
     columns.event_type = "name".into();
     columns.payload = "body".into();
-    config.sink.log.max_record_bytes = 4096;
-    let relay = InProcessRelay::start(&config).await;
+    columns.headers = "hdrs".into();
+    migrate(&config).await;
+    let mut relay = RelayProcess::spawn(&config, dir.path(), "relay", &["run"]);
+    let addr = relay.http_addr().await;
 
-    // When good rows and bad rows are committed together
-    let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(10_000));
-    let rows: [(Option<&str>, &str, &str); 6] = [
-        (Some("a"), "Good1", "{\"ok\":1}"),
-        (None, "NullKey", "{}"),
-        (Some("b"), "NotJson", "{oops"),
-        (Some("c"), "TooBig", &big),
-        (Some("d"), "Unicode", "{\"s\":\"zażółć \\u0000 \u{1F600}\"}"),
-        (Some("a"), "Good2", "{\"ok\":2}"),
-    ];
-    for (entity, name, body) in rows {
+    // When the rows are committed, one transaction each
+    let rows = hostile_rows();
+    for row in &rows {
         client
             .execute(
-                "INSERT INTO app.events (kind, entity, name, body) VALUES ('k', $1, $2, $3)",
-                &[&entity, &name, &body],
+                "INSERT INTO app.events (event_id, kind, entity, name, body, hdrs, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::text::timestamp)",
+                &[
+                    &row.id,
+                    &row.kind,
+                    &row.entity,
+                    &row.name,
+                    &row.body,
+                    &row.hdrs,
+                    &row.created_at,
+                ],
             )
             .await
             .unwrap();
     }
 
-    // Then the good rows arrive in order, and each bad row is failed with its reason
-    let logs = wait_for_events(&[&log], 3, WAIT).await;
-    let names: Vec<&str> = logs[0]
-        .iter()
-        .map(|r| r.event.event_type.as_str())
-        .collect();
-    assert_eq!(names, vec!["Good1", "Unicode", "Good2"]);
+    // Then the good rows arrive intact and in order, the last one too
+    let good: Vec<&Row> = rows.iter().filter(|row| row.dead.is_none()).collect();
+    let dead: Vec<&Row> = rows.iter().filter(|row| row.dead.is_some()).collect();
+    wait_for_records(&log, good.len()).await;
+    let records = read_log(&log);
+    assert_eq!(records.len(), good.len(), "{mode:?}: {records:?}");
+    for (record, row) in records.iter().zip(&good) {
+        let event = &record.event;
+        let name = &row.name;
+        assert_eq!(event.id, row.id.to_string(), "{mode:?} {name}");
+        assert_eq!(
+            Some(&event.aggregate_type),
+            row.kind.as_ref(),
+            "{mode:?} {name}"
+        );
+        assert_eq!(
+            Some(&event.aggregate_id),
+            row.entity.as_ref(),
+            "{mode:?} {name}"
+        );
+        assert_eq!(&event.event_type, name, "{mode:?}");
+        assert_eq!(
+            Some(event.payload.get()),
+            row.body.as_deref(),
+            "{mode:?} {name}"
+        );
+        let headers = event.headers.as_ref().map(|h| h.get());
+        assert_eq!(headers, row.hdrs.as_deref(), "{mode:?} {name}");
+        if row.created_at == CREATED_AT {
+            let created_at = event.created_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string();
+            assert_eq!(created_at, CREATED_AT, "{mode:?} {name}");
+        }
+    }
+
+    // And each hostile row that is not relayed is logged with its id and reason, and counted
+    for row in &dead {
+        let id = row.id.to_string();
+        let reason = format!("reason={}", row.dead.unwrap());
+        relay.wait_for_log_line(&[&id, &reason], WAIT).await;
+    }
+    let counted = "outboxd_dead_letters_total";
     let deadline = std::time::Instant::now() + WAIT;
-    let failed = loop {
-        let rows = client
+    let metrics = loop {
+        let (_, metrics) = get(addr, "/metrics").await;
+        if sample(&metrics, counted) >= dead.len() as f64 || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(sample(&metrics, counted), dead.len() as f64, "{mode:?}");
+
+    // And in polling mode, each is marked failed on its row with the reason
+    if mode == SourceMode::Poll {
+        let failed = client
             .query(
-                "SELECT name, last_error FROM app.events WHERE failed_at IS NOT NULL ORDER BY position",
+                "SELECT event_id, last_error FROM app.events WHERE failed_at IS NOT NULL \
+                 ORDER BY position",
                 &[],
             )
             .await
             .unwrap();
-        if rows.len() == 3 || std::time::Instant::now() > deadline {
-            break rows;
+        assert_eq!(failed.len(), dead.len());
+        for (row, expected) in failed.iter().zip(&dead) {
+            let (id, reason): (Uuid, String) = (row.get(0), row.get(1));
+            assert_eq!(id, expected.id);
+            let prefix = expected.dead.unwrap();
+            assert!(reason.starts_with(prefix), "{}: {reason}", expected.name);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    relay.stop().await;
-    let failed: Vec<(String, String)> = failed.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(failed.len(), 3, "{failed:?}");
-    assert_eq!(failed[0], ("NullKey".into(), "aggregate id is NULL".into()));
-    assert_eq!(failed[1].0, "NotJson");
-    assert!(
-        failed[1].1.starts_with("payload is not valid JSON"),
-        "{}",
-        failed[1].1
-    );
-    assert_eq!(failed[2].0, "TooBig");
-    assert!(
-        failed[2].1.contains("sink.log.max_record_bytes"),
-        "{}",
-        failed[2].1
-    );
+    }
+    relay.kill();
+    drop_slot(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_mode_hostile_rows_are_relayed_intact_or_dead_lettered_and_never_stop_the_flow() {
+    hostile_rows_are_relayed_intact_or_dead_lettered_and_never_stop_the_flow(SourceMode::Poll)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_mode_hostile_rows_are_relayed_intact_or_dead_lettered_and_never_stop_the_flow() {
+    hostile_rows_are_relayed_intact_or_dead_lettered_and_never_stop_the_flow(SourceMode::Logical)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,18 +2,20 @@
 
 mod common;
 
+use common::http::{get, sample, wait_ready};
 use common::pg::test_db;
 use common::relay::*;
 use outboxd::error::{Error, ErrorKind, Result};
 use outboxd::event::Event;
 use outboxd::sink::{AnySink, Outcome, Sink};
 use outboxd::source::PollSource;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+/// How long `/readyz` may take to follow the sink.
+const READY_WAIT: Duration = Duration::from_secs(30);
 
 /// A sink that fails with a transient error while `failing` is set, and otherwise passes
 /// events to the real sink.
@@ -44,44 +46,6 @@ impl Sink for FlakySink {
 
     fn name(&self) -> &'static str {
         "log"
-    }
-}
-
-/// GETs `path` with a bare HTTP/1.1 request; returns status code and body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample line starting with `series` (name plus labels).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .map(|value| value.parse().unwrap())
-        .unwrap_or(0.0)
-}
-
-/// Polls `/readyz` until it answers `status`.
-async fn wait_ready(addr: SocketAddr, status: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, body) = get(addr, "/readyz").await;
-        if code == status {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "/readyz stayed {code}: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -142,12 +106,12 @@ async fn metrics_count_what_was_relayed_and_readyz_follows_the_sink() {
     assert!(sample(&metrics, "outboxd_last_publish_timestamp_seconds") > 1.7e9);
     assert_eq!(sample(&metrics, "outboxd_source_up"), 1.0);
     assert!(metrics.contains("outboxd_build_info{version="), "{metrics}");
-    wait_ready(addr, 200).await;
+    wait_ready(addr, 200, READY_WAIT).await;
 
     // When the sink starts failing and an event is written, /readyz says not ready
     failing.store(true, Ordering::SeqCst);
     write_events(&db, 1, 1, 10).await;
-    let body = wait_ready(addr, 503).await;
+    let body = wait_ready(addr, 503, READY_WAIT).await;
     assert!(body.contains("sink: down"), "{body}");
     let (_, metrics) = get(addr, "/metrics").await;
     assert!(sample(&metrics, r#"outboxd_publish_retries_total{sink="log"}"#) >= 1.0);
@@ -155,7 +119,7 @@ async fn metrics_count_what_was_relayed_and_readyz_follows_the_sink() {
     // And when it recovers, the event arrives and /readyz is ready again
     failing.store(false, Ordering::SeqCst);
     wait_for_events(&[&log], 301, Duration::from_secs(60)).await;
-    wait_ready(addr, 200).await;
+    wait_ready(addr, 200, READY_WAIT).await;
     shutdown.cancel();
     relay.await.unwrap().unwrap();
 }

@@ -40,9 +40,9 @@
 //! (`batch`: before `append` returns; `interval`: by a [`Syncer`] that callers wait on;
 //! `none`: at segment close only). Creating a segment also fsyncs the directory. A crash can
 //! therefore leave only the newest segment with a torn tail, which the writer cuts off when it
-//! opens; damage followed by valid records is corruption and stops the writer instead. After a
-//! failed write or fsync the writer is poisoned and refuses every further append (see
-//! [`LogWriter`]).
+//! opens; damage followed by valid records is corruption and stops the writer instead. A failed
+//! write (a full disk) is cut back off the log at once and can be retried; after a failed fsync
+//! the writer is poisoned and refuses every further append (see [`LogWriter`]).
 //!
 //! # Retention
 //!

@@ -1,13 +1,19 @@
 //! The one writer of a log directory: appends batches, rolls segments by size and age, keeps
-//! their sparse indexes, applies retention, and refuses to go on after a failed write or fsync.
+//! their sparse indexes, applies retention, cuts a failed write back off the log, and refuses
+//! to go on after a failed fsync.
 
+mod cut_back;
+
+#[cfg(test)]
+use self::cut_back::FailWrite;
+use self::cut_back::{Failure, IoFailure};
 use super::index::{self, Entry, Sampler};
 use super::record::{self, NewRecord};
 use super::{Durability, WriterOptions, recovery, retention, segment};
 use crate::error::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,9 +29,17 @@ const RETENTION_CHECK: Duration = Duration::from_secs(60);
 /// Durability: with [`Durability::Batch`], [`append`](LogWriter::append) returns offsets only
 /// after the records' bytes are fdatasynced (and, for a new segment, the directory too); with
 /// the other modes it returns after write(2) and [`sync`](LogWriter::sync) (or the syncer of
-/// [`super::Syncer`]) makes them durable. After a failed write or fsync the writer is
-/// poisoned: the kernel may have dropped the dirty pages while reporting the error only once,
-/// so retrying could "succeed" without the data on disk. Every later append fails with
+/// [`super::Syncer`]) makes them durable.
+///
+/// Failures: a failed write(2) (a full disk, `ENOSPC`) is reported by the kernel at once and
+/// for that call only, so the writer cuts the log back to where the append began (removing
+/// segments it started, truncating partial frames and index entries, fsyncing the cut) and
+/// returns a retryable [`ErrorKind::SinkUnavailable`]: the same append may be tried again once
+/// there is space, and gets the same offsets. Readers may have seen whole records of the failed
+/// append meanwhile; a retry of the same batch puts the same events back at those offsets.
+/// After a failed fsync, or a cut-back that itself failed, the writer is poisoned instead: the
+/// kernel may have dropped dirty pages while reporting the error only once, so retrying could
+/// "succeed" without the data on disk. Every later append fails with
 /// [`ErrorKind::SinkPoisoned`]; reopening (after a restart) recovers from what is on disk.
 #[derive(Debug)]
 pub struct LogWriter {
@@ -39,12 +53,16 @@ pub struct LogWriter {
     segment: File,
     /// Path of `segment`, for messages.
     segment_path: PathBuf,
+    /// Base offset of `segment`.
+    segment_base: u64,
     /// Bytes in `segment`, all of them whole valid frames.
     segment_len: u64,
     /// Append time of the first record of `segment`, `None` while it is empty.
     segment_first_at: Option<DateTime<Utc>>,
     /// The sparse index of `segment`, opened for appending.
     index: File,
+    /// Bytes in `index`, so a failed append can cut its entries off again.
+    index_len: u64,
     /// Decides which records of `segment` get an index entry.
     sampler: Sampler,
     /// Append time of the last record; appends never go back in time, so seeking by time can
@@ -54,8 +72,11 @@ pub struct LogWriter {
     next_offset: u64,
     /// When retention last ran.
     retention_checked: Instant,
-    /// Set by the first failed write or fsync: what failed, for every later error.
+    /// Set by the first failed fsync (or failed cut-back): what failed, for every later error.
     poisoned: Option<String>,
+    /// Test hook: makes a coming segment write fail part-way, as on a full disk.
+    #[cfg(test)]
+    fail_write: Option<FailWrite>,
 }
 
 impl LogWriter {
@@ -75,7 +96,7 @@ impl LogWriter {
         let base = match bases.last() {
             Some(&base) => base,
             None => {
-                create_segment(dir, 0).map_err(|(what, err)| Error::io(what, err))?;
+                create_segment(dir, 0).map_err(Failure::into_error)?;
                 0
             }
         };
@@ -93,6 +114,7 @@ impl LogWriter {
         }
         let index = open_append(&segment::index_path(dir, base))
             .map_err(|(what, err)| Error::io(what, err))?;
+        let index_len = (recovered.entries.len() * index::ENTRY_LEN) as u64;
         let mut sampler = Sampler::new(interval);
         if let Some(last) = recovered.entries.last() {
             sampler.take(last.pos);
@@ -104,14 +126,18 @@ impl LogWriter {
             _lock: lock,
             segment,
             segment_path,
+            segment_base: base,
             segment_len: recovered.valid_bytes,
             segment_first_at: recovered.first_at,
             index,
+            index_len,
             sampler,
             last_at: recovered.last_at.unwrap_or(DateTime::UNIX_EPOCH),
             next_offset: recovered.next_offset,
             retention_checked: Instant::now(),
             poisoned: None,
+            #[cfg(test)]
+            fail_write: None,
         })
     }
 
@@ -119,9 +145,12 @@ impl LogWriter {
     /// (first..last+1) — after an fdatasync with [`Durability::Batch`], after write(2)
     /// otherwise. Blocking: call it from a blocking thread.
     ///
-    /// If the append fails, no offsets are assigned, but records may be on disk; they are
-    /// found again on reopen, so a caller retrying after a restart may store them twice unless
-    /// it checks what the log already holds (the log sink does).
+    /// If a write fails (a full disk), the log is cut back to where it stood and the error is
+    /// retryable ([`ErrorKind::SinkUnavailable`]): nothing of the batch stays, and appending it
+    /// again later gives it the same offsets. If an fsync fails, the writer is poisoned
+    /// ([`ErrorKind::SinkPoisoned`]) and records may be on disk; they are found again on
+    /// reopen, so a caller retrying after a restart may store them twice unless it checks what
+    /// the log already holds (the log sink does).
     pub fn append(&mut self, batch: &[NewRecord<'_>]) -> Result<Range<u64>> {
         self.check_poisoned()?;
         let first = self.next_offset;
@@ -137,9 +166,12 @@ impl LogWriter {
             record::encode_frame(&mut buf, offset, appended_at, record)?;
             frame_ends.push(buf.len());
         }
-        let rolled = self
-            .write_frames(&buf, &frame_ends, first, appended_at)
-            .map_err(|failure| self.poison(failure))?;
+        let mark = self.mark();
+        let rolled = match self.write_frames(&buf, &frame_ends, first, appended_at) {
+            Ok(rolled) => rolled,
+            Err(Failure::Write(failure)) => return Err(self.cut_back(mark, failure)),
+            Err(Failure::Sync(failure)) => return Err(self.poison(failure)),
+        };
         self.last_at = appended_at;
         self.next_offset = first + batch.len() as u64;
         if rolled || self.retention_checked.elapsed() >= RETENTION_CHECK {
@@ -175,9 +207,9 @@ impl LogWriter {
         Ok((file, self.next_offset))
     }
 
-    /// Poisons the writer after a failed write or fsync (also one done by a syncer on a handle
-    /// from [`sync_target`](Self::sync_target)), returning the error to report.
-    pub(crate) fn poison(&mut self, (what, err): (String, io::Error)) -> Error {
+    /// Poisons the writer after a failed fsync (also one done by a syncer on a handle from
+    /// [`sync_target`](Self::sync_target)) or a failed cut-back, returning the error to report.
+    pub(crate) fn poison(&mut self, (what, err): IoFailure) -> Error {
         let cause = format!("{what}: {err}");
         let message = poisoned_message(&cause);
         tracing::error!(error = %cause, "embedded log poisoned");
@@ -232,7 +264,7 @@ impl LogWriter {
         frame_ends: &[usize],
         first: u64,
         appended_at: DateTime<Utc>,
-    ) -> Result<bool, (String, io::Error)> {
+    ) -> Result<bool, Failure> {
         let mut rolled = false;
         let mut entries = Vec::new();
         let mut chunk_start = 0;
@@ -272,18 +304,17 @@ impl LogWriter {
 
     /// Writes whole frames to the current segment (fdatasyncing them in batch mode), then
     /// their index entries. The index is a hint and is not fsynced here.
-    fn write_chunk(&mut self, chunk: &[u8], entries: &[Entry]) -> Result<(), (String, io::Error)> {
+    fn write_chunk(&mut self, chunk: &[u8], entries: &[Entry]) -> Result<(), Failure> {
         if chunk.is_empty() {
             return Ok(());
         }
-        let path = &self.segment_path;
-        self.segment
-            .write_all(chunk)
-            .map_err(|err| (format!("writing {}", path.display()), err))?;
+        let path = self.segment_path.display().to_string();
+        self.write_segment(chunk)
+            .map_err(|err| Failure::Write((format!("writing {path}"), err)))?;
         if self.options.durability.syncs_each_append() {
             self.segment
                 .sync_data()
-                .map_err(|err| (format!("fsyncing {}", path.display()), err))?;
+                .map_err(|err| Failure::Sync((format!("fsyncing {path}"), err)))?;
         }
         self.segment_len += chunk.len() as u64;
         if !entries.is_empty() {
@@ -293,28 +324,31 @@ impl LogWriter {
             }
             self.index
                 .write_all(&bytes)
-                .map_err(|err| (format!("writing the index of {}", path.display()), err))?;
+                .map_err(|err| Failure::Write((format!("writing the index of {path}"), err)))?;
+            self.index_len += bytes.len() as u64;
         }
         Ok(())
     }
 
     /// Closes the current segment (fsyncing it unless the mode is `none`, and its index) and
     /// starts a new one whose first record will have offset `base`.
-    fn roll(&mut self, base: u64) -> Result<(), (String, io::Error)> {
-        let path = &self.segment_path;
+    fn roll(&mut self, base: u64) -> Result<(), Failure> {
+        let path = self.segment_path.display();
         if self.options.durability != Durability::None {
             self.segment
                 .sync_data()
-                .map_err(|err| (format!("fsyncing {}", path.display()), err))?;
+                .map_err(|err| Failure::Sync((format!("fsyncing {path}"), err)))?;
         }
         self.index
             .sync_data()
-            .map_err(|err| (format!("fsyncing the index of {}", path.display()), err))?;
+            .map_err(|err| Failure::Sync((format!("fsyncing the index of {path}"), err)))?;
         let (segment, segment_path) = create_segment(&self.dir, base)?;
-        self.index = open_append(&segment::index_path(&self.dir, base))?;
+        self.index = open_append(&segment::index_path(&self.dir, base)).map_err(Failure::Write)?;
         self.segment = segment;
         self.segment_path = segment_path;
+        self.segment_base = base;
         self.segment_len = 0;
+        self.index_len = 0;
         self.segment_first_at = None;
         self.sampler = Sampler::new(self.options.index_interval_bytes);
         Ok(())
@@ -338,7 +372,7 @@ fn ensure_index(dir: &Path, base: u64, interval: u64) -> Result<()> {
 }
 
 /// Opens (creating if needed) a file for appending.
-fn open_append(path: &Path) -> Result<File, (String, io::Error)> {
+fn open_append(path: &Path) -> Result<File, IoFailure> {
     OpenOptions::new()
         .append(true)
         .create(true)
@@ -386,23 +420,23 @@ fn lock(dir: &Path) -> Result<File> {
 
 /// Creates the empty segment with base offset `base` and fsyncs the directory so the new file
 /// survives a crash. Returns the file, opened for appending, and its path.
-fn create_segment(dir: &Path, base: u64) -> Result<(File, PathBuf), (String, io::Error)> {
+fn create_segment(dir: &Path, base: u64) -> Result<(File, PathBuf), Failure> {
     let path = segment::path(dir, base);
     let file = OpenOptions::new()
         .append(true)
         .create_new(true)
         .open(&path)
-        .map_err(|err| (format!("creating log segment {}", path.display()), err))?;
+        .map_err(|err| Failure::Write((format!("creating log segment {}", path.display()), err)))?;
     segment::sync_dir(dir)
-        .map_err(|err| (format!("fsyncing log directory {}", dir.display()), err))?;
+        .map_err(|err| Failure::Sync((format!("fsyncing log directory {}", dir.display()), err)))?;
     Ok((file, path))
 }
 
 /// The message of every error from a poisoned writer; `cause` says what failed first.
 fn poisoned_message(cause: &str) -> String {
     format!(
-        "embedded log is poisoned after a failed write/fsync: {cause}; restart outboxd after \
-         fixing the disk"
+        "embedded log is poisoned after a failed fsync or cut-back: {cause}; restart outboxd \
+         after fixing the disk"
     )
 }
 
@@ -519,8 +553,8 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_poisons_the_writer_for_good() {
-        // given a writer whose segment handle can no longer be written
+    fn a_failed_write_that_cannot_be_cut_back_poisons_the_writer_for_good() {
+        // given a writer whose segment handle can no longer be written (nor truncated)
         let dir = tempfile::tempdir().unwrap();
         let mut writer = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
         append_range(&mut writer, 0..2, 10);
@@ -529,7 +563,8 @@ mod tests {
             File::open(&writer.segment_path).unwrap(),
         );
 
-        // when an append fails, then it and every later append report poisoning
+        // when an append fails and cutting it back fails too, then it and every later append
+        // report poisoning, naming both failures
         let sent = event(2, 10);
         let batch = [NewRecord {
             topic: "orders",
@@ -542,6 +577,7 @@ mod tests {
         let err = writer.append(&batch).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::SinkPoisoned);
         assert!(err.to_string().contains("writing"), "{err}");
+        assert!(err.to_string().contains("then truncating"), "{err}");
         // and no offsets were assigned
         assert_eq!(writer.next_offset(), 2);
     }

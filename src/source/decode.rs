@@ -25,7 +25,7 @@ pub struct PendingRow {
     pub payload: Option<String>,
     /// Headers as text.
     pub headers: Option<String>,
-    /// When the row was written.
+    /// When the row was written; `None` if NULL or beyond what chrono can represent.
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -41,7 +41,11 @@ impl PendingRow {
             event_type: row.get(5),
             payload: row.get(6),
             headers: row.get(7),
-            created_at: row.get(8),
+            // `infinity` or a year past 262143 is a valid timestamptz that chrono cannot hold.
+            // Such a row is still an event, stamped when decoded (as logical mode stamps it
+            // with its commit time); `get` would panic, and the relay would crash on the same
+            // row after every restart.
+            created_at: row.try_get(8).ok().flatten(),
         }
     }
 }

@@ -102,6 +102,38 @@ impl TestKafka {
     }
 }
 
+impl TestKafka {
+    /// Every record on `topic`, repeats included: counts them by the partitions' watermarks
+    /// (call once nothing more is being produced), then reads that many.
+    pub async fn read_whole_topic(&self, topic: &str, timeout: Duration) -> Vec<Received> {
+        let bootstrap = self.bootstrap.clone();
+        let name = topic.to_string();
+        let count = tokio::task::spawn_blocking(move || record_count(&bootstrap, &name))
+            .await
+            .expect("watermarks task");
+        self.read_topic(topic, count, timeout).await
+    }
+}
+
+/// How many records `topic` holds, by the low and high watermarks of each partition.
+fn record_count(bootstrap: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut count = 0;
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        count += (high - low) as usize;
+    }
+    count
+}
+
 /// One record as a consumer saw it.
 #[derive(Debug)]
 pub struct Received {

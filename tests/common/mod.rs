@@ -4,7 +4,10 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod disk;
 pub mod faults;
+pub mod http;
 pub mod kafka;
 pub mod pg;
+pub mod proxy;
 pub mod relay;

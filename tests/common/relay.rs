@@ -26,6 +26,37 @@ pub fn config_for(db: &TestDb, log_dir: &Path) -> Config {
     config
 }
 
+/// A configuration for `db` in `mode` that writes the log under `log`; in logical mode with a
+/// slot and publication of its own (named after the database, as slots count cluster-wide)
+/// and a short heartbeat.
+pub fn config_in(mode: SourceMode, db: &TestDb, log: &Path) -> Config {
+    let mut config = config_for(db, log);
+    config.source.mode = mode;
+    config.source.logical.slot = db.name.clone();
+    config.source.logical.publication = db.name.clone();
+    config.source.logical.heartbeat_interval_ms = 200;
+    config
+}
+
+/// Drops the test's slot, so the cluster-wide slot count stays low.
+pub async fn drop_slot(db: &TestDb) {
+    let client = connect(&db.url).await;
+    // The relay may still be letting go of it: retry briefly.
+    for _ in 0..100 {
+        let dropped = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&db.name],
+            )
+            .await;
+        if dropped.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A relay running inside the test process.
 pub struct InProcessRelay {
     /// Cancels the relay.
@@ -81,23 +112,75 @@ pub async fn migrate(config: &Config) {
 pub struct RelayProcess {
     /// The child.
     pub child: Child,
+    /// Where its stderr (the log) goes.
+    pub log: PathBuf,
 }
 
 impl RelayProcess {
     /// Starts `outboxd <args>` with `config` written to a file in `dir`, stderr to `dir/<name>.log`.
     pub fn spawn(config: &Config, dir: &Path, name: &str, args: &[&str]) -> Self {
+        RelayProcess::spawn_with_env(config, dir, name, args, &[])
+    }
+
+    /// Like [`RelayProcess::spawn`], with extra environment variables: the way to hand it a
+    /// secret (e.g. `OUTBOXD_SINK__AMQP__URL` with a password), which the written config masks.
+    pub fn spawn_with_env(
+        config: &Config,
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let path = write_config(config, dir, name);
-        let stderr = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_outboxd"))
             .arg("--config")
             .arg(&path)
             .args(args)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .expect("spawn outboxd");
-        RelayProcess { child }
+        RelayProcess { child, log }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a line of its log contains every one of `needles`, and returns that line;
+    /// panics with the log if `timeout` passes or the process exits first.
+    pub async fn wait_for_log_line(&mut self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_string();
+            }
+            let exited = self.child.try_wait().expect("try_wait");
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "no log line with {needles:?} (exited: {exited:?}):\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The address its HTTP endpoint bound (configure `http.listen = "127.0.0.1:0"`), read from
+    /// its start-up log line.
+    pub async fn http_addr(&mut self) -> std::net::SocketAddr {
+        let line = self
+            .wait_for_log_line(&["serving /metrics"], Duration::from_secs(60))
+            .await;
+        let addr = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        addr.parse().expect("socket address")
     }
 
     /// SIGKILL, and reap.

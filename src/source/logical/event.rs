@@ -7,7 +7,7 @@ use crate::config::ColumnsConfig;
 use crate::event::{Event, Position, Rejected};
 use crate::source::decode::{PendingRow, decode};
 use crate::source::pgoutput::{Relation, Value};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -79,12 +79,17 @@ pub fn from_row(
     Ok(event)
 }
 
-/// Parses `timestamptz` in the text form the replication session produces (`DateStyle = ISO`,
-/// `TimeZone = UTC`, pinned at connect), e.g. `2026-11-23 19:19:00.123456+00`.
+/// Parses a `created_at` in the text form the replication session produces (`DateStyle = ISO`,
+/// `TimeZone = UTC`, pinned at connect): `timestamptz` as `2026-11-23 19:19:00.123456+00`, and
+/// `timestamp` (as Debezium-style tables often have) without the offset, which is read in that
+/// session zone, UTC, as casting it to `timestamptz` there would. `None` for anything else
+/// (`infinity`, BC dates); the caller falls back to the commit time.
 fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
-        .ok()
+    const ISO: &str = "%Y-%m-%d %H:%M:%S%.f";
+    DateTime::parse_from_str(text, &format!("{ISO}%#z"))
         .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| NaiveDateTime::parse_from_str(text, ISO).map(|t| t.and_utc()))
+        .ok()
 }
 
 /// The JSON body of an event message: `pg_logical_emit_message(true, '<prefix>', <json>)`.
@@ -202,6 +207,42 @@ mod tests {
             event.created_at.to_rfc3339(),
             "2026-11-23T19:19:00.500+00:00"
         );
+    }
+
+    #[test]
+    fn created_at_with_and_without_time_zone_is_kept_and_anything_else_is_the_commit_time() {
+        // given rows whose created_at is a timestamptz, a timestamp, and infinity
+        let columns = Columns::of(&outbox(), &ColumnsConfig::default());
+        let commit_time = pg_time(0);
+        let created_at = |text: &'static str| {
+            let values = [
+                Value::Text(b"6f1c"),
+                Value::Text(b"order"),
+                Value::Text(b"42"),
+                Value::Text(b"OrderPlaced"),
+                Value::Text(b"{}"),
+                Value::Null,
+                Value::Text(text.as_bytes()),
+            ];
+            let event = from_row(&columns, &values, Position(7), commit_time).unwrap();
+            event.created_at.to_rfc3339()
+        };
+
+        // then a time zone is applied, a timestamp without one is UTC (the session's zone),
+        // and a value chrono cannot hold falls back to the commit time
+        assert_eq!(
+            created_at("2020-01-02 03:04:05.678+05:30"),
+            "2020-01-01T21:34:05.678+00:00"
+        );
+        assert_eq!(
+            created_at("2020-01-02 03:04:05.678"),
+            "2020-01-02T03:04:05.678+00:00"
+        );
+        assert_eq!(
+            created_at("2020-01-02 03:04:05"),
+            "2020-01-02T03:04:05+00:00"
+        );
+        assert_eq!(created_at("infinity"), commit_time.to_rfc3339());
     }
 
     #[test]
