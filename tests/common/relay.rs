@@ -414,33 +414,3 @@ pub async fn wait_sent_at_least(db: &TestDb, count: i64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-
-/// A configuration for `db` in `mode`; in logical mode with a slot and publication of its own
-/// and a short heartbeat.
-pub fn config_in(mode: SourceMode, db: &TestDb, log: &Path) -> Config {
-    let mut config = config_for(db, log);
-    config.source.mode = mode;
-    config.source.logical.slot = db.name.clone();
-    config.source.logical.publication = db.name.clone();
-    config.source.logical.heartbeat_interval_ms = 200;
-    config
-}
-
-/// Drops the test's slot, so the cluster-wide slot count stays low.
-pub async fn drop_slot(db: &TestDb) {
-    let client = connect(&db.url).await;
-    // The relay may still be letting go of it: retry briefly.
-    for _ in 0..100 {
-        let dropped = client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1",
-                &[&db.name],
-            )
-            .await;
-        if dropped.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

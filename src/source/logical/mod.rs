@@ -330,7 +330,8 @@ impl LogicalSource {
         match event::from_message(content, lsn, txn.position, txn.commit_time) {
             Ok(event) => self.push(event),
             Err(reason) => {
-                tracing::error!(lsn = %at, reason, "invalid event message; skipped");
+                tracing::error!(lsn = %at, reason, "invalid event message; dead-lettered");
+                crate::metrics::get().dead_letters.inc();
             }
         }
     }
