@@ -302,7 +302,8 @@ pub struct RelayConfig {
     /// Parallel lanes: events are spread over them by a hash of the aggregate id, each lane
     /// publishes in order through its own sink handle (for RabbitMQ, its own connection), so a
     /// slow or failing aggregate holds up only its lane. Default 4. The embedded log always
-    /// runs one lane: it has one writer, and one lane keeps its records in commit order.
+    /// runs one lane: it has one writer, and one lane keeps its records in the order the source
+    /// handed them out (in logical mode, commit order).
     pub lanes: usize,
 }
 

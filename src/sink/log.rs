@@ -146,7 +146,8 @@ impl Sink for LogSink {
     }
 
     /// One: the log has one writer, so more lanes would only contend for it, and one lane
-    /// keeps the records in the order the source handed them out (commit order).
+    /// keeps the records in the order the source handed them out (in logical mode, commit
+    /// order).
     fn max_lanes(&self) -> usize {
         1
     }
