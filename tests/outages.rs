@@ -398,3 +398,37 @@ async fn kafka_brokers_all_down_for_30_s_mid_stream_lose_nothing_and_readyz_foll
     assert_eq!(distinct, 3000);
     assert_eq!(failed_rows(&db).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_reports_rabbitmq_going_away_and_coming_back_on_readyz() {
+    // Given a relay with nothing to send, connected to RabbitMQ through a proxy that can be cut
+    let Some(url) = rabbit().await else {
+        return;
+    };
+    let topology = Topology::declare(&url, "#").await;
+    let mut proxy = Proxy::start(broker_addr(&url));
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&db, &dir.path().join("log"));
+    topology.configure(&mut config);
+    migrate(&config).await;
+    let proxied = url_through(&topology.url, proxy.addr);
+    let env = [("OUTBOXD_SINK__AMQP__URL", proxied.as_str())];
+    let mut relay = RelayProcess::spawn_with_env(&config, dir.path(), "relay", &["run"], &env);
+    let addr = relay.http_addr().await;
+    wait_ready(addr, 200, WAIT).await;
+
+    // When the broker becomes unreachable, then /readyz says so without any event to send
+    proxy.cut().await;
+    let body = wait_ready(addr, 503, Duration::from_secs(20)).await;
+    assert!(body.contains("sink: down"), "{body}");
+
+    // When it is reachable again, then /readyz is ready again, and an event goes through
+    proxy.restore();
+    wait_ready(addr, 200, Duration::from_secs(20)).await;
+    create_aggregates(&db, 1).await;
+    write_events(&db, 1, 1, 1).await;
+    wait_settled(&db, 1, WAIT).await;
+    relay.kill();
+    topology.delete().await;
+}

@@ -31,9 +31,13 @@ use crate::source::{Batch, Source};
 use lane::Finished;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// How often the sink is probed while no lane publishes (see [`Sink::probe`]).
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Relays until `shutdown` is cancelled (returns `Ok`) or an error no retry can fix (returns it;
 /// e.g. a poisoned log after a failed fsync: nothing more is acknowledged, and `outboxd run`
@@ -178,15 +182,24 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
     /// Waits for the source's next batch; lanes finishing meanwhile are collected into
     /// `finished` (and the source woken, so they are settled promptly) while the fetch goes on,
     /// since a fetch cut short would be wasted work.
+    ///
+    /// While no lane publishes, the sink is probed every [`PROBE_INTERVAL`] so readiness
+    /// follows the broker even with nothing to send.
     async fn fetch(&mut self, finished: &mut Vec<Finished<K>>) -> Result<Option<Batch>> {
         let next = self.source.next_batch(&self.shutdown, &self.wake);
         tokio::pin!(next);
+        let probe = tokio::time::sleep(PROBE_INTERVAL);
+        tokio::pin!(probe);
         loop {
             tokio::select! {
                 batch = &mut next => return batch,
                 Some(done) = self.running.join_next() => {
                     finished.push(joined(done)?);
                     self.wake.notify_one();
+                }
+                _ = &mut probe, if self.running.is_empty() => {
+                    probe_idle(&mut self.lanes).await;
+                    probe.as_mut().reset(tokio::time::Instant::now() + PROBE_INTERVAL);
                 }
             }
         }
@@ -264,6 +277,19 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
         self.source.release(&settled.released);
         Ok(())
     }
+}
+
+/// Probes the sink through every idle lane's handle and sets the sink gauge from the result.
+async fn probe_idle<K: Sink>(lanes: &mut [Idle<K>]) {
+    let mut up = true;
+    for sink in lanes.iter_mut().filter_map(|lane| lane.sink.as_mut()) {
+        up &= sink.probe().await;
+    }
+    let metrics = metrics::get();
+    if up != (metrics.sink_up.get() == 1) {
+        tracing::info!(sink_up = up, "sink probe changed readiness");
+    }
+    metrics.sink_up.set(up as i64);
 }
 
 /// The outcome of a lane's task; a panic in a lane is an internal error.

@@ -85,6 +85,14 @@ pub trait Sink: Send {
     fn is_healthy(&self) -> bool {
         true
     }
+
+    /// Checks whether the sink could take events now, reconnecting if it must. The relay calls
+    /// it while no lane publishes, so `/readyz` follows a broker that goes away (or comes back)
+    /// while there is nothing to send. Defaults to [`Sink::is_healthy`].
+    fn probe(&mut self) -> impl Future<Output = bool> + Send {
+        let healthy = self.is_healthy();
+        async move { healthy }
+    }
 }
 
 /// The configured sink, dispatched by enum so the relay stays generic-free at the top level.
@@ -157,6 +165,14 @@ impl Sink for AnySink {
             AnySink::Log(sink) => sink.is_healthy(),
             AnySink::Amqp(sink) => sink.is_healthy(),
             AnySink::Kafka(sink) => sink.is_healthy(),
+        }
+    }
+
+    async fn probe(&mut self) -> bool {
+        match self {
+            AnySink::Log(sink) => sink.probe().await,
+            AnySink::Amqp(sink) => sink.probe().await,
+            AnySink::Kafka(sink) => sink.probe().await,
         }
     }
 }

@@ -163,14 +163,15 @@ impl Sink for AmqpSink {
         result
     }
 
-    /// Opens a connection of its own: confirms are per channel, and a lane must not wait
-    /// behind another lane's unconfirmed messages.
+    /// A handle with a connection of its own (confirms are per channel, and a lane must not
+    /// wait behind another lane's unconfirmed messages), opened by its first publish or probe:
+    /// a broker that drops just as the relay starts is retried like any outage, not fatal.
     async fn fork(&self) -> Result<Self> {
         Ok(AmqpSink {
             config: self.config.clone(),
             routing_key: self.routing_key.clone(),
             confirm_timeout: self.confirm_timeout,
-            link: Some(connect(&self.config, false).await?),
+            link: None,
         })
     }
 
@@ -181,6 +182,12 @@ impl Sink for AmqpSink {
     /// Whether the connection and channel are open right now; reads cached state only.
     fn is_healthy(&self) -> bool {
         self.link.as_ref().is_some_and(Link::is_open)
+    }
+
+    /// Reconnects if the link is down (bounded by the confirm timeout).
+    async fn probe(&mut self) -> bool {
+        let timeout = self.confirm_timeout;
+        matches!(tokio::time::timeout(timeout, self.link()).await, Ok(Ok(_)))
     }
 }
 

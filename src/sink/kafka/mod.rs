@@ -232,6 +232,14 @@ impl Sink for KafkaSink {
     fn is_healthy(&self) -> bool {
         self.healthy
     }
+
+    /// Asks the cluster for its brokers.
+    async fn probe(&mut self) -> bool {
+        self.healthy = client::check_reachable(&self.producer, &self.config.bootstrap_servers)
+            .await
+            .is_ok();
+        self.healthy
+    }
 }
 
 /// Waits for one delivery report: success is delivered, a permanent error refuses the event,
