@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# outboxd against PostgreSQL's own limits, in one run on one throwaway cluster (issue #9).
+# Results: docs/BENCHMARKS.md. Every measured line is also appended to $OUT (TSV, under target/).
+#
+#   bench/run.sh                         # everything, 1,000,000-row backlogs (~20 min)
+#   ROWS=200000 SUSTAIN_SECONDS=10 LATENCY_SECONDS=10 bench/run.sh     # quicker
+#   STEPS="limits drain" DRAINS="poll:log poll:log:batch=5000" bench/run.sh
+#   PERF=1 DRAINS="poll:log logical:log" STEPS=drain bench/run.sh     # perf profile of drains
+#
+# Steps (STEPS, default all, in this order):
+#   limits   pgoutput decoding rate of ROWS rows (pg_logical_slot_get_binary_changes over a slot
+#            created before they were written) and the pgbench insert rate (8 clients, one row
+#            per transaction, synchronous_commit=on, PGBENCH_SECONDS)
+#   drain    per DRAINS entry MODE:SINK[:batch=N,lanes=N]: a fresh database with ROWS pending
+#            rows (AGGS aggregates, ~300-byte payloads, committed INSERT_CHUNK rows per
+#            transaction), then outboxd started and timed until every row is acknowledged
+#            (poll: marked sent; logical: /metrics delivered counter = ROWS and the slot's
+#            confirmed_flush_lsn past the last insert), and its peak RSS (VmHWM)
+#   sustain  relay (poll and logical, log sink) running while pgbench inserts at full speed for
+#            SUSTAIN_SECONDS: delivered ÷ inserted at the end, events behind and catch-up time
+#   latency  commit → sink-confirmed latency at LATENCY_RATE events/s for LATENCY_SECONDS,
+#            poll and logical, log sink, LATENCY_CONNECTIONS writers (bench/latency.rs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${ROWS:-1000000}
+AGGS=${AGGS:-10000}
+INSERT_CHUNK=${INSERT_CHUNK:-1000}
+PGBENCH_SECONDS=${PGBENCH_SECONDS:-15}
+SUSTAIN_SECONDS=${SUSTAIN_SECONDS:-30}
+LATENCY_SECONDS=${LATENCY_SECONDS:-30}
+LATENCY_RATE=${LATENCY_RATE:-1000}
+LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-32}
+STEPS=${STEPS:-limits drain sustain latency}
+DRAINS=${DRAINS:-poll:log logical:log poll:kafka logical:kafka poll:amqp logical:amqp poll:log:batch=5000 logical:log:batch=5000 poll:amqp:lanes=8}
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+PERF=${PERF:-0}
+OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).tsv}
+
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+root=$(mktemp -d /tmp/outboxd-bench-XXXXXX)
+chmod 755 "$root"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres "$root"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+relay= broker_pid=
+cleanup() {
+  [ -n "$relay" ] && kill "$relay" 2>/dev/null || true
+  [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
+  as_pg "$bin/pg_ctl" -D "$root/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$root"
+}
+trap cleanup EXIT
+
+echo "building (release)..." >&2
+cargo build --release --quiet --bin outboxd --example bench_latency --example bench_broker
+outboxd=$PWD/target/release/outboxd
+helper=$PWD/target/release/examples/bench_broker
+latency=$PWD/target/release/examples/bench_latency
+
+as_pg "$bin/initdb" -D "$root/data" -A trust -U postgres --no-sync >/dev/null
+as_pg "$bin/pg_ctl" -D "$root/data" -l "$root/server.log" -w start -o \
+  "-p $port -k $root -c listen_addresses=127.0.0.1 -c wal_level=logical -c shared_buffers=1GB -c max_wal_size=8GB -c synchronous_commit=on -c max_replication_slots=20 -c max_wal_senders=20" >/dev/null
+psql() { command psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }
+url_of() { echo "postgres://postgres@127.0.0.1:$port/$1"; }
+
+now() { date +%s.%N; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+calc() { python3 -c "print($1)"; }
+mkdir -p "$(dirname "$OUT")"
+record() { # step name value unit note...
+  local line
+  line=$(printf '%s\t%s\t%s\t%s\tload1=%s\t%s' "$1" "$2" "$3" "$4" "$(load1)" "${5:-}")
+  echo "$line" >>"$OUT"
+  printf '%-8s %-34s %14s %-10s %s\n' "$1" "$2" "$3" "$4" "load1=$(load1) ${5:-}"
+}
+{
+  echo "# $(date -Is) $(git rev-parse --short HEAD 2>/dev/null) ROWS=$ROWS AGGS=$AGGS"
+  echo "# $(nproc) CPUs, $(awk '/MemTotal/ {print int($2/1048576)" GiB"}' /proc/meminfo), $(uname -r), $("$bin/postgres" --version)"
+} >>"$OUT"
+
+# The relay's environment: no config file, everything from OUTBOXD_*.
+export OUTBOXD_CONFIG=/dev/null OUTBOXD_LOGGING__LEVEL=warn
+relay_env() { # db mode sink tuning -> env assignments on stdout
+  local db=$1 mode=$2 sink=$3 tuning=$4
+  echo "OUTBOXD_SOURCE__URL=$(url_of "$db")"
+  echo "OUTBOXD_SOURCE__MODE=$mode"
+  echo "OUTBOXD_SOURCE__LOGICAL__SLOT=slot_$db"
+  echo "OUTBOXD_SOURCE__LOGICAL__PUBLICATION=pub_$db"
+  echo "OUTBOXD_SINK__TYPE=$sink"
+  echo "OUTBOXD_SINK__LOG__DIR=$root/log_$db"
+  echo "OUTBOXD_HTTP__LISTEN=127.0.0.1:$(free_port)"
+  local kv
+  for kv in ${tuning//,/ }; do
+    case $kv in
+      batch=*) echo "OUTBOXD_SOURCE__BATCH_SIZE=${kv#batch=}" ;;
+      lanes=*) echo "OUTBOXD_RELAY__LANES=${kv#lanes=}" ;;
+      durability=*) echo "OUTBOXD_SINK__LOG__DURABILITY=${kv#durability=}" ;;
+      *) echo "unknown tuning $kv" >&2; exit 2 ;;
+    esac
+  done
+}
+# Run "$@" with the relay environment of the current scenario ($envfile).
+with_env() { env $(cat "$envfile") "$@"; }
+
+new_db() { # name mode -> database with the outbox migrated (and slot + publication if logical)
+  psql -c "CREATE DATABASE $1"
+  envfile=$root/env_$1
+  relay_env "$1" "$2" log "" >"$envfile"
+  with_env "$outboxd" migrate >/dev/null 2>&1
+}
+insert_rows() { # db rows: ROWS rows in transactions of INSERT_CHUNK
+  psql -d "$1" -c "DO \$\$ BEGIN
+    FOR c IN 0..($2 - 1) / $INSERT_CHUNK LOOP
+      INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+      SELECT 'order', (i % $AGGS)::text, 'Step', jsonb_build_object('seq', i, 'pad', repeat('x', 270))
+      FROM generate_series(c * $INSERT_CHUNK + 1, least((c + 1) * $INSERT_CHUNK, $2)) AS i;
+      COMMIT;
+    END LOOP; END \$\$"
+}
+cat >"$root/insert.sql" <<SQL
+\set agg random(1, $AGGS)
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', :agg, 'Step', jsonb_build_object('pad', repeat('x', 270)));
+SQL
+pgbench_run() { # db seconds -> "tps transactions"
+  PGPASSWORD= command pgbench -n -h 127.0.0.1 -p "$port" -U postgres -c 8 -j 2 -T "$2" \
+    -f "$root/insert.sql" "$1" 2>/dev/null |
+    awk '/^tps/ {tps=int($3)} /actually processed/ {n=$(NF)} /^number of transactions actually/ {split($0,a,": "); n=a[2]} END {print tps, n+0}'
+}
+metric() { # name of a delivered-counter etc. from the relay's /metrics; 0 if not there yet
+  local listen
+  listen=$(sed -n 's/^OUTBOXD_HTTP__LISTEN=//p' "$envfile")
+  curl -s "http://$listen/metrics" | awk -v m="$1" 'index($0, m) == 1 {v=$2} END {print v+0}'
+}
+delivered() { metric "outboxd_events_published_total{sink=\"$1\",outcome=\"delivered\"}"; }
+pending() { psql -d "$1" -At -c "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL"; }
+slot_confirmed_past() { # db lsn
+  psql -d "$1" -At -c "SELECT confirmed_flush_lsn >= '$2' FROM pg_replication_slots WHERE slot_name = 'slot_$1'"
+}
+wait_load() { # wait (at most LOAD_WAIT s) for the 1-minute load to fall below LOAD_MAX
+  local i
+  for i in $(seq "${LOAD_WAIT:-30}"); do
+    python3 -c "import sys; sys.exit(0 if $(load1) < ${LOAD_MAX:-3} else 1)" && return
+    sleep 1
+  done
+}
+start_relay() { # envfile logfile
+  # Not through with_env: $! must be the process itself (env execs it), not a subshell.
+  if [ "$PERF" = 1 ]; then
+    env $(cat "$1") perf record -q -F 999 -o "$root/perf.data" -- "$outboxd" run 2>"$2" &
+  else
+    env $(cat "$1") "$outboxd" run 2>"$2" &
+  fi
+  relay=$!
+}
+stop_relay() {
+  kill -TERM "$relay" 2>/dev/null || true
+  wait "$relay" 2>/dev/null || true
+  relay=
+}
+relay_pid() { # the outboxd process (the child of perf when profiling)
+  if [ "$PERF" = 1 ]; then pgrep -P "$relay" -x outboxd || echo "$relay"; else echo "$relay"; fi
+}
+
+decode_rate=0 insert_rate=0
+step_limits() {
+  wait_load
+  new_db limits logical
+  psql -d limits -c "SELECT pg_create_logical_replication_slot('limits_decode', 'pgoutput')" >/dev/null
+  local t0 t1
+  t0=$(now)
+  insert_rows limits "$ROWS"
+  t1=$(now)
+  record limits "insert $ROWS rows (SQL, chunks of $INSERT_CHUNK)" "$(calc "int($ROWS/($t1-$t0))")" rows/s
+  psql -d limits -c CHECKPOINT
+  wait_load
+  t0=$(now)
+  local n
+  n=$(psql -d limits -At -c "SELECT count(*) FROM pg_logical_slot_get_binary_changes('limits_decode', NULL, NULL,
+    'proto_version', '1', 'publication_names', 'pub_limits')")
+  t1=$(now)
+  decode_rate=$(calc "int($ROWS/($t1-$t0))")
+  record limits "pgoutput decoding" "$decode_rate" rows/s "$n messages in $(calc "round($t1-$t0,2)") s"
+  psql -d limits -c "SELECT pg_drop_replication_slot('limits_decode')" -c "SELECT pg_drop_replication_slot('slot_limits')" >/dev/null
+  psql -d limits -c "TRUNCATE outbox" -c CHECKPOINT
+  wait_load
+  local res
+  res=$(pgbench_run limits "$PGBENCH_SECONDS")
+  insert_rate=${res% *}
+  record limits "pgbench insert (8 clients)" "$insert_rate" rows/s "${PGBENCH_SECONDS} s, ${res#* } rows"
+  psql -c "DROP DATABASE limits"
+}
+
+drain_n=0
+drain_one() { # MODE:SINK[:tuning]
+  local spec=$1 mode sink tuning db
+  IFS=: read -r mode sink tuning <<<"$spec"
+  drain_n=$((drain_n + 1))
+  db=drain$drain_n
+  new_db "$db" "$mode"
+  relay_env "$db" "$mode" "$sink" "$tuning" >"$envfile"
+  insert_rows "$db" "$ROWS"
+  local lsn
+  lsn=$(psql -d "$db" -At -c "SELECT pg_current_wal_lsn()")
+  psql -d "$db" -c "VACUUM ANALYZE outbox" -c CHECKPOINT
+  local topic=outbox.event.order exchange=bench_ex_$db queue=bench_q_$db
+  case $sink in
+    kafka)
+      coproc BROKER { exec "$helper" kafka-mock "$topic" 6; }
+      broker_pid=$BROKER_PID
+      local line
+      read -r line <&"${BROKER[0]}"
+      echo "OUTBOXD_SINK__KAFKA__BOOTSTRAP_SERVERS=${line#bootstrap=}" >>"$envfile"
+      ;;
+    amqp)
+      "$helper" amqp-setup "$AMQP_URL" "$exchange" "$queue"
+      { echo "OUTBOXD_SINK__AMQP__URL=$AMQP_URL"; echo "OUTBOXD_SINK__AMQP__EXCHANGE=$exchange"; } >>"$envfile"
+      ;;
+  esac
+  wait_load
+  local load_before t0 t1
+  load_before=$(load1)
+  t0=$(now)
+  local perf_all=
+  if [ "$PERF" = all ]; then
+    perf record -q -a -F 499 -o "$root/perf.data" -- sleep 3600 2>/dev/null &
+    perf_all=$!
+  fi
+  start_relay "$envfile" "$root/relay_$db.log"
+  local pid
+  sleep 0.05
+  pid=$(relay_pid)
+  if [ "$mode" = poll ]; then
+    until [ "$(psql -d "$db" -At -c "SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL)")" = t ]; do
+      kill -0 "$relay" 2>/dev/null || { echo "relay died:" >&2; cat "$root/relay_$db.log" >&2; exit 1; }
+      sleep 0.1
+    done
+  else
+    until [ "$(delivered "$sink")" -ge "$ROWS" ] && [ "$(slot_confirmed_past "$db" "$lsn")" = t ]; do
+      kill -0 "$relay" 2>/dev/null || { echo "relay died:" >&2; cat "$root/relay_$db.log" >&2; exit 1; }
+      sleep 0.1
+    done
+  fi
+  t1=$(now)
+  [ -n "$perf_all" ] && { pkill -INT -P "$perf_all" sleep 2>/dev/null || true; wait "$perf_all" || true; }
+  local rss
+  rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+  local got=$ROWS
+  case $sink in
+    log) got=$(with_env "$outboxd" log stats --json 2>/dev/null |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["records"])' 2>/dev/null || echo "?") ;;
+  esac
+  stop_relay
+  case $sink in
+    kafka) got=$("$helper" kafka-count "$(sed -n 's/^OUTBOXD_SINK__KAFKA__BOOTSTRAP_SERVERS=//p' "$envfile")" "$topic")
+      kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; broker_pid= ;;
+    amqp) got=$("$helper" amqp-count "$AMQP_URL" "$queue"); "$helper" amqp-delete "$AMQP_URL" "$exchange" "$queue" ;;
+  esac
+  local rate
+  rate=$(calc "int($ROWS/($t1-$t0))")
+  record drain "$spec" "$rate" rows/s "$(calc "round($t1-$t0,2)") s, peak RSS $rss MiB, in sink: $got, load before: $load_before"
+  if [ "$PERF" != 0 ]; then
+    local prof=$(dirname "$OUT")/perf-${PERF}-${spec//:/_}.txt
+    {
+      echo "# perf ($PERF) during drain $spec, ROWS=$ROWS: share of samples by command, then top symbols"
+      perf report -i "$root/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+      perf report -i "$root/perf.data" --no-children --sort comm,dso,sym --percent-limit 0.7 --stdio 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -60
+    } >"$prof" || true
+    echo "perf profile: $prof" >&2
+  fi
+  [ "$mode" = logical ] && psql -d "$db" -c "SELECT pg_drop_replication_slot('slot_$db')" >/dev/null
+  psql -c "DROP DATABASE $db"
+  rm -rf "$root/log_$db"
+}
+
+step_sustain() {
+  local mode db res t_end behind t1
+  for mode in poll logical; do
+    db=sustain_$mode
+    new_db "$db" "$mode"
+    wait_load
+    start_relay "$envfile" "$root/relay_$db.log"
+    sleep 1
+    res=$(pgbench_run "$db" "$SUSTAIN_SECONDS")
+    t_end=$(now)
+    local inserted=${res#* } tps=${res% *} done_at_end
+    if [ "$mode" = poll ]; then
+      behind=$(pending "$db")
+    else
+      done_at_end=$(delivered log)
+      behind=$((inserted - done_at_end))
+    fi
+    if [ "$mode" = poll ]; then
+      until [ "$(pending "$db")" = 0 ]; do sleep 0.05; done
+    else
+      until [ "$(delivered log)" -ge "$inserted" ]; do sleep 0.05; done
+    fi
+    t1=$(now)
+    stop_relay
+    record sustain "$mode:log" "$(calc "round(($inserted-$behind)/$inserted,4)")" "relay/ins" \
+      "pgbench $tps rows/s for $SUSTAIN_SECONDS s ($inserted rows); at the end $behind behind, caught up $(calc "round($t1-$t_end,3)") s later"
+    [ "$mode" = logical ] && psql -d "$db" -c "SELECT pg_drop_replication_slot('slot_$db')" >/dev/null
+    psql -c "DROP DATABASE $db"
+  done
+}
+
+step_latency() {
+  local mode db out
+  for mode in poll logical; do
+    db=latency_$mode
+    new_db "$db" "$mode"
+    wait_load
+    out=$(env $(cat "$envfile") RATE="$LATENCY_RATE" SECONDS="$LATENCY_SECONDS" CONNECTIONS="$LATENCY_CONNECTIONS" AGGS="$AGGS" "$latency" 2>"$root/latency_$mode.log")
+    echo "$out" >&2
+    local r
+    r=$(echo "$out" | sed -n 's/^RESULT //p')
+    record latency "$mode:log @ $LATENCY_RATE/s" "$(echo "$r" | sed 's/.*p99=\([^ ]*\).*/\1/')" "ms p99" "$r"
+    [ "$mode" = logical ] && psql -d "$db" -c "SELECT pg_drop_replication_slot('slot_$db')" >/dev/null
+    psql -c "DROP DATABASE $db"
+  done
+}
+
+for step in $STEPS; do
+  case $step in
+    limits) step_limits ;;
+    drain) for spec in $DRAINS; do drain_one "$spec"; done ;;
+    sustain) step_sustain ;;
+    latency) step_latency ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
+echo "results: $OUT" >&2
