@@ -12,6 +12,8 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod log;
 pub mod metrics;

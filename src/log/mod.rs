@@ -55,17 +55,17 @@
 //! partial or failing frame may be a write in progress, so it reads as "nothing yet" and is
 //! tried again on the next call; in any older segment it is reported as corruption.
 
-mod codec;
+pub(crate) mod codec;
 mod durability;
 mod group;
-mod index;
+pub(crate) mod index;
 mod options;
 mod reader;
-mod record;
+pub(crate) mod record;
 mod recovery;
 mod retention;
 mod seek;
-mod segment;
+pub(crate) mod segment;
 mod syncer;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -1,7 +1,7 @@
 //! Segment files: `{base_offset:020}.log`, where the base offset is the offset of the segment's
 //! first record. Zero-padding makes the names sort like the offsets.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,12 @@ pub(crate) fn path(dir: &Path, base: u64) -> PathBuf {
     dir.join(file_name(base))
 }
 
+/// Largest base offset a segment may have. The writer would need 2^63 appends to get past it,
+/// and below it `offset + 1` cannot overflow for any record a segment file can hold, so
+/// readers, recovery and the writer count offsets with plain additions. A file name above it
+/// is damage or another program's file.
+pub(crate) const MAX_BASE: u64 = i64::MAX as u64;
+
 /// Suffix of every segment's index file.
 const INDEX_SUFFIX: &str = ".index";
 
@@ -39,15 +45,27 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Base offsets of the segments in `dir`, ascending. Other files (the lock) are ignored.
+/// Base offsets of the segments in `dir`, ascending. Other files (the lock) are ignored; a
+/// segment whose base is above [`MAX_BASE`] is reported as [`ErrorKind::Corrupt`].
 pub(crate) fn list(dir: &Path) -> Result<Vec<u64>> {
     let listing_error = |err| Error::io(format!("listing log segments in {}", dir.display()), err);
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(listing_error)? {
         let entry = entry.map_err(listing_error)?;
-        if let Some(base) = entry.file_name().to_str().and_then(parse_name) {
-            bases.push(base);
+        let Some(base) = entry.file_name().to_str().and_then(parse_name) else {
+            continue;
+        };
+        if base > MAX_BASE {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "log segment {} is named for offset {base}, beyond the largest possible \
+                     offset {MAX_BASE}; move it out of the log directory",
+                    entry.path().display()
+                ),
+            ));
         }
+        bases.push(base);
     }
     bases.sort_unstable();
     Ok(bases)
@@ -97,6 +115,28 @@ mod tests {
         }
         File::create(dir.path().join("LOCK")).unwrap();
         assert_eq!(list(dir.path()).unwrap(), vec![0, 12, 30]);
+    }
+
+    #[test]
+    fn a_segment_named_beyond_the_largest_offset_is_corruption_not_an_overflow() {
+        // given a log whose only segment is named for offset u64::MAX (found by fuzzing:
+        // recovery computed `offset + 1` of it and overflowed)
+        let dir = tempfile::tempdir().unwrap();
+        File::create(path(dir.path(), u64::MAX)).unwrap();
+
+        // then listing, and so opening a writer or a reader, reports it instead of panicking
+        assert_eq!(list(dir.path()).unwrap_err().kind(), ErrorKind::Corrupt);
+        let err = crate::log::LogWriter::open(dir.path(), Default::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("18446744073709551615.log"),
+            "{err}"
+        );
+        assert!(crate::log::LogReader::open(dir.path()).is_err());
+
+        // while the largest possible base is still a segment
+        std::fs::remove_file(path(dir.path(), u64::MAX)).unwrap();
+        File::create(path(dir.path(), MAX_BASE)).unwrap();
+        assert_eq!(list(dir.path()).unwrap(), vec![MAX_BASE]);
     }
 
     #[test]

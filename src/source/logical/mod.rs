@@ -26,7 +26,7 @@
 //! same slot a standby: its START_REPLICATION is refused ("slot is active"), and it retries with
 //! backoff until the slot is free. No advisory lock is needed.
 
-mod event;
+pub(crate) mod event;
 mod progress;
 mod resume;
 pub mod slot;
