@@ -5,15 +5,25 @@ mod common;
 
 use common::pg::test_db;
 use common::relay::*;
+use outboxd::config::SourceMode;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_sigkills_during_a_stream_lose_nothing() {
+async fn poll_mode_twenty_sigkills_during_a_stream_lose_nothing() {
+    twenty_sigkills_during_a_stream_lose_nothing(SourceMode::Poll).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_mode_twenty_sigkills_during_a_stream_lose_nothing() {
+    twenty_sigkills_during_a_stream_lose_nothing(SourceMode::Logical).await;
+}
+
+async fn twenty_sigkills_during_a_stream_lose_nothing(mode: SourceMode) {
     // Given writers producing 20,000 events and a relay process
     let db = test_db().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let mut config = config_for(&db, &log);
+    let mut config = config_in(mode, &db, &log);
     config.source.batch_size = 250;
     migrate(&config).await;
     create_aggregates(&db, 100).await;
@@ -41,7 +51,7 @@ async fn twenty_sigkills_during_a_stream_lose_nothing() {
         kills += 1;
     }
     writers.await.unwrap();
-    let _last = RelayProcess::spawn(&config, dir.path(), "final", &["run"]);
+    let last = RelayProcess::spawn(&config, dir.path(), "final", &["run"]);
 
     // Then all 20,000 arrive, in order per aggregate, duplicates at most a batch per kill
     let logs = wait_for_events(&[&log], 20_000, Duration::from_secs(120)).await;
@@ -51,6 +61,13 @@ async fn twenty_sigkills_during_a_stream_lose_nothing() {
         repeats
     );
     // The log reports what it holds at start-up, so a kill between append and ack repeats nothing.
+    eprintln!(
+        "{mode:?}, 20 kills: {} records, {repeats} duplicates",
+        logs[0].len()
+    );
     assert_eq!(repeats, 0, "{repeats} duplicates after 20 kills");
-    eprintln!("20 kills: {} records, {repeats} duplicates", logs[0].len());
+    last.kill();
+    if mode == SourceMode::Logical {
+        drop_slot(&db).await;
+    }
 }
