@@ -28,9 +28,11 @@ pub struct OutboxTable {
     pub mark_sent: String,
     /// Deletes sent rows; `$1` is an `int8[]` of positions.
     pub delete_sent: String,
-    /// Marks pending rows sent that match both `$1` positions and `$2` ids (parallel arrays).
+    /// Marks pending rows sent that match both `$1` positions and `$2` ids (parallel arrays);
+    /// returns their positions.
     pub mark_delivered: String,
-    /// Deletes pending rows that match both `$1` positions and `$2` ids (parallel arrays).
+    /// Deletes pending rows that match both `$1` positions and `$2` ids (parallel arrays);
+    /// returns their positions.
     pub delete_delivered: String,
     /// Marks rows failed; `$1` positions, `$2` reasons, as parallel arrays.
     pub mark_failed: String,
@@ -59,7 +61,7 @@ impl OutboxTable {
             "UPDATE {qualified} AS o SET {sent} = now(), {attempts} = o.{attempts} + 1 \
              FROM unnest($1::int8[], $2::text[]) AS d(pos, id) \
              WHERE o.{pos} = d.pos AND o.{id}::text = d.id AND o.{sent} IS NULL \
-             AND o.{failed} IS NULL",
+             AND o.{failed} IS NULL RETURNING o.{pos}",
             sent = q(&c.sent_at),
             attempts = q(&c.attempts),
             pos = q(&c.position),
@@ -69,7 +71,7 @@ impl OutboxTable {
         let delete_delivered = format!(
             "DELETE FROM {qualified} AS o USING unnest($1::int8[], $2::text[]) AS d(pos, id) \
              WHERE o.{pos} = d.pos AND o.{id}::text = d.id AND o.{sent} IS NULL \
-             AND o.{failed} IS NULL",
+             AND o.{failed} IS NULL RETURNING o.{pos}",
             pos = q(&c.position),
             id = q(&c.id),
             sent = q(&c.sent_at),

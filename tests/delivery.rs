@@ -8,47 +8,14 @@ use common::pg::{connect, test_db};
 use common::relay::*;
 use outboxd::config::{Config, OnDeadLetter};
 use outboxd::log::Record;
-use outboxd::sink::AnySink;
-use outboxd::source::AnySource;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A relay in this process whose sink injects `faults`.
-struct FaultyRelay {
-    /// Stops the relay.
-    shutdown: CancellationToken,
-    /// The relay task.
-    task: JoinHandle<outboxd::error::Result<()>>,
-}
-
-impl FaultyRelay {
-    async fn start(config: &Config, faults: Arc<Mutex<Faults>>) -> Self {
-        migrate(config).await;
-        let mut source = AnySource::start(&config.source, &config.relay)
-            .await
-            .unwrap();
-        let inner = AnySink::open(&config.sink, outboxd::cli::run::in_flight(config))
-            .await
-            .unwrap();
-        let sink = FaultSink { inner, faults };
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let relay = config.relay.clone();
-        let task =
-            tokio::spawn(
-                async move { outboxd::relay::run(&mut source, sink, &relay, token).await },
-            );
-        FaultyRelay { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
+async fn start_faulty(config: &Config, faults: Arc<Mutex<Faults>>) -> InProcessRelay {
+    InProcessRelay::start_with(config, |inner| FaultSink { inner, faults }).await
 }
 
 /// Inserts events `(aggregate, type, seq)` one transaction each, in order.
@@ -84,7 +51,7 @@ async fn a_failing_aggregate_holds_back_only_itself_and_then_arrives_complete_in
     config.relay.retry_initial_ms = 200;
     let faults = Arc::new(Mutex::new(Faults::default()));
     faults.lock().unwrap().fail_aggregate.insert("a".into(), 3);
-    let relay = FaultyRelay::start(&config, faults).await;
+    let relay = start_faulty(&config, faults).await;
 
     // When a, b and c each write 20 events, interleaved
     let mut events = Vec::new();
@@ -135,7 +102,7 @@ async fn a_dead_letter_blocks_its_aggregate_until_dlq_retry_redelivers_in_order(
     let config = config_for(&db, &log);
     let faults = Arc::new(Mutex::new(Faults::default()));
     faults.lock().unwrap().refuse_types.insert("Poison".into());
-    let relay = FaultyRelay::start(&config, faults.clone()).await;
+    let relay = start_faulty(&config, faults.clone()).await;
 
     // When a1, a2 (poison), a3 and b1 are written
     insert(
@@ -192,7 +159,7 @@ async fn with_skip_later_events_pass_a_dead_letter_and_dlq_skip_records_it() {
     config.relay.on_dead_letter = OnDeadLetter::Skip;
     let faults = Arc::new(Mutex::new(Faults::default()));
     faults.lock().unwrap().refuse_types.insert("Poison".into());
-    let relay = FaultyRelay::start(&config, faults).await;
+    let relay = start_faulty(&config, faults).await;
 
     // When a1, a2 (poison), a3 are written, then a3 arrives right behind a1
     insert(
@@ -237,7 +204,7 @@ async fn an_event_failing_max_attempts_times_becomes_a_dead_letter_and_others_fl
         .unwrap()
         .always_fail_types
         .insert("Flaky".into());
-    let relay = FaultyRelay::start(&config, faults).await;
+    let relay = start_faulty(&config, faults).await;
 
     // When x1 (flaky), x2 and y1 are written
     insert(
@@ -281,7 +248,7 @@ async fn a_publish_hanging_past_its_timeout_is_retried_and_nothing_is_lost() {
     config.relay.publish_timeout_ms = 300;
     let faults = Arc::new(Mutex::new(Faults::default()));
     faults.lock().unwrap().hang_once = Some(Duration::from_secs(3));
-    let relay = FaultyRelay::start(&config, faults).await;
+    let relay = start_faulty(&config, faults).await;
 
     // When events are written, then they arrive well before the hang would have ended
     let started = std::time::Instant::now();
@@ -360,7 +327,7 @@ async fn a_slow_aggregate_holds_up_only_its_own_lane() {
         .unwrap()
         .slow_aggregates
         .insert("slow".into(), slow);
-    let relay = FaultyRelay::start(&config, faults.clone()).await;
+    let relay = start_faulty(&config, faults.clone()).await;
 
     // When "slow" writes 3 events, then three aggregates on other lanes write 20 each
     let others = aggregates_off_the_lane_of("slow", 4, 3);
@@ -407,7 +374,7 @@ async fn in_logical_mode_a_failing_aggregate_is_retried_in_order_and_a_poisoned_
         faults.fail_aggregate.insert("a".into(), 3);
         faults.always_fail_types.insert("Poison".into());
     }
-    let relay = FaultyRelay::start(&config, faults).await;
+    let relay = start_faulty(&config, faults).await;
     let dead_before = outboxd::metrics::get().dead_letters.get();
 
     // When a, b and p write interleaved events, p's first one poisoned

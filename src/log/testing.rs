@@ -32,6 +32,16 @@ pub(crate) fn append_range(
     numbers: Range<u64>,
     payload_len: usize,
 ) -> Range<u64> {
+    try_append_range(writer, numbers, payload_len).unwrap()
+}
+
+/// [`append_range`] that returns the writer's error; the same numbers always give the same
+/// events, so a failed call can be retried.
+pub(crate) fn try_append_range(
+    writer: &mut LogWriter,
+    numbers: Range<u64>,
+    payload_len: usize,
+) -> crate::error::Result<Range<u64>> {
     let events: Vec<Event> = numbers.map(|n| event(n, payload_len)).collect();
     let batch: Vec<NewRecord<'_>> = events
         .iter()
@@ -40,7 +50,7 @@ pub(crate) fn append_range(
             event,
         })
         .collect();
-    writer.append(&batch).unwrap()
+    writer.append(&batch)
 }
 
 /// Every record from the reader's position to the current end of the log.

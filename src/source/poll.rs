@@ -112,8 +112,9 @@ impl PollSource {
         Ok(sleep_or_shutdown(delay, shutdown).await)
     }
 
-    /// Runs one statement with `params` on the leader session like [`Self::execute_as_leader`],
-    /// returning its rows.
+    /// Runs one statement with `params` on the leader session, re-electing and retrying while
+    /// the error may heal. Returns its rows (none for a statement without `RETURNING`), or
+    /// `None` if shutdown came first.
     async fn query_as_leader(
         &mut self,
         what: &str,
@@ -177,33 +178,6 @@ impl PollSource {
                 *count -= 1;
                 if *count == 0 {
                     self.aggregates_in_flight.remove(&aggregate);
-                }
-            }
-        }
-    }
-
-    /// Runs one statement with `params` on the leader session, re-electing and retrying while
-    /// the error may heal. Returns the rows it affected, or `None` if shutdown came first.
-    async fn execute_as_leader(
-        &mut self,
-        what: &str,
-        statement: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-        shutdown: &CancellationToken,
-    ) -> Result<Option<u64>> {
-        loop {
-            if !self.ensure_leader(shutdown).await? {
-                return Ok(None);
-            }
-            match self.session().client.execute(statement, params).await {
-                Ok(rows) => return Ok(Some(rows)),
-                Err(err) => {
-                    if !self
-                        .wait_after(classify(what.to_string(), err), shutdown)
-                        .await?
-                    {
-                        return Ok(None);
-                    }
                 }
             }
         }
@@ -288,7 +262,7 @@ impl Source for PollSource {
             OnSent::Delete => self.table.delete_sent.clone(),
         };
         let done = self
-            .execute_as_leader(
+            .query_as_leader(
                 "acknowledging sent events",
                 &statement,
                 &[&positions],
@@ -319,14 +293,14 @@ impl Source for PollSource {
             OnSent::Delete => self.table.delete_delivered.clone(),
         };
         let done = self
-            .execute_as_leader(
+            .query_as_leader(
                 "acknowledging events already in the sink",
                 &statement,
                 &[&positions, &ids],
                 shutdown,
             )
             .await?;
-        Ok(done.unwrap_or(0))
+        Ok(done.map_or(0, |rows| rows.len() as u64))
     }
 
     async fn reject(&mut self, rejected: &[Rejected], shutdown: &CancellationToken) -> Result<()> {
@@ -337,7 +311,7 @@ impl Source for PollSource {
         let positions: Vec<i64> = rejected.iter().map(|r| r.position.0 as i64).collect();
         let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
         let statement = self.table.mark_failed.clone();
-        self.execute_as_leader(
+        self.query_as_leader(
             "marking events failed",
             &statement,
             &[&positions, &reasons],

@@ -4,7 +4,7 @@
 use super::pg::{TestDb, connect};
 use outboxd::config::{Config, DbUrl, SourceMode};
 use outboxd::log::{LogReader, Record};
-use outboxd::sink::AnySink;
+use outboxd::sink::{AnySink, Sink};
 use outboxd::source::AnySource;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -68,6 +68,14 @@ pub struct InProcessRelay {
 impl InProcessRelay {
     /// Migrates (if configured) and starts relaying.
     pub async fn start(config: &Config) -> Self {
+        Self::start_with(config, |sink| sink).await
+    }
+
+    /// Like [`Self::start`], with the configured sink wrapped by `wrap` (e.g. to inject faults).
+    pub async fn start_with<K: Sink + 'static>(
+        config: &Config,
+        wrap: impl FnOnce(AnySink) -> K,
+    ) -> Self {
         if config.source.auto_migrate {
             migrate(config).await;
         }
@@ -77,6 +85,7 @@ impl InProcessRelay {
         let sink = AnySink::open(&config.sink, outboxd::cli::run::in_flight(config))
             .await
             .expect("sink");
+        let sink = wrap(sink);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let relay = config.relay.clone();

@@ -175,29 +175,9 @@ fn remove_segments_after(dir: &Path, base: u64) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Result;
-    use crate::event::Event;
-    use crate::log::testing::{event, read_all, segment_paths};
-    use crate::log::{LogReader, NewRecord, WriterOptions};
+    use crate::log::testing::{read_all, segment_paths, try_append_range as append};
+    use crate::log::{LogReader, WriterOptions};
     use std::ops::Range;
-
-    /// Appends the events numbered `numbers` (each with `payload_len` payload bytes) as one
-    /// batch; the same numbers always give the same events, so a call can be retried.
-    fn append(
-        writer: &mut LogWriter,
-        numbers: Range<u64>,
-        payload_len: usize,
-    ) -> Result<Range<u64>> {
-        let events: Vec<Event> = numbers.map(|n| event(n, payload_len)).collect();
-        let batch: Vec<NewRecord<'_>> = events
-            .iter()
-            .map(|event| NewRecord {
-                topic: &event.aggregate_type,
-                event,
-            })
-            .collect();
-        writer.append(&batch)
-    }
 
     /// Name and length of every file in `dir` but the lock.
     fn file_lengths(dir: &Path) -> Vec<(String, u64)> {
