@@ -7,9 +7,15 @@
 //!   TOPIC, the sum of its partitions' high watermarks (the mock cluster drops old segments,
 //!   so the low watermark moves: a 1,000,000-record run keeps only the last ~75,000).
 //! - `bench_broker amqp-setup URL EXCHANGE QUEUE`: declares a durable topic exchange and a
-//!   durable queue bound to it with `#`, purging the queue.
+//!   durable queue bound to it with `#`, purging the queue. More arguments `KEY=VALUE` are
+//!   queue arguments (e.g. `x-queue-version=2`, `x-queue-type=quorum`).
 //! - `bench_broker amqp-count URL QUEUE`: prints the queue's message count.
 //! - `bench_broker amqp-delete URL EXCHANGE QUEUE`: deletes both.
+//! - `bench_broker amqp-ceiling URL EXCHANGE MESSAGES CONNECTIONS`: RabbitMQ's own rate on this
+//!   machine, without outboxd: MESSAGES persistent ~300-byte messages with publisher confirms,
+//!   spread over CONNECTIONS connections, each keeping up to 1,000 unconfirmed; prints
+//!   `messages/s`. A last argument `transient` sends them non-persistent, to tell the broker's
+//!   disk work from the rest.
 
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -29,7 +35,16 @@ fn main() {
     match args[..] {
         ["kafka-mock", topic, partitions] => kafka_mock(topic, partitions.parse().expect("count")),
         ["kafka-count", bootstrap, topic] => println!("{}", kafka_count(bootstrap, topic)),
-        ["amqp-setup", url, exchange, queue] => amqp(url, |channel| async move {
+        ["amqp-setup", url, exchange, queue, ref args @ ..] => amqp(url, |channel| async move {
+            let mut arguments = FieldTable::default();
+            for arg in args {
+                let (key, value) = arg.split_once('=').expect("queue argument KEY=VALUE");
+                let value = match value.parse::<i64>() {
+                    Ok(number) => lapin::types::AMQPValue::LongLongInt(number),
+                    Err(_) => lapin::types::AMQPValue::LongString(value.into()),
+                };
+                arguments.insert(key.into(), value);
+            }
             channel
                 .exchange_declare(
                     exchange.into(),
@@ -49,7 +64,7 @@ fn main() {
                         durable: true,
                         ..Default::default()
                     },
-                    FieldTable::default(),
+                    arguments,
                 )
                 .await
                 .expect("declare queue");
@@ -92,6 +107,13 @@ fn main() {
                 .await
                 .expect("delete exchange");
         }),
+        ["amqp-ceiling", url, exchange, messages, connections, ref mode @ ..] => amqp_ceiling(
+            url,
+            exchange,
+            messages.parse().expect("count"),
+            connections.parse().expect("count"),
+            mode != ["transient"],
+        ),
         _ => {
             eprintln!("usage: see the comment at the top of bench/broker.rs");
             std::process::exit(2);
@@ -150,5 +172,69 @@ where
         let channel = connection.create_channel().await.expect("channel");
         work(channel).await;
         let _ = connection.close(200, "done".into()).await;
+    });
+}
+
+/// Publishes `messages` over `connections` connections as fast as RabbitMQ confirms them and
+/// prints the rate: the broker's ceiling for the relay's kind of traffic.
+fn amqp_ceiling(url: &str, exchange: &str, messages: usize, connections: usize, persistent: bool) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let body = format!("{{\"seq\": 1, \"pad\": \"{}\"}}", "x".repeat(270));
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for lane in 0..connections {
+            let (url, exchange, body) = (url.to_owned(), exchange.to_owned(), body.clone());
+            let share = messages / connections + usize::from(lane < messages % connections);
+            tasks.push(tokio::spawn(async move {
+                let connection = Connection::connect(&url, ConnectionProperties::default())
+                    .await
+                    .expect("connect to RabbitMQ");
+                let channel = connection.create_channel().await.expect("channel");
+                channel
+                    .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                    .await
+                    .expect("confirm mode");
+                let mut unconfirmed = std::collections::VecDeque::new();
+                for n in 0..share {
+                    if unconfirmed.len() >= 1000 {
+                        let confirm: lapin::PublisherConfirm =
+                            unconfirmed.pop_front().expect("one");
+                        confirm.await.expect("confirm");
+                    }
+                    let properties = lapin::BasicProperties::default()
+                        .with_delivery_mode(if persistent { 2 } else { 1 })
+                        .with_message_id(format!("{lane}-{n}").into())
+                        .with_content_type("application/json".into());
+                    let confirm = channel
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            "order".into(),
+                            lapin::options::BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            body.as_bytes(),
+                            properties,
+                        )
+                        .await
+                        .expect("publish");
+                    unconfirmed.push_back(confirm);
+                }
+                for confirm in unconfirmed {
+                    confirm.await.expect("confirm");
+                }
+                let _ = connection.close(200, "done".into()).await;
+            }));
+        }
+        for task in tasks {
+            task.await.expect("publisher");
+        }
+        let rate = messages as f64 / started.elapsed().as_secs_f64();
+        println!("{}", rate as u64);
     });
 }

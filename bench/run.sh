@@ -6,6 +6,7 @@
 #   ROWS=200000 SUSTAIN_SECONDS=10 LATENCY_SECONDS=10 bench/run.sh     # quicker
 #   STEPS="limits drain" DRAINS="poll:log poll:log:batch=5000" bench/run.sh
 #   PERF=1 DRAINS="poll:log logical:log" STEPS=drain bench/run.sh     # perf profile of drains
+#   OUTBOXD_BIN=/tmp/outboxd-before STEPS=drain bench/run.sh      # another build, for before/after
 #
 # Steps (STEPS, default all, in this order):
 #   limits   pgoutput decoding rate of ROWS rows (pg_logical_slot_get_binary_changes over a slot
@@ -54,7 +55,7 @@ trap cleanup EXIT
 
 echo "building (release)..." >&2
 cargo build --release --quiet --bin outboxd --example bench_latency --example bench_broker
-outboxd=$PWD/target/release/outboxd
+outboxd=${OUTBOXD_BIN:-$PWD/target/release/outboxd}
 helper=$PWD/target/release/examples/bench_broker
 latency=$PWD/target/release/examples/bench_latency
 
