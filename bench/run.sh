@@ -6,7 +6,7 @@
 #   ROWS=200000 SUSTAIN_SECONDS=10 LATENCY_SECONDS=10 bench/run.sh     # quicker
 #   STEPS="limits drain" DRAINS="poll:log poll:log:batch=5000" bench/run.sh
 #   PERF=1 DRAINS="poll:log logical:log" STEPS=drain bench/run.sh     # perf profile of drains
-#   OUTBOXD_BIN=/tmp/outboxd-before STEPS=drain bench/run.sh      # another build, for before/after
+#   BENCH_OUTBOXD=/tmp/outboxd-before STEPS=drain bench/run.sh      # another build, for before/after
 #
 # Steps (STEPS, default all, in this order):
 #   limits   pgoutput decoding rate of ROWS rows (pg_logical_slot_get_binary_changes over a slot
@@ -55,7 +55,7 @@ trap cleanup EXIT
 
 echo "building (release)..." >&2
 cargo build --release --quiet --bin outboxd --example bench_latency --example bench_broker
-outboxd=${OUTBOXD_BIN:-$PWD/target/release/outboxd}
+outboxd=${BENCH_OUTBOXD:-$PWD/target/release/outboxd}
 helper=$PWD/target/release/examples/bench_broker
 latency=$PWD/target/release/examples/bench_latency
 
@@ -108,7 +108,7 @@ new_db() { # name mode -> database with the outbox migrated (and slot + publicat
   psql -c "CREATE DATABASE $1"
   envfile=$root/env_$1
   relay_env "$1" "$2" log "" >"$envfile"
-  with_env "$outboxd" migrate >/dev/null 2>&1
+  with_env "$outboxd" migrate >"$root/migrate_$1.log" 2>&1 || { cat "$root/migrate_$1.log" >&2; exit 1; }
 }
 insert_rows() { # db rows: ROWS rows in transactions of INSERT_CHUNK
   psql -d "$1" -c "DO \$\$ BEGIN
@@ -246,6 +246,10 @@ drain_one() { # MODE:SINK[:tuning]
   [ -n "$perf_all" ] && { pkill -INT -P "$perf_all" sleep 2>/dev/null || true; wait "$perf_all" || true; }
   local rss
   rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+  # The relay's own CPU time (user + system, all threads) per row: unlike the rate, it hardly
+  # depends on what else the machine is doing.
+  local cpu
+  cpu=$(awk -v rows="$ROWS" -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz * 1e6 / rows}' "/proc/$pid/stat")
   local got=$ROWS
   case $sink in
     log) got=$(with_env "$outboxd" log stats --json 2>/dev/null |
@@ -259,7 +263,7 @@ drain_one() { # MODE:SINK[:tuning]
   esac
   local rate
   rate=$(calc "int($ROWS/($t1-$t0))")
-  record drain "$spec" "$rate" rows/s "$(calc "round($t1-$t0,2)") s, peak RSS $rss MiB, in sink: $got, load before: $load_before"
+  record drain "$spec" "$rate" rows/s "$(calc "round($t1-$t0,2)") s, relay CPU $cpu µs/row, peak RSS $rss MiB, in sink: $got, load before: $load_before"
   if [ "$PERF" != 0 ]; then
     local prof=$(dirname "$OUT")/perf-${PERF}-${spec//:/_}.txt
     {

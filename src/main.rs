@@ -4,7 +4,19 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match outboxd::cli::main().await {
+    // On a worker thread, not the main one: the tasks the relay hands work to (the replication
+    // reader, PostgreSQL connections, lanes) and the relay then wake each other on the same
+    // worker, instead of every hand-over crossing threads (half the relay's CPU per event in
+    // logical mode, see docs/BENCHMARKS.md).
+    let result = match tokio::spawn(outboxd::cli::main()).await {
+        Ok(result) => result,
+        Err(err) => Err(outboxd::error::Error::with_source(
+            outboxd::error::ErrorKind::Internal,
+            "the main task failed",
+            err,
+        )),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err.chain(), "outboxd stopped");
