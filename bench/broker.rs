@@ -107,7 +107,14 @@ fn main() {
                 .await
                 .expect("delete exchange");
         }),
-        ["amqp-ceiling", url, exchange, messages, connections, ref mode @ ..] => amqp_ceiling(
+        [
+            "amqp-ceiling",
+            url,
+            exchange,
+            messages,
+            connections,
+            ref mode @ ..,
+        ] => amqp_ceiling(
             url,
             exchange,
             messages.parse().expect("count"),

@@ -7,9 +7,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, Stored};
 use crate::log::{Durability, LogReader, LogWriter, NewRecord, Syncer};
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// Records at the end of the log always read back at open, whatever the batch size.
 const MIN_TAIL_RECORDS: usize = 10_000;
@@ -82,6 +84,35 @@ fn read_tail(dir: &Path, window: usize) -> Result<Vec<Stored>> {
     Ok(tail)
 }
 
+/// Appends `records` off the async threads (the write, and with `durability = "batch"` the
+/// fsync, block). On a multi-threaded runtime the calling worker blocks in place and hands its
+/// other tasks on, so the records are written where they are; elsewhere (a current-thread
+/// runtime, as in tests) they are copied to a blocking thread.
+async fn append(writer: &Arc<Mutex<LogWriter>>, records: &[NewRecord<'_>]) -> Result<Range<u64>> {
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        return tokio::task::block_in_place(|| locked(writer).append(records));
+    }
+    let owned: Vec<(String, Event)> = records
+        .iter()
+        .map(|record| (record.topic.to_owned(), record.event.clone()))
+        .collect();
+    let writer = writer.clone();
+    tokio::task::spawn_blocking(move || {
+        let records: Vec<NewRecord<'_>> = owned
+            .iter()
+            .map(|(topic, event)| NewRecord { topic, event })
+            .collect();
+        locked(&writer).append(&records)
+    })
+    .await
+    .map_err(|err| Error::with_source(ErrorKind::Internal, "appending to the log", err))?
+}
+
+/// Locks the writer, going on after a panic elsewhere: the writer's own poisoning covers I/O.
+fn locked(writer: &Mutex<LogWriter>) -> MutexGuard<'_, LogWriter> {
+    writer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Sink for LogSink {
     async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
         let mut outcomes = Vec::with_capacity(events.len());
@@ -105,26 +136,13 @@ impl Sink for LogSink {
                 )));
             } else {
                 outcomes.push(Outcome::Delivered);
-                accepted.push(event.clone());
+                accepted.push(record);
             }
         }
         if accepted.is_empty() {
             return Ok(outcomes);
         }
-        let writer = self.writer.clone();
-        let offsets = tokio::task::spawn_blocking(move || {
-            let records: Vec<NewRecord<'_>> = accepted
-                .iter()
-                .map(|event| NewRecord {
-                    topic: &event.aggregate_type,
-                    event,
-                })
-                .collect();
-            let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-            writer.append(&records)
-        })
-        .await
-        .map_err(|err| Error::with_source(ErrorKind::Internal, "appending to the log", err))??;
+        let offsets = append(&self.writer, &accepted).await?;
         if let Some(syncer) = &self.syncer {
             syncer.wait_durable(offsets.end).await?;
         }

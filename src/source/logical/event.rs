@@ -3,11 +3,12 @@
 //! A row goes through the same checks as in polling mode (see `source::decode`), so both modes
 //! accept and refuse exactly the same rows. An emitted message carries the same fields as JSON.
 
+use super::timestamp;
 use crate::config::ColumnsConfig;
 use crate::event::{Event, Position, Rejected};
 use crate::source::decode::{PendingRow, decode};
 use crate::source::pgoutput::{Relation, Value};
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -57,11 +58,19 @@ pub fn from_row(
     position: Position,
     commit_time: DateTime<Utc>,
 ) -> Result<Event, Rejected> {
-    let text = |index: Option<usize>| match index.and_then(|i| values.get(i)) {
-        Some(Value::Text(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+    let bytes = |index: Option<usize>| match index.and_then(|i| values.get(i)) {
+        Some(Value::Text(bytes)) => Some(*bytes),
         _ => None,
     };
-    let created_at = text(columns.created_at).and_then(|t| parse_timestamp(&t));
+    // The server sends text in the database encoding, UTF-8 in practice: check it in one pass,
+    // and replace invalid sequences only when there are some.
+    let text = |index| {
+        bytes(index).map(|bytes| match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        })
+    };
+    let created_at = bytes(columns.created_at).and_then(timestamp::parse);
     let row = PendingRow {
         position: position.0 as i64,
         ready: true,
@@ -77,19 +86,6 @@ pub fn from_row(
     // `decode` round-trips the position through i64; keep the LSN exactly as it was.
     event.position = position;
     Ok(event)
-}
-
-/// Parses a `created_at` in the text form the replication session produces (`DateStyle = ISO`,
-/// `TimeZone = UTC`, pinned at connect): `timestamptz` as `2026-11-23 19:19:00.123456+00`, and
-/// `timestamp` (as Debezium-style tables often have) without the offset, which is read in that
-/// session zone, UTC, as casting it to `timestamptz` there would. `None` for anything else
-/// (`infinity`, BC dates); the caller falls back to the commit time.
-fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    const ISO: &str = "%Y-%m-%d %H:%M:%S%.f";
-    DateTime::parse_from_str(text, &format!("{ISO}%#z"))
-        .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| NaiveDateTime::parse_from_str(text, ISO).map(|t| t.and_utc()))
-        .ok()
 }
 
 /// The JSON body of an event message: `pg_logical_emit_message(true, '<prefix>', <json>)`.

@@ -31,6 +31,7 @@ mod progress;
 mod resume;
 pub mod slot;
 mod stream;
+mod timestamp;
 
 use super::pgoutput::{self, Message};
 use super::{Batch, Source};
