@@ -28,7 +28,8 @@ impl Decoded {
         }
     }
 
-    /// Its id, unique inside its transaction.
+    /// Its id (the event's, or the rejected row's as text): what tells items of one
+    /// transaction apart.
     pub fn id(&self) -> &str {
         match self {
             Decoded::Event(event) => &event.id,

@@ -42,7 +42,9 @@ impl Mark {
 
     /// Where the event (`position`, `id`) falls. Valid for a replay's events in stream order up
     /// to the first that is [`Place::At`] or [`Place::After`]: inside the mark's transaction, an
-    /// event other than the mark's is taken to come before it until the mark was seen.
+    /// event other than the mark's is taken to come before it until the mark was seen. Should
+    /// two events of that transaction share the mark's id (a rejected row's id may be empty),
+    /// the prefix ends at the first: later ones are delivered again, never lost.
     pub fn place(&self, position: u64, id: &str) -> Place {
         match position.cmp(&self.position) {
             Ordering::Less => Place::Before,
