@@ -6,10 +6,13 @@
 
 mod common;
 
+use common::faults::{FaultSink, Faults};
 use common::pg::{TestDb, connect, test_db};
 use common::relay::*;
 use outboxd::config::{DbUrl, SourceMode};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -244,6 +247,94 @@ async fn logical_idle_heartbeat_advances_the_slot() {
         .get(0);
 
     // Then the slot still moves past it
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slot_past(&db, &lsn).await < 0 {
+        assert!(Instant::now() < deadline, "slot never passed {lsn}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.stop().await;
+    drop_slot(&db).await;
+}
+
+/// The process streaming from the test's slot, if one does.
+async fn walsender_pid(db: &TestDb) -> Option<i32> {
+    connect(&db.url)
+        .await
+        .query_one(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Writes one transaction of 60 events over 6 aggregates, the `round`-th (from 0): each
+/// aggregate's sequence goes on from the previous round.
+async fn write_round(db: &TestDb, round: i32) {
+    connect(&db.url)
+        .await
+        .execute(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) \
+             SELECT 'order', 'agg-' || (i % 6), 'Step', jsonb_build_object('seq', $1 * 10 + i / 6 + 1) \
+             FROM generate_series(0, 59) i",
+            &[&round],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_lost_stream_hands_out_nothing_again_that_a_lane_still_holds() {
+    // Given a relay in logical mode whose sink holds its first publish: of a transaction of 60
+    // events over 6 aggregates (and 4 lanes), some are in a lane, unacknowledged, the rest
+    // acknowledged or about to be
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut config = config_in(SourceMode::Logical, &db, &log);
+    config.source.batch_size = 100;
+    migrate(&config).await;
+    let (started_tx, started) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel();
+    let faults = Arc::new(Mutex::new(Faults {
+        hold_once: Some((started_tx, release_rx)),
+        ..Faults::default()
+    }));
+    let relay = InProcessRelay::start_with(&config, |inner| FaultSink { inner, faults }).await;
+    write_round(&db, 0).await;
+    assert!(started.await.unwrap() > 0);
+
+    // When the replication connection is lost, the relay re-opens it (the server replays the
+    // transaction: nothing of it was confirmed), and another transaction follows
+    let old = walsender_pid(&db).await.expect("streaming");
+    connect(&db.url)
+        .await
+        .execute("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while walsender_pid(&db).await.is_none_or(|pid| pid == old) {
+        assert!(Instant::now() < deadline, "the stream was never re-opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    write_round(&db, 1).await;
+    release.send(()).unwrap();
+
+    // Then every event arrives once, each aggregate in order, and the slot moves past them all
+    let logs = wait_for_events(&[&log], 120, WAIT).await;
+    let repeats = assert_in_order(&logs[0]);
+    assert_eq!(
+        assert_complete(&logs[0].iter().collect::<Vec<_>>(), 120),
+        repeats
+    );
+    assert_eq!(repeats, 0, "events handed out again after the reconnect");
+    let lsn: String = connect(&db.url)
+        .await
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while slot_past(&db, &lsn).await < 0 {
         assert!(Instant::now() < deadline, "slot never passed {lsn}");

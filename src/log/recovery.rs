@@ -31,7 +31,8 @@ pub(crate) struct Recovered {
 ///
 /// An incomplete frame, an impossible length, a checksum mismatch or an undecodable body at
 /// the end mean the same here: the tail of a write that never completed, since nothing
-/// acknowledged it. Two things are reported as [`ErrorKind::Corrupt`] instead of being cut,
+/// acknowledged it. Bodies are decoded whole, not just their header: a record readers cannot
+/// decode would stop them for good, and the writer would append after it. Two things are reported as [`ErrorKind::Corrupt`] instead of being cut,
 /// because cutting would throw away records that were acknowledged:
 /// - a valid frame with the wrong offset (the writer never produces one);
 /// - a damaged frame followed by a valid frame with the next offset: damage in the middle of
@@ -61,17 +62,17 @@ pub(crate) fn recover(path: &Path, base: u64, interval: u64) -> Result<Recovered
             Frame::Incomplete => break Some("incomplete frame".to_owned()),
             Frame::Damaged(reason) => break Some(reason),
         };
-        let header = match codec::header(&body) {
-            Ok(header) => header,
-            Err(reason) => break Some(reason),
+        let decoded = match record::decode_body(&body) {
+            Ok(decoded) => decoded,
+            Err(reason) => break Some(format!("record does not decode: {reason}")),
         };
-        if header.offset != found.next_offset {
+        if decoded.offset != found.next_offset {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
                     "log segment {} holds offset {} at byte {} where offset {} belongs",
                     path.display(),
-                    header.offset,
+                    decoded.offset,
                     found.valid_bytes,
                     found.next_offset
                 ),
@@ -79,13 +80,13 @@ pub(crate) fn recover(path: &Path, base: u64, interval: u64) -> Result<Recovered
         }
         if sampler.take(found.valid_bytes) {
             found.entries.push(Entry {
-                offset: header.offset,
+                offset: decoded.offset,
                 pos: found.valid_bytes,
-                appended_at: header.appended_at,
+                appended_at: decoded.appended_at,
             });
         }
-        found.first_at.get_or_insert(header.appended_at);
-        found.last_at = Some(header.appended_at);
+        found.first_at.get_or_insert(decoded.appended_at);
+        found.last_at = Some(decoded.appended_at);
         found.valid_bytes += Frame::len_on_disk(&body);
         found.next_offset += 1;
     };
@@ -95,21 +96,23 @@ pub(crate) fn recover(path: &Path, base: u64, interval: u64) -> Result<Recovered
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
-                    "log segment {} is corrupt at byte {} ({reason}) and valid records follow; \
-                     refusing to cut acknowledged records. Restore the segment from a backup, \
-                     or truncate it at that byte by hand to accept the loss",
+                    "log segment {} is corrupt at byte {} (offset {}: {reason}) and valid \
+                     records follow; refusing to cut acknowledged records. Restore the segment \
+                     from a backup, or truncate it at that byte by hand to accept the loss",
                     path.display(),
-                    found.valid_bytes
+                    found.valid_bytes,
+                    found.next_offset
                 ),
             ));
         }
         truncate(&file, path, found.valid_bytes)?;
         tracing::warn!(
             path = %path.display(),
+            offset = found.next_offset,
             valid_bytes = found.valid_bytes,
             dropped_bytes = file_len - found.valid_bytes,
             reason,
-            "truncated torn tail of embedded log"
+            "truncated torn tail of embedded log from this offset on"
         );
     }
     Ok(found)
@@ -155,10 +158,37 @@ fn truncate(file: &File, path: &Path, len: u64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::log::testing::{append_range, copy_dir, flip_byte, read_all, segment_paths};
-    use crate::log::{LogReader, LogWriter, WriterOptions};
+    use crate::log::{LogReader, LogWriter, NewRecord, WriterOptions};
 
     /// Records written before the torn one.
     const N: u64 = 6;
+
+    /// The frame of record `offset` whose payload is not JSON, with a checksum that matches:
+    /// what a writer bug, not a torn write, would leave.
+    fn undecodable_frame(offset: u64) -> Vec<u8> {
+        let event = crate::log::testing::event(offset, 50);
+        let record = NewRecord {
+            topic: "orders",
+            event: &event,
+        };
+        let mut frame = Vec::new();
+        record::encode_frame(&mut frame, offset, Utc::now(), &record).unwrap();
+        let payload = frame
+            .windows(5)
+            .position(|w| w == br#"{"n":"#)
+            .expect("payload in the frame");
+        frame[payload] = b'!';
+        let crc = crc32c::crc32c(&frame[HEADER_LEN..]);
+        frame[4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        frame
+    }
+
+    /// Appends raw bytes to the file at `path`.
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        use std::io::Write;
+        let mut file = OpenOptions::new().append(true).open(path).unwrap();
+        file.write_all(bytes).unwrap();
+    }
 
     #[test]
     fn every_torn_length_of_the_last_record_recovers_to_the_records_before_it() {
@@ -227,6 +257,64 @@ mod tests {
         let mut reader = LogReader::open(dir.path()).unwrap();
         let offsets: Vec<u64> = read_all(&mut reader).iter().map(|r| r.offset).collect();
         assert_eq!(offsets, (0..N - 1).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_last_record_with_a_valid_checksum_that_does_not_decode_is_cut_on_recovery() {
+        // given a log whose last frame has a matching checksum but a payload that is not JSON
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        append_range(&mut writer, 0..N - 1, 120);
+        drop(writer);
+        let segment = &segment_paths(dir.path())[0];
+        let end_before = std::fs::metadata(segment).unwrap().len();
+        append_bytes(segment, &undecodable_frame(N - 1));
+
+        // when the writer reopens, then that frame is cut and its offset reused
+        let mut writer = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        assert_eq!(writer.next_offset(), N - 1);
+        assert_eq!(std::fs::metadata(segment).unwrap().len(), end_before);
+
+        // and readers go on past it with the next append
+        append_range(&mut writer, 100..101, 120);
+        let mut reader = LogReader::open(dir.path()).unwrap();
+        let records = read_all(&mut reader);
+        assert_eq!(records.len() as u64, N);
+        assert_eq!(records[N as usize - 1].event.id, "event-100");
+    }
+
+    #[test]
+    fn an_undecodable_record_before_valid_ones_stops_the_writer_instead_of_cutting() {
+        // given a log with a checksum-valid undecodable record in the middle
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        append_range(&mut writer, 0..N - 1, 120);
+        drop(writer);
+        let segment = &segment_paths(dir.path())[0];
+        append_bytes(segment, &undecodable_frame(N - 1));
+        let event = crate::log::testing::event(N, 120);
+        let mut valid = Vec::new();
+        let record = NewRecord {
+            topic: "orders",
+            event: &event,
+        };
+        record::encode_frame(&mut valid, N, Utc::now(), &record).unwrap();
+        append_bytes(segment, &valid);
+        let len = std::fs::metadata(segment).unwrap().len();
+
+        // when the writer reopens, then it refuses, naming the segment and the offset, and
+        // cuts nothing
+        let err = LogWriter::open(dir.path(), WriterOptions::default())
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        let text = err.to_string();
+        assert!(text.contains("00000000000000000000.log"), "{err}");
+        assert!(
+            text.contains(&format!("offset {}: record does not decode", N - 1)),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(segment).unwrap().len(), len);
     }
 
     #[test]

@@ -106,6 +106,16 @@ pub(crate) fn scan_end(dir: &Path, base: u64, (pos, offset): (u64, u64)) -> Resu
 
 /// Whether the frame at `entry.pos` of segment `base` is valid and holds `entry.offset`.
 fn holds(dir: &Path, base: u64, entry: &Entry) -> Result<bool> {
+    // An entry past the segment's end is stale or hand-made, not an error: the segment is
+    // scanned instead. Seeking there first would not do, since a file system may refuse the
+    // position outright (ext4 does from 16 TiB on, with EINVAL).
+    let path = segment::path(dir, base);
+    let len = std::fs::metadata(&path)
+        .map_err(|err| Error::io(format!("reading log segment {}", path.display()), err))?
+        .len();
+    if entry.pos >= len {
+        return Ok(false);
+    }
     let mut src = open_at(dir, base, entry.pos)?;
     Ok(match read(dir, base, &mut src)? {
         Frame::Valid(body) => codec::header(&body).is_ok_and(|h| h.offset == entry.offset),
@@ -212,6 +222,34 @@ mod tests {
             assert_eq!(entries.first().map(|e| (e.offset, e.pos)), Some((base, 0)));
         }
         assert_seeks_match_scan(dir.path(), &records);
+    }
+
+    #[test]
+    fn an_index_entry_beyond_where_the_file_system_can_seek_falls_back_to_scanning() {
+        // given a log whose index (checksums valid) points offset 3 at byte 2^50: past the
+        // segment's end, and past what ext4 can seek to
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        append_range(&mut writer, 0..5, 50);
+        drop(writer);
+        let appended_at = read_all(&mut LogReader::open(dir.path()).unwrap())[0].appended_at;
+        let mut index = Vec::new();
+        for (offset, pos) in [(0, 0), (3, 1 << 50)] {
+            let entry = Entry {
+                offset,
+                pos,
+                appended_at,
+            };
+            entry.encode(&mut index);
+        }
+        std::fs::write(segment::index_path(dir.path(), 0), index).unwrap();
+        assert_eq!(index::load(dir.path(), 0).unwrap().unwrap().len(), 2);
+
+        // when a reader seeks to offset 3, then it finds it by scanning the segment
+        let mut reader = LogReader::open(dir.path()).unwrap();
+        reader.seek(3).unwrap();
+        assert_eq!(reader.next().unwrap().unwrap().offset, 3);
+        assert_eq!(reader.bounds().unwrap(), (0, 5));
     }
 
     #[test]

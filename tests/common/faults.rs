@@ -1,5 +1,5 @@
 //! A sink wrapper that injects faults: transient failures for an aggregate, events refused for
-//! good, a publish that hangs, a sink that is down.
+//! good, a publish that hangs, or one held until the test lets it go, a sink that is down.
 
 use outboxd::error::{Error, ErrorKind, Result};
 use outboxd::event::Event;
@@ -7,6 +7,7 @@ use outboxd::sink::{AnySink, Outcome, Sink};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// What to inject; change it while the relay runs.
 #[derive(Debug, Default)]
@@ -22,6 +23,9 @@ pub struct Faults {
     /// Every publish holding an event of one of these aggregates sleeps this long first: a
     /// slow consumer or partition behind one aggregate.
     pub slow_aggregates: HashMap<String, Duration>,
+    /// The next publish reports how many events it holds on the sender, then waits for the
+    /// receiver: the test knows those events are in a lane, and decides when they land.
+    pub hold_once: Option<(oneshot::Sender<usize>, oneshot::Receiver<()>)>,
 }
 
 /// Wraps a real sink and applies [`Faults`].
@@ -34,6 +38,11 @@ pub struct FaultSink {
 
 impl Sink for FaultSink {
     async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        let hold = self.faults.lock().unwrap().hold_once.take();
+        if let Some((started, release)) = hold {
+            let _ = started.send(events.len());
+            let _ = release.await;
+        }
         let hang = {
             let mut faults = self.faults.lock().unwrap();
             let slow = events

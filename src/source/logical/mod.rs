@@ -16,6 +16,14 @@
 //! restart therefore adds no duplicate. A sink position beyond the server's current WAL cannot
 //! come from this server (a log reused across clusters); it is then ignored with a warning.
 //!
+//! # A lost stream
+//! When the stream is lost without a restart (PostgreSQL restarted, the connection dropped), the
+//! source re-opens it and the server replays from the slot's confirmed position, which may be
+//! older than what this process confirmed. Nothing that was handed out is handed out again:
+//! transactions before the confirmed position are settled, and the rest of what was handed out
+//! is a prefix of the stream that [`replay`] recognises. Events still in a lane keep counting in
+//! [`progress`], so the slot never passes them before the relay settles them.
+//!
 //! # Rejected events
 //! A row that cannot become an event, or an event the sink refuses, has no row to mark failed
 //! (it may be deleted already): it is logged with its position and counted as done, so it never
@@ -27,7 +35,9 @@
 //! backoff until the slot is free. No advisory lock is needed.
 
 pub(crate) mod event;
+mod pending;
 mod progress;
+mod replay;
 mod resume;
 pub mod slot;
 mod stream;
@@ -37,14 +47,16 @@ use super::pgoutput::{self, Message};
 use super::{Batch, Source};
 use crate::config::{RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
-use crate::event::{Event, Position, Rejected, Stored};
+use crate::event::{Position, Rejected, Stored};
 use crate::outbox::OutboxTable;
 use crate::pg::Session;
 use crate::retry::{Backoff, sleep_or_shutdown};
 use chrono::{DateTime, Utc};
 use event::Columns;
+use pending::{Decoded, Pending};
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use progress::Progress;
+use replay::Replay;
 use resume::Resume;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -77,13 +89,13 @@ pub struct LogicalSource {
     relations: HashMap<u32, Option<Columns>>,
     /// The transaction being decoded, between Begin and Commit.
     txn: Option<OpenTxn>,
-    /// Events decoded and not yet handed out (at most `batch_size`).
-    events: Vec<Event>,
-    /// Rows decoded that cannot become events, not yet handed out.
-    rejected: Vec<Rejected>,
+    /// Events and rows that cannot become events, decoded and not yet handed out.
+    pending: Pending,
     /// What may be confirmed to the slot.
     progress: Progress,
-    /// What the sink held at start-up, while the replay has not passed it.
+    /// What this process handed out, to recognise it on a re-opened stream.
+    replay: Replay,
+    /// What the sink held at start-up, until the source hands out something past it.
     resume: Option<Resume>,
     /// Delays between reconnection attempts; reset by every success.
     backoff: Backoff,
@@ -110,9 +122,9 @@ impl LogicalSource {
             sql: Some(session),
             relations: HashMap::new(),
             txn: None,
-            events: Vec::new(),
-            rejected: Vec::new(),
+            pending: Pending::default(),
             progress: Progress::default(),
+            replay: Replay::default(),
             resume: None,
             backoff: Backoff::from_config(relay),
             next_heartbeat: Instant::now(),
@@ -152,6 +164,7 @@ impl LogicalSource {
                 if !slot::check_slot(&sql.client, &self.config).await? {
                     return Err(err);
                 }
+                self.forget_old_slot();
             }
             if !sleep_or_shutdown(delay, shutdown).await {
                 return Ok(false);
@@ -160,18 +173,30 @@ impl LogicalSource {
         Ok(true)
     }
 
-    /// Drops the stream and everything decoded from it: the next stream starts again at the
-    /// slot's confirmed position.
+    /// Drops the stream and everything decoded from it that was not handed out: the next stream
+    /// starts again at the slot's confirmed position, and repeats what was handed out (see the
+    /// module docs).
     fn drop_stream(&mut self) {
         if let Some(mut stream) = self.stream.take() {
             stream.abort();
         }
         self.relations.clear();
         self.txn = None;
-        self.events.clear();
-        self.rejected.clear();
-        self.progress.reset();
+        self.pending.clear();
+        self.progress.rewind();
+        self.replay.rewind();
+        if let Some(resume) = &mut self.resume {
+            resume.rewind();
+        }
         crate::metrics::get().source_up.set(0);
+    }
+
+    /// After the slot was re-created: nothing of the old one comes again, so nothing of it may
+    /// hold the new one back (acknowledgements of its events still in lanes are ignored).
+    fn forget_old_slot(&mut self) {
+        self.progress.forget();
+        self.replay.forget();
+        self.resume = None;
     }
 
     /// Opens the ordinary session if it is closed.
@@ -222,6 +247,7 @@ impl LogicalSource {
                     return Err(slot::lost(&self.config.logical.slot));
                 }
                 self.drop_stream();
+                self.forget_old_slot();
                 if let Some(sql) = &self.sql {
                     slot::check_slot(&sql.client, &self.config).await?;
                 }
@@ -296,11 +322,8 @@ impl LogicalSource {
                     return Ok(());
                 };
                 match event::from_row(columns, &values, txn.position, txn.commit_time) {
-                    Ok(event) => self.push(event),
-                    Err(rejected) => {
-                        self.progress.handed_out(rejected.position.0);
-                        self.rejected.push(rejected);
-                    }
+                    Ok(event) => self.push(Decoded::Event(event)),
+                    Err(rejected) => self.push(Decoded::Rejected(rejected)),
                 }
             }
             Message::Other(tag) => {
@@ -329,7 +352,7 @@ impl LogicalSource {
             return;
         };
         match event::from_message(content, lsn, txn.position, txn.commit_time) {
-            Ok(event) => self.push(event),
+            Ok(event) => self.push(Decoded::Event(event)),
             Err(reason) => {
                 tracing::error!(lsn = %at, reason, "invalid event message; dead-lettered");
                 crate::metrics::get().dead_letters.inc();
@@ -337,18 +360,23 @@ impl LogicalSource {
         }
     }
 
-    /// Queues a decoded event, unless the sink already holds it from a previous run.
-    fn push(&mut self, event: Event) {
-        if let Some(resume) = &mut self.resume {
-            if resume.holds(&event) {
-                return;
-            }
-            if resume.is_over(event.position.0) {
-                self.resume = None;
-            }
+    /// Queues a decoded event or rejected row, unless it is settled already: its transaction
+    /// was confirmed, this process handed it out before the stream was lost, or the sink held
+    /// it at start-up.
+    fn push(&mut self, item: Decoded) {
+        let position = item.position();
+        // Each filter follows the stream, so each sees every item.
+        let settled = self.progress.settled(position);
+        let handed = self.replay.repeats(position, item.id());
+        let held = match (&mut self.resume, &item) {
+            (Some(resume), Decoded::Event(event)) => resume.holds(event),
+            _ => false,
+        };
+        if settled || handed || held {
+            return;
         }
-        self.progress.handed_out(event.position.0);
-        self.events.push(event);
+        self.progress.decoded(position);
+        self.pending.push(item);
     }
 
     /// Tells the server how far the slot may advance, if that moved.
@@ -358,18 +386,18 @@ impl LogicalSource {
         }
     }
 
-    /// Hands out up to `batch_size` pending events and every pending rejection.
+    /// Hands out up to `batch_size` pending events, and the rejected rows among them.
     fn take_batch(&mut self) -> Batch {
-        let take = self.events.len().min(self.config.batch_size);
-        Batch {
-            events: self.events.drain(..take).collect(),
-            rejected: std::mem::take(&mut self.rejected),
+        let batch = self
+            .pending
+            .take(self.config.batch_size, &mut self.progress, &mut self.replay);
+        // Once something past what the sink held is handed out, a lost stream's repeat of
+        // those events is recognised by the replay.
+        let newest = batch.events.last();
+        if (self.resume.as_ref().zip(newest)).is_some_and(|(r, e)| r.is_over(e.position.0)) {
+            self.resume = None;
         }
-    }
-
-    /// Whether anything is pending.
-    fn has_pending(&self) -> bool {
-        !self.events.is_empty() || !self.rejected.is_empty()
+        batch
     }
 
     /// After a stream error: drops the stream, and waits a backoff delay if it may heal
@@ -406,14 +434,14 @@ impl Source for LogicalSource {
                 return Ok(None);
             }
             // Large transactions are handed out in chunks as they are decoded.
-            if self.events.len() >= self.config.batch_size {
+            if self.pending.events() >= self.config.batch_size {
                 return Ok(Some(self.take_batch()));
             }
             if !self.ensure_stream(shutdown).await? {
                 return Ok(None);
             }
             // Between transactions, hand out what is pending unless more is already waiting.
-            let flush = self.has_pending() && self.txn.is_none();
+            let flush = !self.pending.is_empty() && self.txn.is_none();
             let heartbeat_due = self.next_heartbeat;
             let Some(stream) = self.stream.as_mut() else {
                 continue;

@@ -2,15 +2,22 @@
 //! stores each aggregate's events in stream order (one lane per aggregate), so what it holds of
 //! an aggregate is a prefix of that aggregate's events in the stream: everything up to the last
 //! one it reported. Those are dropped from the replay; everything after is delivered.
+//!
+//! The stream may be lost and replayed again before the source handed out anything past what
+//! the sink held, so a [`Resume`] can be [rewound](Resume::rewind) to recognise the same events
+//! on the next stream.
 
+use super::replay::{Mark, Place};
 use crate::event::{Event, Stored};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// What the sink held at start-up, per aggregate, while the replay has not passed it.
 #[derive(Debug)]
 pub struct Resume {
-    /// Per aggregate: position and id of the newest event the sink holds.
-    last: HashMap<String, (u64, String)>,
+    /// Per aggregate: the end of the prefix the sink holds.
+    last: HashMap<String, Mark>,
+    /// Aggregates whose mark the current stream has passed: nothing later of theirs is held.
+    passed: HashSet<String>,
     /// The newest position the sink holds; past it the replay is new.
     end: u64,
 }
@@ -21,29 +28,41 @@ impl Resume {
         let end = stored.iter().map(|s| s.position.0).max()?;
         let last = stored
             .iter()
-            .map(|s| (s.aggregate_id.clone(), (s.position.0, s.id.clone())))
+            .map(|s| (s.aggregate_id.clone(), Mark::new(s.position.0, &s.id)))
             .collect();
-        Some(Resume { last, end })
+        Some(Resume {
+            last,
+            passed: HashSet::new(),
+            end,
+        })
     }
 
     /// Whether the sink already holds `event`. Call with the replay's events in stream order.
     pub fn holds(&mut self, event: &Event) -> bool {
-        let Some((position, id)) = self.last.get(&event.aggregate_id) else {
+        if self.passed.contains(&event.aggregate_id) {
+            return false;
+        }
+        let Some(mark) = self.last.get(&event.aggregate_id) else {
             return false;
         };
-        if event.position.0 > *position {
-            return false;
+        match mark.place(event.position.0, &event.id) {
+            Place::Before => true,
+            Place::At => {
+                self.passed.insert(event.aggregate_id.clone());
+                true
+            }
+            Place::After => false,
         }
-        // Events of one transaction share its position: the stored prefix ends at the id.
-        if event.position.0 == *position && *id == event.id {
-            self.last.remove(&event.aggregate_id);
-        }
-        true
     }
 
-    /// Whether the replay at `position` is past everything the sink held.
+    /// The stream was lost: the next one replays the same events from the start.
+    pub fn rewind(&mut self) {
+        self.passed.clear();
+    }
+
+    /// Whether `position` is past everything the sink held.
     pub fn is_over(&self, position: u64) -> bool {
-        position > self.end || self.last.is_empty()
+        position > self.end
     }
 }
 
@@ -88,6 +107,7 @@ mod tests {
         assert!(resume.holds(&event(200, "a2", "a")));
         assert!(resume.holds(&event(300, "a3", "a")));
         assert!(!resume.holds(&event(300, "c1", "c")));
+        assert!(!resume.is_over(300));
         assert!(resume.is_over(301));
     }
 
@@ -97,7 +117,21 @@ mod tests {
         assert!(resume.holds(&event(500, "x1", "x")));
         assert!(resume.holds(&event(500, "x2", "x")));
         assert!(!resume.holds(&event(500, "x3", "x")));
-        assert!(resume.is_over(500));
+    }
+
+    #[test]
+    fn a_rewound_resume_holds_the_same_events_on_the_next_stream() {
+        // Given a stream lost after passing the stored x2
+        let mut resume = Resume::new(&[stored(500, "x2", "x")]).unwrap();
+        assert!(resume.holds(&event(500, "x1", "x")));
+        assert!(resume.holds(&event(500, "x2", "x")));
+        assert!(!resume.holds(&event(500, "x3", "x")));
+
+        // When the next stream replays the same transaction, then x1 and x2 are held again
+        resume.rewind();
+        assert!(resume.holds(&event(500, "x1", "x")));
+        assert!(resume.holds(&event(500, "x2", "x")));
+        assert!(!resume.holds(&event(500, "x3", "x")));
     }
 
     #[test]
