@@ -7,11 +7,13 @@
 #   STEPS="limits drain" DRAINS="poll:log poll:log:batch=5000" bench/run.sh
 #   PERF=1 DRAINS="poll:log logical:log" STEPS=drain bench/run.sh     # perf profile of drains
 #   BENCH_OUTBOXD=/tmp/outboxd-before STEPS=drain bench/run.sh      # another build, for before/after
+#   PERF=1 PERF_CALLGRAPH=dwarf PERF_FREQ=199 KEEP_PERF=/tmp/p.data ...   # with call graphs, kept
 #
 # Steps (STEPS, default all, in this order):
 #   limits   pgoutput decoding rate of ROWS rows (pg_logical_slot_get_binary_changes over a slot
-#            created before they were written) and the pgbench insert rate (8 clients, one row
-#            per transaction, synchronous_commit=on, PGBENCH_SECONDS)
+#            created before they were written), the rate PostgreSQL streams them to its own
+#            pg_recvlogical (to /dev/null), and the pgbench insert rate (8 clients, one row per
+#            transaction, synchronous_commit=on, PGBENCH_SECONDS)
 #   drain    per DRAINS entry MODE:SINK[:batch=N,lanes=N]: a fresh database with ROWS pending
 #            rows (AGGS aggregates, ~300-byte payloads, committed INSERT_CHUNK rows per
 #            transaction), then outboxd started and timed until every row is acknowledged
@@ -148,7 +150,8 @@ wait_load() { # wait (at most LOAD_WAIT s) for the 1-minute load to fall below L
 start_relay() { # envfile logfile
   # Not through with_env: $! must be the process itself (env execs it), not a subshell.
   if [ "$PERF" = 1 ]; then
-    env $(cat "$1") perf record -q -F 999 -o "$root/perf.data" -- "$outboxd" run 2>"$2" &
+    env $(cat "$1") perf record -q -F "${PERF_FREQ:-999}" ${PERF_CALLGRAPH:+--call-graph "$PERF_CALLGRAPH"} \
+      -o "$root/perf.data" -- "$outboxd" run 2>"$2" &
   else
     env $(cat "$1") "$outboxd" run 2>"$2" &
   fi
@@ -163,15 +166,18 @@ relay_pid() { # the outboxd process (the child of perf when profiling)
   if [ "$PERF" = 1 ]; then pgrep -P "$relay" -x outboxd || echo "$relay"; else echo "$relay"; fi
 }
 
-decode_rate=0 insert_rate=0
+decode_rate=0 stream_rate=0 insert_rate=0
 step_limits() {
   wait_load
   new_db limits logical
-  psql -d limits -c "SELECT pg_create_logical_replication_slot('limits_decode', 'pgoutput')" >/dev/null
+  psql -d limits -c "SELECT pg_create_logical_replication_slot('limits_decode', 'pgoutput')" \
+    -c "SELECT pg_create_logical_replication_slot('limits_stream', 'pgoutput')" >/dev/null
   local t0 t1
   t0=$(now)
   insert_rows limits "$ROWS"
   t1=$(now)
+  local end_lsn
+  end_lsn=$(psql -d limits -At -c "SELECT pg_current_wal_lsn()")
   record limits "insert $ROWS rows (SQL, chunks of $INSERT_CHUNK)" "$(calc "int($ROWS/($t1-$t0))")" rows/s
   psql -d limits -c CHECKPOINT
   wait_load
@@ -182,7 +188,20 @@ step_limits() {
   t1=$(now)
   decode_rate=$(calc "int($ROWS/($t1-$t0))")
   record limits "pgoutput decoding" "$decode_rate" rows/s "$n messages in $(calc "round($t1-$t0,2)") s"
-  psql -d limits -c "SELECT pg_drop_replication_slot('limits_decode')" -c "SELECT pg_drop_replication_slot('slot_limits')" >/dev/null
+  # The same rows over the streaming replication protocol to PostgreSQL's own client, which
+  # writes them to /dev/null: decoding plus the walsender's sending, the ceiling of any
+  # consumer of the stream.
+  wait_load
+  t0=$(now)
+  command pg_recvlogical -h 127.0.0.1 -p "$port" -U postgres -d limits --slot limits_stream \
+    --start --endpos "$end_lsn" -o proto_version=1 -o publication_names=pub_limits \
+    --no-loop -F 0 -f /dev/null
+  t1=$(now)
+  stream_rate=$(calc "int($ROWS/($t1-$t0))")
+  record limits "pgoutput streamed to pg_recvlogical" "$stream_rate" rows/s "$(calc "round($t1-$t0,2)") s"
+  psql -d limits -c "SELECT pg_drop_replication_slot('limits_decode')" \
+    -c "SELECT pg_drop_replication_slot('limits_stream')" \
+    -c "SELECT pg_drop_replication_slot('slot_limits')" >/dev/null
   psql -d limits -c "TRUNCATE outbox" -c CHECKPOINT
   wait_load
   local res
@@ -273,6 +292,7 @@ drain_one() { # MODE:SINK[:tuning]
         grep -v '^#' | grep -v '^$' | head -60
     } >"$prof" || true
     echo "perf profile: $prof" >&2
+    [ -n "${KEEP_PERF:-}" ] && cp "$root/perf.data" "$KEEP_PERF"
   fi
   [ "$mode" = logical ] && psql -d "$db" -c "SELECT pg_drop_replication_slot('slot_$db')" >/dev/null
   psql -c "DROP DATABASE $db"

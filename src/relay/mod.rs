@@ -67,6 +67,8 @@ pub async fn run<S: Source, K: Sink + 'static>(
     }
     let mut relay = Relay::new(source, sink, config, shutdown).await?;
     let result = relay.run().await;
+    drop(relay);
+    source.finish().await;
     metrics::get().in_flight.set(0);
     tracing::info!("relay stopped");
     result
@@ -174,7 +176,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
                 finished.push(joined(done)?);
             }
             if !finished.is_empty() {
-                self.settle(std::mem::take(&mut finished)).await?;
+                self.settle(std::mem::take(&mut finished), !stopping).await?;
             }
         }
     }
@@ -251,7 +253,11 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
 
     /// Gives the finished lanes their sinks back and tells the source what became of their
     /// events, in as few calls as possible. Returns the first fatal error any lane hit.
-    async fn settle(&mut self, finished: Vec<Finished<K>>) -> Result<()> {
+    ///
+    /// With `restart`, lanes with queued events publish again before the source is told: an
+    /// acknowledgement can take as long as a publish (marking rows sent), and the events queued
+    /// behind it do not depend on it.
+    async fn settle(&mut self, finished: Vec<Finished<K>>, restart: bool) -> Result<()> {
         let mut settled = Settled::default();
         let mut fatal = None;
         for done in finished {
@@ -270,6 +276,9 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             return Err(err);
         }
         settled.log(self.sink_name);
+        if restart {
+            self.start_idle_lanes();
+        }
         let shutdown = &self.shutdown;
         self.source.reject(&settled.refused, shutdown).await?;
         self.source.retry_later(&settled.retry, shutdown).await?;

@@ -60,6 +60,13 @@ impl Source for AnySource {
         }
     }
 
+    async fn finish(&mut self) {
+        match self {
+            AnySource::Poll(source) => source.finish().await,
+            AnySource::Logical(source) => source.finish().await,
+        }
+    }
+
     async fn ack(&mut self, positions: &[Position], shutdown: &CancellationToken) -> Result<()> {
         match self {
             AnySource::Poll(source) => source.ack(positions, shutdown).await,

@@ -7,6 +7,7 @@
 //! are handed out again after a restart (at-least-once). [`Source::reject`] records events that
 //! can never be delivered, with the reason, so they stop blocking the stream.
 
+mod acker;
 mod any;
 mod decode;
 mod leader;
@@ -108,5 +109,11 @@ pub trait Source: Send {
     ) -> impl Future<Output = Result<()>> + Send {
         let _ = (failed, shutdown);
         async { Ok(()) }
+    }
+
+    /// Finishes what [`Source::ack`] started in the background, once the relay stopped, so a
+    /// clean stop leaves nothing delivered to be delivered again.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 }

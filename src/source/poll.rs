@@ -1,6 +1,7 @@
 //! The polling source: reads pending rows from the outbox table in position order, woken by
 //! LISTEN/NOTIFY, with a poll interval as fallback.
 
+use super::acker::Acker;
 use super::decode::{self, PendingRow};
 use super::leader::become_leader;
 use super::{Batch, Source};
@@ -42,6 +43,9 @@ pub struct PollSource {
     /// How many events of each aggregate are in flight. Fetches leave these aggregates out,
     /// so an aggregate's later events wait until its earlier ones are settled.
     aggregates_in_flight: HashMap<String, usize>,
+    /// Marks delivered rows sent (or deletes them) in the background; their events stay in
+    /// flight until that committed.
+    acker: Acker,
 }
 
 impl PollSource {
@@ -54,7 +58,12 @@ impl PollSource {
         let delete = config.on_sent == OnSent::Delete;
         migrate::verify_privileges(&session.client, &table, delete).await?;
         crate::metrics::get().source_up.set(1);
+        let acknowledge = match config.on_sent {
+            OnSent::Mark => table.mark_sent.clone(),
+            OnSent::Delete => table.delete_sent.clone(),
+        };
         Ok(PollSource {
+            acker: Acker::start(config, relay, acknowledge),
             config: config.clone(),
             relay: relay.clone(),
             table,
@@ -168,6 +177,14 @@ impl PollSource {
         }
     }
 
+    /// Forgets the events of background acknowledgements that committed since the last call.
+    fn acknowledged(&mut self) -> Result<()> {
+        for positions in self.acker.ready()? {
+            self.settled(positions);
+        }
+        Ok(())
+    }
+
     /// Forgets events as in flight, once settled one way or another.
     fn settled(&mut self, positions: impl IntoIterator<Item = Position>) {
         for position in positions {
@@ -199,6 +216,7 @@ impl Source for PollSource {
             if !self.ensure_leader(shutdown).await? {
                 return Ok(None);
             }
+            self.acknowledged()?;
             let (excluded, next_due) = self.excluded_now();
             let statement = match self.relay.on_dead_letter {
                 OnDeadLetter::BlockAggregate => &self.table.fetch_pending_blocking,
@@ -238,6 +256,8 @@ impl Source for PollSource {
                 _ = shutdown.cancelled() => return Ok(None),
                 _ = wake.notified() => return Ok(Some(Batch::default())),
                 _ = notified.notified() => {}
+                // Aggregates left out while their acknowledgement ran may go again.
+                done = self.acker.next() => self.settled(done?),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -251,31 +271,35 @@ impl Source for PollSource {
         self.settled(positions.iter().copied());
     }
 
-    async fn ack(&mut self, positions: &[Position], shutdown: &CancellationToken) -> Result<()> {
+    /// Queues the acknowledgement on the background sessions (see [`Acker`]); the events stay
+    /// in flight, their aggregates left out of fetches, until it committed.
+    async fn ack(&mut self, positions: &[Position], _shutdown: &CancellationToken) -> Result<()> {
         if positions.is_empty() {
             return Ok(());
         }
-        self.settled(positions.iter().copied());
-        let positions: Vec<i64> = positions.iter().map(|p| p.0 as i64).collect();
-        let statement = match self.config.on_sent {
-            OnSent::Mark => self.table.mark_sent.clone(),
-            OnSent::Delete => self.table.delete_sent.clone(),
-        };
-        let done = self
-            .query_as_leader(
-                "acknowledging sent events",
-                &statement,
-                &[&positions],
-                shutdown,
-            )
+        self.acknowledged()?;
+        let mut committed = Vec::new();
+        self.acker
+            .send(positions.to_vec(), |done| committed.push(done))
             .await?;
-        if done.is_none() {
-            tracing::warn!(
-                events = positions.len(),
-                "shutting down before acknowledging; these events will be delivered again"
-            );
+        for done in committed {
+            self.settled(done);
         }
         Ok(())
+    }
+
+    async fn finish(&mut self) {
+        let mut committed = Vec::new();
+        let left = self.acker.finish(|done| committed.push(done)).await;
+        for done in committed {
+            self.settled(done);
+        }
+        if left > 0 {
+            tracing::warn!(
+                batches = left,
+                "stopping before acknowledgements committed; their events will be delivered again"
+            );
+        }
     }
 
     async fn ack_delivered(
