@@ -14,7 +14,8 @@
 #            created before they were written), the rate PostgreSQL streams them to its own
 #            pg_recvlogical (to /dev/null), and the pgbench insert rate (8 clients, one row per
 #            transaction, synchronous_commit=on, PGBENCH_SECONDS)
-#   drain    per DRAINS entry MODE:SINK[:batch=N,lanes=N]: a fresh database with ROWS pending
+#   drain    per DRAINS entry MODE:SINK[:batch=N,lanes=N,on_sent=delete,queue=quorum,durability=D]:
+#            a fresh database with ROWS pending
 #            rows (AGGS aggregates, ~300-byte payloads, committed INSERT_CHUNK rows per
 #            transaction), then outboxd started and timed until every row is acknowledged
 #            (poll: marked sent; logical: /metrics delivered counter = ROWS and the slot's
@@ -99,6 +100,8 @@ relay_env() { # db mode sink tuning -> env assignments on stdout
       batch=*) echo "OUTBOXD_SOURCE__BATCH_SIZE=${kv#batch=}" ;;
       lanes=*) echo "OUTBOXD_RELAY__LANES=${kv#lanes=}" ;;
       durability=*) echo "OUTBOXD_SINK__LOG__DURABILITY=${kv#durability=}" ;;
+      on_sent=*) echo "OUTBOXD_SOURCE__ON_SENT=${kv#on_sent=}" ;;
+      queue=*) ;; # RabbitMQ queue type, read by drain_one
       *) echo "unknown tuning $kv" >&2; exit 2 ;;
     esac
   done
@@ -233,7 +236,9 @@ drain_one() { # MODE:SINK[:tuning]
       echo "OUTBOXD_SINK__KAFKA__BOOTSTRAP_SERVERS=${line#bootstrap=}" >>"$envfile"
       ;;
     amqp)
-      "$helper" amqp-setup "$AMQP_URL" "$exchange" "$queue"
+      local queue_args=()
+      case ,$tuning, in *,queue=quorum,*) queue_args=(x-queue-type=quorum) ;; esac
+      "$helper" amqp-setup "$AMQP_URL" "$exchange" "$queue" "${queue_args[@]}"
       { echo "OUTBOXD_SINK__AMQP__URL=$AMQP_URL"; echo "OUTBOXD_SINK__AMQP__EXCHANGE=$exchange"; } >>"$envfile"
       ;;
   esac

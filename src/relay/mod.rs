@@ -176,7 +176,8 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
                 finished.push(joined(done)?);
             }
             if !finished.is_empty() {
-                self.settle(std::mem::take(&mut finished), !stopping).await?;
+                self.settle(std::mem::take(&mut finished), !stopping)
+                    .await?;
             }
         }
     }

@@ -26,6 +26,9 @@ use crate::event::Event;
 use lapin::options::BasicPublishOptions;
 use lapin::{Confirmation, PublisherConfirm};
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 /// Publishes events to a RabbitMQ exchange with publisher confirms.
@@ -81,7 +84,7 @@ impl AmqpSink {
         let template = self.routing_key.clone();
         let channel = self.link().await?.channel.clone();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
-        let mut in_flight: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
+        let mut in_flight: VecDeque<(usize, Sent<'_>)> = VecDeque::new();
         let mut aggregates: HashSet<&str> = HashSet::new();
         let mut stopped: HashSet<&str> = HashSet::new();
         for (index, event) in events.iter().enumerate() {
@@ -91,10 +94,11 @@ impl AmqpSink {
             while in_flight.len() >= max_in_flight
                 || aggregates.contains(event.aggregate_id.as_str())
             {
-                let Some((done, confirm)) = in_flight.pop_front() else {
+                let Some((done, sent)) = in_flight.pop_front() else {
                     break;
                 };
                 aggregates.remove(events[done].aggregate_id.as_str());
+                let confirm = sent.confirm(&events[done], timeout).await?;
                 let outcome = settle(&events[done], confirm, timeout, &exchange).await?;
                 if outcome != Outcome::Delivered {
                     stopped.insert(events[done].aggregate_id.as_str());
@@ -122,25 +126,11 @@ impl AmqpSink {
                 event.payload.get().as_bytes(),
                 message::properties(event),
             );
-            // Sending blocks while the broker throttles publishers (a memory or disk alarm);
-            // bounded like a confirm so the batch is retried rather than stuck.
-            let confirm = tokio::time::timeout(timeout, send)
-                .await
-                .map_err(|_| {
-                    Error::new(
-                        ErrorKind::SinkUnavailable,
-                        format!(
-                            "RabbitMQ did not take event {} within {} ms",
-                            event.id,
-                            timeout.as_millis()
-                        ),
-                    )
-                })?
-                .map_err(|err| unavailable("publishing to RabbitMQ", err))?;
-            in_flight.push_back((index, confirm));
+            in_flight.push_back((index, Sent::start(send).await));
             aggregates.insert(event.aggregate_id.as_str());
         }
-        for (done, confirm) in in_flight {
+        for (done, sent) in in_flight {
+            let confirm = sent.confirm(&events[done], timeout).await?;
             outcomes[done] = Some(settle(&events[done], confirm, timeout, &exchange).await?);
         }
         outcomes
@@ -188,6 +178,55 @@ impl Sink for AmqpSink {
     async fn probe(&mut self) -> bool {
         let timeout = self.confirm_timeout;
         matches!(tokio::time::timeout(timeout, self.link()).await, Ok(Ok(_)))
+    }
+}
+
+/// A publish under way: its frames queued for lapin's I/O loop, either not yet written
+/// (waiting would cost a round trip to that loop per message) or written, with the confirm to
+/// wait for.
+enum Sent<'a> {
+    /// Queued, not yet written.
+    Queued(Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send + 'a>>),
+    /// Written; the broker's confirm is due.
+    Written(PublisherConfirm),
+}
+
+impl<'a> Sent<'a> {
+    /// Polls `send` once, which queues its frames (in call order, so messages go out in the
+    /// order they were published), without waiting for them to be written.
+    async fn start(
+        send: impl Future<Output = lapin::Result<PublisherConfirm>> + Send + 'a,
+    ) -> Self {
+        let mut send = Box::pin(send);
+        match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+            Poll::Ready(Ok(confirm)) => Sent::Written(confirm),
+            // Errors surface when the publish is awaited.
+            Poll::Ready(Err(err)) => Sent::Queued(Box::pin(std::future::ready(Err(err)))),
+            Poll::Pending => Sent::Queued(send),
+        }
+    }
+
+    /// The confirm to wait for, once the frames are written. Writing blocks while the broker
+    /// throttles publishers (a memory or disk alarm): bounded like a confirm, so the batch is
+    /// retried rather than stuck.
+    async fn confirm(self, event: &Event, timeout: Duration) -> Result<PublisherConfirm> {
+        let send = match self {
+            Sent::Written(confirm) => return Ok(confirm),
+            Sent::Queued(send) => send,
+        };
+        tokio::time::timeout(timeout, send)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::SinkUnavailable,
+                    format!(
+                        "RabbitMQ did not take event {} within {} ms",
+                        event.id,
+                        timeout.as_millis()
+                    ),
+                )
+            })?
+            .map_err(|err| unavailable("publishing to RabbitMQ", err))
     }
 }
 
