@@ -35,7 +35,7 @@ LATENCY_SECONDS=${LATENCY_SECONDS:-30}
 LATENCY_RATE=${LATENCY_RATE:-1000}
 LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-32}
 STEPS=${STEPS:-limits drain sustain latency}
-DRAINS=${DRAINS:-poll:log logical:log poll:kafka logical:kafka poll:amqp logical:amqp poll:log:batch=5000 logical:log:batch=5000 poll:amqp:lanes=8}
+DRAINS=${DRAINS:-poll:log logical:log poll:kafka logical:kafka poll:amqp logical:amqp poll:amqp:queue=quorum logical:amqp:queue=quorum poll:log:on_sent=delete poll:log:batch=5000 logical:log:batch=5000}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 PERF=${PERF:-0}
 OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).tsv}
