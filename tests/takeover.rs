@@ -102,3 +102,61 @@ async fn three_relays_survive_five_sigkills_of_the_active_one() {
     );
     assert!(takeovers.iter().all(|ms| *ms < 10_000), "{takeovers:?}");
 }
+
+/// Acknowledgements run on sessions other than the leader's; the fence in their statement lets
+/// them mark rows only while the leader session they name holds the lock.
+#[tokio::test]
+async fn an_acknowledgement_lands_only_while_its_leader_session_holds_the_lock() {
+    // Given one pending row, and a leader session holding the table's lock
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&db, &dir.path().join("unused"));
+    migrate(&config).await;
+    create_aggregates(&db, 1).await;
+    write_events(&db, 1, 1, 1).await;
+    let table = outboxd::outbox::OutboxTable::new(&config.source);
+    let key = table.leader_lock_key();
+    let leader = common::pg::connect(&db.url).await;
+    let pid: i32 = leader
+        .query_one("SELECT pg_backend_pid() FROM pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap()
+        .get(0);
+    let acker = common::pg::connect(&db.url).await;
+    let statement = format!("{}{}", table.mark_sent, outboxd::source::FENCE);
+    let positions: Vec<i64> = acker
+        .query("SELECT position FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+
+    // When an acknowledgement names another session, or the leader after it let the lock go,
+    // then nothing is marked
+    let marked = acker
+        .execute(&statement, &[&positions, &(pid + 1), &key])
+        .await
+        .unwrap();
+    assert_eq!(marked, 0);
+    leader
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+    let marked = acker
+        .execute(&statement, &[&positions, &pid, &key])
+        .await
+        .unwrap();
+    assert_eq!(marked, 0);
+
+    // and once the leader holds the lock again, its acknowledgement lands
+    leader
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let marked = acker
+        .execute(&statement, &[&positions, &pid, &key])
+        .await
+        .unwrap();
+    assert_eq!(marked, 1);
+}

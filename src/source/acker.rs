@@ -12,11 +12,12 @@
 //! relay delivered it, whoever leads by then.
 
 use crate::config::{RelayConfig, SourceConfig};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::event::Position;
 use crate::pg::{Session, classify};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,15 @@ const MAX_OUTSTANDING: usize = 2 * SESSIONS;
 
 /// How long [`Acker::finish`] waits for outstanding acknowledgements at shutdown.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whose leadership an acknowledgement needs (see `leader::FENCE`).
+#[derive(Clone, Debug)]
+pub struct Fence {
+    /// The leader session's server process id; 0 while there is none.
+    pub leader_pid: Arc<AtomicI32>,
+    /// The leader lock's key.
+    pub lock_key: i64,
+}
 
 /// What a worker reports for one acknowledgement: the positions its statement covered once it
 /// committed, or an error no retry can fix.
@@ -48,9 +58,14 @@ pub struct Acker {
 }
 
 impl Acker {
-    /// Starts the workers, which run `statement` (`$1` an `int8[]` of positions) on sessions
-    /// opened from `config`.
-    pub fn start(config: &SourceConfig, relay: &RelayConfig, statement: String) -> Self {
+    /// Starts the workers, which run `statement` (`$1` an `int8[]` of positions, `$2` and `$3`
+    /// the leader's process id and lock key from `fence`) on sessions opened from `config`.
+    pub fn start(
+        config: &SourceConfig,
+        relay: &RelayConfig,
+        statement: String,
+        fence: Fence,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel::<Vec<Position>>(MAX_OUTSTANDING);
         let (report, done) = mpsc::unbounded_channel();
         let queue = Arc::new(Mutex::new(queue));
@@ -61,6 +76,7 @@ impl Acker {
                 config: config.clone(),
                 relay: relay.clone(),
                 statement: statement.clone(),
+                fence: fence.clone(),
                 session: None,
             };
             tokio::spawn(worker.run(queue.clone(), report.clone(), stop.clone()));
@@ -86,8 +102,8 @@ impl Acker {
         }
         self.outstanding += 1;
         if self.jobs.send(positions).await.is_err() {
-            return Err(crate::error::Error::new(
-                crate::error::ErrorKind::Internal,
+            return Err(Error::new(
+                ErrorKind::Internal,
                 "the acknowledging sessions stopped",
             ));
         }
@@ -110,12 +126,10 @@ impl Acker {
         if self.outstanding == 0 {
             return std::future::pending().await;
         }
-        let done = self.done.recv().await.ok_or_else(|| {
-            crate::error::Error::new(
-                crate::error::ErrorKind::Internal,
-                "the acknowledging sessions stopped",
-            )
-        })?;
+        let done =
+            self.done.recv().await.ok_or_else(|| {
+                Error::new(ErrorKind::Internal, "the acknowledging sessions stopped")
+            })?;
         self.outstanding -= 1;
         done
     }
@@ -152,6 +166,8 @@ struct Worker {
     relay: RelayConfig,
     /// The acknowledging statement.
     statement: Arc<str>,
+    /// The leadership it needs.
+    fence: Fence,
     /// The open session, if any.
     session: Option<Session>,
 }
@@ -189,14 +205,25 @@ impl Worker {
         let values: Vec<i64> = positions.iter().map(|p| p.0 as i64).collect();
         let statement = self.statement.clone();
         let mut backoff = Backoff::from_config(&self.relay);
+        let lock_key = self.fence.lock_key;
         loop {
-            let result = match self.session().await {
-                Ok(session) => session
-                    .client
-                    .execute(&*statement, &[&values])
-                    .await
-                    .map_err(|err| classify("acknowledging delivered events", err)),
-                Err(err) => Err(err),
+            // Between leaders (the leader session is being re-opened) the statement could not
+            // land: wait for the next one.
+            let pid = self.fence.leader_pid.load(Ordering::Acquire);
+            let result = if pid == 0 {
+                Err(Error::new(
+                    ErrorKind::Transient,
+                    "waiting for the leader session to acknowledge",
+                ))
+            } else {
+                match self.session().await {
+                    Ok(session) => session
+                        .client
+                        .execute(&*statement, &[&values, &pid, &lock_key])
+                        .await
+                        .map_err(|err| classify("acknowledging delivered events", err)),
+                    Err(err) => Err(err),
+                }
             };
             let err = match result {
                 Ok(_) => return Some(Ok(positions)),

@@ -1,10 +1,11 @@
 //! Leader election: one active relay per outbox table, the others on hot standby.
 //!
 //! The active relay holds a session-level advisory lock on a dedicated connection and runs every
-//! fetch and acknowledgement on that same connection. If the process dies or the connection
-//! drops, PostgreSQL releases the lock and a standby, blocked in `pg_advisory_lock`, takes over at
-//! once. A relay that lost its connection cannot acknowledge anything any more (fencing); at worst
-//! it delivers its in-flight batch a second time, never out of order with a newer leader's acks.
+//! fetch on that connection; acknowledgements run on other sessions, guarded by [`FENCE`]. If the
+//! process dies or the connection drops, PostgreSQL releases the lock and a standby, blocked in
+//! `pg_advisory_lock`, takes over at once. A relay that lost its connection cannot acknowledge
+//! anything any more (fencing); at worst it delivers its in-flight batch a second time, never
+//! out of order with a newer leader's acks.
 
 use crate::config::SourceConfig;
 use crate::error::Result;
@@ -12,14 +13,22 @@ use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify, connect, quote_ident};
 use tokio_util::sync::CancellationToken;
 
-/// Connects, waits to become the leader, and subscribes to the table's channel.
+/// Appended to an acknowledging statement's `WHERE` clause: it changes rows only while the
+/// session of server process `$2` holds the leader lock `$3`. Acknowledgements run on sessions
+/// other than the leader's, and must not land once that session lost the lock.
+pub const FENCE: &str = " AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l \
+    WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $2 AND l.objsubid = 1 \
+    AND ((l.classid::int8 << 32) | l.objid::int8) = $3)";
+
+/// Connects, waits to become the leader, and subscribes to the table's channel. Returns the
+/// session and its server process id, which holds the lock (see [`FENCE`]).
 ///
 /// Returns `Ok(None)` if `shutdown` is cancelled while standing by.
 pub async fn become_leader(
     source: &SourceConfig,
     table: &OutboxTable,
     shutdown: &CancellationToken,
-) -> Result<Option<Session>> {
+) -> Result<Option<(Session, i32)>> {
     let session = connect(source).await?;
     crate::metrics::get().source_up.set(1);
     // Lets the server notice a vanished client while it waits for the lock (PostgreSQL 14+),
@@ -35,12 +44,12 @@ pub async fn become_leader(
         .batch_execute("SET plan_cache_mode = force_custom_plan")
         .await;
     let key = table.leader_lock_key();
-    let won: bool = session
+    let row = session
         .client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .query_one("SELECT pg_try_advisory_lock($1), pg_backend_pid()", &[&key])
         .await
-        .map_err(|err| classify("trying the leader lock", err))?
-        .get(0);
+        .map_err(|err| classify("trying the leader lock", err))?;
+    let (won, pid): (bool, i32) = (row.get(0), row.get(1));
     if !won {
         tracing::info!(table = %table.qualified, "another relay is active; standing by");
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
@@ -58,5 +67,5 @@ pub async fn become_leader(
         .await
         .map_err(|err| classify("subscribing to the outbox channel", err))?;
     tracing::info!(table = %table.qualified, channel = %source.channel(), "active relay for table");
-    Ok(Some(session))
+    Ok(Some((session, pid)))
 }

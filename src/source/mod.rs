@@ -16,6 +16,7 @@ pub mod pgoutput;
 pub mod poll;
 
 pub use any::AnySource;
+pub use leader::FENCE;
 pub use logical::LogicalSource;
 pub use poll::PollSource;
 

@@ -1,9 +1,9 @@
 //! The polling source: reads pending rows from the outbox table in position order, woken by
 //! LISTEN/NOTIFY, with a poll interval as fallback.
 
-use super::acker::Acker;
+use super::acker::{Acker, Fence};
 use super::decode::{self, PendingRow};
-use super::leader::become_leader;
+use super::leader::{FENCE, become_leader};
 use super::{Batch, Source};
 use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
@@ -13,6 +13,8 @@ use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +48,9 @@ pub struct PollSource {
     /// Marks delivered rows sent (or deletes them) in the background; their events stay in
     /// flight until that committed.
     acker: Acker,
+    /// The leader session's server process id, 0 while there is none: acknowledgements land
+    /// only while that session holds the lock.
+    leader_pid: Arc<AtomicI32>,
 }
 
 impl PollSource {
@@ -62,8 +67,14 @@ impl PollSource {
             OnSent::Mark => table.mark_sent.clone(),
             OnSent::Delete => table.delete_sent.clone(),
         };
+        let leader_pid = Arc::new(AtomicI32::new(0));
+        let fence = Fence {
+            leader_pid: leader_pid.clone(),
+            lock_key: table.leader_lock_key(),
+        };
         Ok(PollSource {
-            acker: Acker::start(config, relay, acknowledge),
+            acker: Acker::start(config, relay, format!("{acknowledge}{FENCE}"), fence),
+            leader_pid,
             config: config.clone(),
             relay: relay.clone(),
             table,
@@ -82,12 +93,14 @@ impl PollSource {
         if self.session.as_ref().is_some_and(Session::is_closed) {
             tracing::warn!("lost the connection to PostgreSQL; reconnecting");
             self.session = None;
+            self.leader_pid.store(0, Ordering::Release);
             crate::metrics::get().source_up.set(0);
         }
         while self.session.is_none() {
             match become_leader(&self.config, &self.table, shutdown).await {
-                Ok(Some(session)) => {
+                Ok(Some((session, pid))) => {
                     self.session = Some(session);
+                    self.leader_pid.store(pid, Ordering::Release);
                     self.backoff = Backoff::from_config(&self.relay);
                 }
                 Ok(None) => return Ok(false),
@@ -112,6 +125,7 @@ impl PollSource {
     /// heal (returning `false` on shutdown), or returns the error if it will not.
     async fn wait_after(&mut self, err: Error, shutdown: &CancellationToken) -> Result<bool> {
         self.session = None;
+        self.leader_pid.store(0, Ordering::Release);
         crate::metrics::get().source_up.set(0);
         if !err.is_retryable() {
             return Err(err);
