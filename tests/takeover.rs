@@ -132,31 +132,27 @@ async fn an_acknowledgement_lands_only_while_its_leader_session_holds_the_lock()
         .map(|row| row.get(0))
         .collect();
 
+    let mark = |pid: i32| {
+        let (acker, statement, positions) = (&acker, &statement, &positions);
+        async move {
+            acker
+                .execute(statement.as_str(), &[positions, &pid, &key])
+                .await
+                .unwrap()
+        }
+    };
+    let lock = |sql: &'static str| {
+        let leader = &leader;
+        async move { leader.execute(sql, &[&key]).await.unwrap() }
+    };
+
     // When an acknowledgement names another session, or the leader after it let the lock go,
     // then nothing is marked
-    let marked = acker
-        .execute(&statement, &[&positions, &(pid + 1), &key])
-        .await
-        .unwrap();
-    assert_eq!(marked, 0);
-    leader
-        .execute("SELECT pg_advisory_unlock($1)", &[&key])
-        .await
-        .unwrap();
-    let marked = acker
-        .execute(&statement, &[&positions, &pid, &key])
-        .await
-        .unwrap();
-    assert_eq!(marked, 0);
+    assert_eq!(mark(pid + 1).await, 0);
+    lock("SELECT pg_advisory_unlock($1)").await;
+    assert_eq!(mark(pid).await, 0);
 
     // and once the leader holds the lock again, its acknowledgement lands
-    leader
-        .execute("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .unwrap();
-    let marked = acker
-        .execute(&statement, &[&positions, &pid, &key])
-        .await
-        .unwrap();
-    assert_eq!(marked, 1);
+    lock("SELECT pg_advisory_lock($1)").await;
+    assert_eq!(mark(pid).await, 1);
 }
