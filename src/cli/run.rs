@@ -59,10 +59,12 @@ pub async fn run(config: &Config) -> Result<()> {
     result
 }
 
-/// Most events stored in the sink but not yet acknowledged: a batch per lane, and one more
-/// fetched ahead (see `relay::run`).
+/// Most events stored in the sink but not yet acknowledged: a batch per lane, one more
+/// fetched ahead (see `relay::run`), and the batches whose acknowledgement may still be under
+/// way in the background (polling mode).
 pub fn in_flight(config: &Config) -> usize {
-    config.source.batch_size * (config.relay.lanes.max(1) + 1)
+    let batches = config.relay.lanes.max(1) + 1 + crate::source::ACKS_UNDER_WAY;
+    config.source.batch_size * batches
 }
 
 /// Applies pending migrations and reports what was done.

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 const SESSIONS: usize = 2;
 
 /// Acknowledgements sent and not yet committed before [`Acker::send`] waits for one.
-const MAX_OUTSTANDING: usize = 2 * SESSIONS;
+pub const MAX_OUTSTANDING: usize = 2 * SESSIONS;
 
 /// How long [`Acker::finish`] waits for outstanding acknowledgements at shutdown.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);

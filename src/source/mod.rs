@@ -16,6 +16,8 @@ pub mod pgoutput;
 pub mod poll;
 
 pub use any::AnySource;
+/// Most acknowledgements under way in the background at once, each of up to a batch.
+pub const ACKS_UNDER_WAY: usize = acker::MAX_OUTSTANDING;
 pub use leader::FENCE;
 pub use logical::LogicalSource;
 pub use poll::PollSource;
