@@ -29,6 +29,9 @@ const SESSIONS: usize = 2;
 /// Acknowledgements sent and not yet committed before [`Acker::send`] waits for one.
 pub const MAX_OUTSTANDING: usize = 2 * SESSIONS;
 
+/// How often an acknowledgement looks for a leader session while there is none.
+const LEADER_POLL: Duration = Duration::from_millis(100);
+
 /// How long [`Acker::finish`] waits for outstanding acknowledgements at shutdown.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,6 +58,8 @@ pub struct Acker {
     outstanding: usize,
     /// Stops the workers' retries (on drop, or when [`Acker::finish`] gave up).
     stop: CancellationToken,
+    /// The leadership acknowledgements need.
+    fence: Fence,
 }
 
 impl Acker {
@@ -86,6 +91,7 @@ impl Acker {
             done,
             outstanding: 0,
             stop,
+            fence,
         }
     }
 
@@ -135,10 +141,11 @@ impl Acker {
     }
 
     /// Waits (at most [`FINISH_TIMEOUT`]) until every acknowledgement sent has committed,
-    /// handing each to `settle`; returns how many were given up.
+    /// handing each to `settle`; returns how many were given up. Without a leader session
+    /// nothing can land any more, so it does not wait at all.
     pub async fn finish(&mut self, mut settle: impl FnMut(Vec<Position>)) -> usize {
         let deadline = tokio::time::Instant::now() + FINISH_TIMEOUT;
-        while self.outstanding > 0 {
+        while self.outstanding > 0 && self.fence.leader_pid.load(Ordering::Acquire) != 0 {
             match tokio::time::timeout_at(deadline, self.next()).await {
                 Ok(Ok(done)) => settle(done),
                 Ok(Err(err)) => {
@@ -230,10 +237,18 @@ impl Worker {
                 Err(err) if err.is_retryable() => err,
                 Err(err) => return Some(Err(err)),
             };
-            self.session = None;
-            let delay = backoff.next_delay();
-            tracing::warn!(error = %err.chain(), retry_in_ms = delay.as_millis() as u64,
-                "acknowledging delivered events failed; retrying");
+            let delay = if pid == 0 {
+                // Normal while the leader session is re-opened, and for as long as another relay
+                // leads: nothing has failed, so no backoff grows meanwhile.
+                tracing::debug!("acknowledgement waits for a leader session");
+                LEADER_POLL
+            } else {
+                self.session = None;
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err.chain(), retry_in_ms = delay.as_millis() as u64,
+                    "acknowledging delivered events failed; retrying");
+                delay
+            };
             if !sleep_or_shutdown(delay, stop).await {
                 return None;
             }
