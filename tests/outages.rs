@@ -259,6 +259,48 @@ fn url_through(url: &str, addr: SocketAddr) -> String {
     format!("{credentials}@{addr}/{vhost}")
 }
 
+/// The part both broker outages share, with a relay at `addr` delivering from `db`: writes
+/// 2,000 events and, once 300 are sent, takes the broker away (`outage(true)`) for [`OUTAGE`]
+/// while 500 more are written. Checks that /readyz reports the sink down and that nothing is
+/// marked sent meanwhile; then brings the broker back (`outage(false)`), writes 500 more and
+/// waits until all 3,000 are settled and /readyz is ready again. Returns how soon the relay
+/// reported the outage, and how many rows were sent before it.
+async fn ride_out_outage(
+    db: &TestDb,
+    addr: SocketAddr,
+    mut outage: impl AsyncFnMut(bool),
+) -> (Duration, i64) {
+    let writers = tokio::spawn({
+        let db = db.clone();
+        async move { write_events(&db, 4, 500, 20).await }
+    });
+    wait_sent_at_least(db, 300).await;
+    outage(true).await;
+    let down_at = Instant::now();
+    let more = tokio::spawn({
+        let db = db.clone();
+        async move { write_events(&db, 2, 250, 20).await }
+    });
+    let body = wait_ready(addr, 503, OUTAGE).await;
+    let down_after = down_at.elapsed();
+    assert!(body.contains("sink: down"), "{body}");
+    writers.await.unwrap();
+    more.await.unwrap();
+    let sent = sent_count(db).await;
+    tokio::time::sleep_until((down_at + OUTAGE).into()).await;
+    assert_eq!(
+        sent_count(db).await,
+        sent,
+        "rows marked sent while the broker was away"
+    );
+    assert_eq!(get(addr, "/readyz").await.0, 503);
+    outage(false).await;
+    write_events(db, 2, 250, 20).await;
+    wait_settled(db, 3000, WAIT).await;
+    wait_ready(addr, 200, WAIT).await;
+    (down_after, sent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_unreachable_for_30_s_mid_stream_loses_nothing_and_readyz_follows() {
     // Given a relay publishing to RabbitMQ through a proxy that can be cut
@@ -278,43 +320,20 @@ async fn rabbitmq_unreachable_for_30_s_mid_stream_loses_nothing_and_readyz_follo
     let env = [("OUTBOXD_SINK__AMQP__URL", proxied.as_str())];
     let mut relay = RelayProcess::spawn_with_env(&config, dir.path(), "relay", &["run"], &env);
     let addr = relay.http_addr().await;
-    let writers = tokio::spawn({
-        let db = db.clone();
-        async move { write_events(&db, 4, 500, 20).await }
-    });
 
     // When, mid-stream, every connection to the broker is cut and new ones are refused for
-    // 30 s, while more events are written
-    wait_sent_at_least(&db, 300).await;
-    proxy.cut().await;
-    let cut_at = Instant::now();
-    let more = tokio::spawn({
-        let db = db.clone();
-        async move { write_events(&db, 2, 250, 20).await }
-    });
+    // 30 s, while more events are written, and then the broker is reachable again
+    // Then /readyz follows, nothing is marked sent meanwhile, and everything is settled after
+    let (down_after, sent) = ride_out_outage(&db, addr, async |down| {
+        if down {
+            proxy.cut().await;
+        } else {
+            proxy.restore();
+        }
+    })
+    .await;
 
-    // Then /readyz says the sink is down, and nothing more is marked sent, until the end
-    let body = wait_ready(addr, 503, OUTAGE).await;
-    let down_after = cut_at.elapsed();
-    assert!(body.contains("sink: down"), "{body}");
-    writers.await.unwrap();
-    more.await.unwrap();
-    let sent = sent_count(&db).await;
-    tokio::time::sleep_until((cut_at + OUTAGE).into()).await;
-    assert_eq!(
-        sent_count(&db).await,
-        sent,
-        "rows marked sent while the broker was cut off"
-    );
-    assert_eq!(get(addr, "/readyz").await.0, 503);
-
-    // When the broker is reachable again and writers go on
-    proxy.restore();
-    write_events(&db, 2, 250, 20).await;
-
-    // Then every event is in the queue, each aggregate in order, and /readyz is ready again
-    wait_settled(&db, 3000, WAIT).await;
-    wait_ready(addr, 200, WAIT).await;
+    // and every event is in the queue, each aggregate in order
     let messages = topology.consume_all(WAIT).await;
     let (distinct, repeats) = assert_queue_order(&messages);
     println!(
@@ -347,47 +366,22 @@ async fn kafka_brokers_all_down_for_30_s_mid_stream_lose_nothing_and_readyz_foll
     create_aggregates(&db, 20).await;
     let mut relay = RelayProcess::spawn(&config, dir.path(), "relay", &["run"]);
     let addr = relay.http_addr().await;
-    let writers = tokio::spawn({
-        let db = db.clone();
-        async move { write_events(&db, 4, 500, 20).await }
-    });
 
-    // When, mid-stream, every broker goes down for 30 s while more events are written
-    wait_sent_at_least(&db, 300).await;
-    for broker in 1..=3 {
-        mock.broker_down(broker).expect("broker down");
-    }
-    let down_at = Instant::now();
-    let more = tokio::spawn({
-        let db = db.clone();
-        async move { write_events(&db, 2, 250, 20).await }
-    });
+    // When, mid-stream, every broker goes down for 30 s while more events are written, and
+    // then the brokers are back
+    // Then /readyz follows, nothing is marked sent meanwhile, and everything is settled after
+    let (down_after, sent) = ride_out_outage(&db, addr, async |down| {
+        for broker in 1..=3 {
+            let result = match down {
+                true => mock.broker_down(broker),
+                false => mock.broker_up(broker),
+            };
+            result.expect("broker down or up");
+        }
+    })
+    .await;
 
-    // Then /readyz says the sink is down, and nothing more is marked sent, until the end
-    let body = wait_ready(addr, 503, OUTAGE).await;
-    let down_after = down_at.elapsed();
-    assert!(body.contains("sink: down"), "{body}");
-    writers.await.unwrap();
-    more.await.unwrap();
-    let sent = sent_count(&db).await;
-    tokio::time::sleep_until((down_at + OUTAGE).into()).await;
-    assert_eq!(
-        sent_count(&db).await,
-        sent,
-        "rows marked sent while every broker was down"
-    );
-    assert_eq!(get(addr, "/readyz").await.0, 503);
-
-    // When the brokers are back and writers go on
-    for broker in 1..=3 {
-        mock.broker_up(broker).expect("broker up");
-    }
-    write_events(&db, 2, 250, 20).await;
-
-    // Then every event is on the topic, each aggregate in order in its one partition, and
-    // /readyz is ready again
-    wait_settled(&db, 3000, WAIT).await;
-    wait_ready(addr, 200, WAIT).await;
+    // and every event is on the topic, each aggregate in order in its one partition
     relay.kill();
     let records = kafka.read_whole_topic(&topic, WAIT).await;
     let (distinct, repeats) = assert_partition_order(&records);

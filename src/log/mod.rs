@@ -76,5 +76,6 @@ pub use self::group::ConsumerGroup;
 pub use self::options::WriterOptions;
 pub use self::reader::LogReader;
 pub use self::record::{NewRecord, Record};
+pub(crate) use self::syncer::lock as lock_writer;
 pub use self::syncer::{Durable, SyncProbe, Syncer};
 pub use self::writer::LogWriter;

@@ -171,6 +171,6 @@ impl PartialOrd for Durable {
 }
 
 /// Locks the writer, going on after a panic elsewhere: the writer's own poisoning covers I/O.
-fn lock(writer: &Mutex<LogWriter>) -> std::sync::MutexGuard<'_, LogWriter> {
+pub(crate) fn lock(writer: &Mutex<LogWriter>) -> std::sync::MutexGuard<'_, LogWriter> {
     writer.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -5,11 +5,11 @@ use super::{Outcome, Sink};
 use crate::config::LogSinkConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, Stored};
-use crate::log::{Durability, LogReader, LogWriter, NewRecord, Syncer};
+use crate::log::{Durability, LogReader, LogWriter, NewRecord, Syncer, lock_writer};
 use std::collections::HashSet;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -90,7 +90,7 @@ fn read_tail(dir: &Path, window: usize) -> Result<Vec<Stored>> {
 /// runtime, as in tests) they are copied to a blocking thread.
 async fn append(writer: &Arc<Mutex<LogWriter>>, records: &[NewRecord<'_>]) -> Result<Range<u64>> {
     if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        return tokio::task::block_in_place(|| locked(writer).append(records));
+        return tokio::task::block_in_place(|| lock_writer(writer).append(records));
     }
     let owned: Vec<(String, Event)> = records
         .iter()
@@ -102,15 +102,10 @@ async fn append(writer: &Arc<Mutex<LogWriter>>, records: &[NewRecord<'_>]) -> Re
             .iter()
             .map(|(topic, event)| NewRecord { topic, event })
             .collect();
-        locked(&writer).append(&records)
+        lock_writer(&writer).append(&records)
     })
     .await
     .map_err(|err| Error::with_source(ErrorKind::Internal, "appending to the log", err))?
-}
-
-/// Locks the writer, going on after a panic elsewhere: the writer's own poisoning covers I/O.
-fn locked(writer: &Mutex<LogWriter>) -> MutexGuard<'_, LogWriter> {
-    writer.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Sink for LogSink {
