@@ -139,6 +139,21 @@ impl Config {
             3_600_000,
         )?;
         range("relay.lanes", self.relay.lanes as u64, 1, 256)?;
+        if self.sink.kind == super::SinkKind::Log
+            && log.durability == crate::log::Durability::Interval
+            && self.relay.publish_timeout_ms <= 2 * log.fsync_interval_ms
+        {
+            // A publish resolves only once an fsync covered it, up to an interval later: a
+            // timeout within that would abandon publishes that are about to succeed.
+            return Err(Error::config(
+                "relay.publish_timeout_ms",
+                format!(
+                    "must exceed twice sink.log.fsync_interval_ms ({} ms) with \
+                     sink.log.durability = \"interval\"",
+                    log.fsync_interval_ms
+                ),
+            ));
+        }
         signed_range(
             "source.cleanup_batch",
             self.source.cleanup_batch,
@@ -252,6 +267,19 @@ mod tests {
         cfg.sink.log.fsync_interval_ms = 0;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.starts_with("sink.log.fsync_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn a_publish_timeout_within_the_fsync_interval_is_refused() {
+        let mut cfg = Config::default();
+        cfg.sink.log.durability = crate::log::Durability::Interval;
+        cfg.sink.log.fsync_interval_ms = 3000;
+        cfg.relay.publish_timeout_ms = 1000;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("relay.publish_timeout_ms"), "{err}");
+        assert!(err.contains("sink.log.fsync_interval_ms (3000 ms)"), "{err}");
+        cfg.relay.publish_timeout_ms = 7000;
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -22,14 +22,14 @@ mod lane;
 
 pub use lane::{Redelivery, lane_of};
 
-use crate::config::RelayConfig;
+use crate::config::{OnDeadLetter, RelayConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, Position, Rejected};
 use crate::metrics::{self, SinkLabels};
 use crate::sink::{Outcome, Sink};
 use crate::source::{Batch, Source};
 use lane::Finished;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -265,10 +265,16 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             self.lanes[done.lane].sink = Some(done.sink);
             self.in_flight -= done.events.len();
             match done.outcomes {
-                Ok(outcomes) => settled.add(&done.events, outcomes),
+                Ok(outcomes) => {
+                    let stopped = self.stopped_aggregates(&done.events, &outcomes);
+                    settled.add(&done.events, outcomes);
+                    self.hold_back(done.lane, &stopped, &mut settled);
+                }
                 Err(err) => {
                     fatal.get_or_insert(err);
                     settled.release(&done.events);
+                    let all = done.events.iter().map(|e| e.aggregate_id.clone()).collect();
+                    self.hold_back(done.lane, &all, &mut settled);
                 }
             }
         }
@@ -286,6 +292,53 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
         self.source.ack(&settled.delivered, shutdown).await?;
         self.source.release(&settled.released);
         Ok(())
+    }
+}
+
+impl<S: Source, K: Sink + 'static> Relay<'_, S, K> {
+    /// The aggregates of a finished run whose later events must not go out yet: those with an
+    /// event that was not delivered, unless it became a dead letter and `on_dead_letter =
+    /// "skip"` lets its aggregate go on. Only a source that hands events out again can take
+    /// the later ones back; a stream read once settles each event in the lane instead.
+    fn stopped_aggregates(
+        &self,
+        events: &[Event],
+        outcomes: &[Option<Outcome>],
+    ) -> HashSet<String> {
+        if self.redelivery != Redelivery::BySource {
+            return HashSet::new();
+        }
+        let skip = self.config.on_dead_letter == OnDeadLetter::Skip;
+        events
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| match outcome {
+                Some(Outcome::Delivered) => false,
+                Some(Outcome::Refused(_)) => !skip,
+                _ => true,
+            })
+            .map(|(event, _)| event.aggregate_id.clone())
+            .collect()
+    }
+
+    /// Takes the events of `stopped` aggregates out of `lane`'s queue and hands them back
+    /// unsettled. A lane's queue can hold more than one publish, so one fetch's events of an
+    /// aggregate may be split over two runs; once the first run settled the aggregate as not
+    /// delivered, the second must not be published whatever became of the first.
+    fn hold_back(&mut self, lane: usize, stopped: &HashSet<String>, settled: &mut Settled) {
+        if stopped.is_empty() {
+            return;
+        }
+        let queue = &mut self.lanes[lane].queue;
+        let before = queue.len();
+        queue.retain(|event| {
+            let keep = !stopped.contains(&event.aggregate_id);
+            if !keep {
+                settled.released.push(event.position);
+            }
+            keep
+        });
+        self.in_flight -= before - queue.len();
     }
 }
 

@@ -28,6 +28,27 @@ pub struct LogSink {
     /// (position, event id) of the records at the end of the log when it was opened, until
     /// the relay takes them (see [`Sink::already_delivered`]).
     tail: Vec<Stored>,
+    /// The last run appended whose publish has not resolved yet, shared by the lanes' handles.
+    /// A publish abandoned after its append (the relay's publish timeout while it waited for
+    /// an fsync) is retried with the same events; they are then not appended a second time.
+    unconfirmed: Arc<Mutex<Option<Appended>>>,
+}
+
+/// A run of events written to the log, by (position, event id), and the offset after it.
+#[derive(Debug, PartialEq, Eq)]
+struct Appended {
+    /// The events, in order.
+    events: Vec<(u64, String)>,
+    /// The offset after the last of them.
+    end: u64,
+}
+
+/// (position, event id) of each record, to recognise a run appended before.
+fn run_of(records: &[NewRecord<'_>]) -> Vec<(u64, String)> {
+    records
+        .iter()
+        .map(|record| (record.event.position.0, record.event.id.clone()))
+        .collect()
 }
 
 impl LogSink {
@@ -58,6 +79,7 @@ impl LogSink {
             syncer,
             max_record_bytes: config.max_record_bytes,
             tail,
+            unconfirmed: Arc::default(),
         })
     }
 
@@ -85,12 +107,31 @@ fn read_tail(dir: &Path, window: usize) -> Result<Vec<Stored>> {
 }
 
 /// Appends `records` off the async threads (the write, and with `durability = "batch"` the
-/// fsync, block). On a multi-threaded runtime the calling worker blocks in place and hands its
-/// other tasks on, so the records are written where they are; elsewhere (a current-thread
-/// runtime, as in tests) they are copied to a blocking thread.
-async fn append(writer: &Arc<Mutex<LogWriter>>, records: &[NewRecord<'_>]) -> Result<Range<u64>> {
+/// fsync, block), and records them as [`Appended`] in `unconfirmed` under the writer's lock, so
+/// that even an append finishing after its caller gave up is known. On a multi-threaded runtime
+/// the calling worker blocks in place and hands its other tasks on, so the records are written
+/// where they are; elsewhere (a current-thread runtime, as in tests) they are copied to a
+/// blocking thread.
+async fn append(
+    writer: &Arc<Mutex<LogWriter>>,
+    records: &[NewRecord<'_>],
+    unconfirmed: &Arc<Mutex<Option<Appended>>>,
+) -> Result<Range<u64>> {
+    let run = run_of(records);
+    let unconfirmed = unconfirmed.clone();
+    let note = move |offsets: &Range<u64>| {
+        *unconfirmed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Appended {
+            events: run,
+            end: offsets.end,
+        });
+    };
     if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        return tokio::task::block_in_place(|| lock_writer(writer).append(records));
+        return tokio::task::block_in_place(|| {
+            let mut writer = lock_writer(writer);
+            let offsets = writer.append(records)?;
+            note(&offsets);
+            Ok(offsets)
+        });
     }
     let owned: Vec<(String, Event)> = records
         .iter()
@@ -102,7 +143,10 @@ async fn append(writer: &Arc<Mutex<LogWriter>>, records: &[NewRecord<'_>]) -> Re
             .iter()
             .map(|(topic, event)| NewRecord { topic, event })
             .collect();
-        lock_writer(&writer).append(&records)
+        let mut writer = lock_writer(&writer);
+        let offsets = writer.append(&records)?;
+        note(&offsets);
+        Ok(offsets)
     })
     .await
     .map_err(|err| Error::with_source(ErrorKind::Internal, "appending to the log", err))?
@@ -137,9 +181,28 @@ impl Sink for LogSink {
         if accepted.is_empty() {
             return Ok(outcomes);
         }
-        let offsets = append(&self.writer, &accepted).await?;
+        // A run appended by a publish that was abandoned before it resolved (see
+        // `unconfirmed`) is only waited for again.
+        let known = {
+            let unconfirmed = self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner());
+            unconfirmed
+                .as_ref()
+                .filter(|appended| appended.events == run_of(&accepted))
+                .map(|appended| appended.end)
+        };
+        let end = match known {
+            Some(end) => {
+                tracing::debug!(end, "waiting again for records a timed-out publish appended");
+                end
+            }
+            None => append(&self.writer, &accepted, &self.unconfirmed).await?.end,
+        };
         if let Some(syncer) = &self.syncer {
-            syncer.wait_durable(offsets.end).await?;
+            syncer.wait_durable(end).await?;
+        }
+        let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if unconfirmed.as_ref().is_some_and(|appended| appended.end == end) {
+            *unconfirmed = None;
         }
         Ok(outcomes)
     }
@@ -155,6 +218,7 @@ impl Sink for LogSink {
             syncer: self.syncer.clone(),
             max_record_bytes: self.max_record_bytes,
             tail: Vec::new(),
+            unconfirmed: self.unconfirmed.clone(),
         })
     }
 
@@ -219,6 +283,42 @@ mod tests {
             .unwrap();
         assert_eq!(outcomes, vec![Outcome::Delivered; 2]);
         assert_eq!(probe.fsyncs(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_publish_abandoned_while_waiting_for_the_fsync_is_not_appended_again() {
+        // given a sink in interval mode whose syncer would wait a minute
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 60_000), 10)
+            .await
+            .unwrap();
+        let probe = sink.syncer().unwrap().probe();
+        let events = vec![event(0, 100), event(1, 100)];
+
+        // when a publish times out waiting for the fsync, as the relay's timeout makes it
+        assert!(
+            timeout(Duration::from_millis(200), sink.publish(&events))
+                .await
+                .is_err()
+        );
+
+        // and the relay publishes the same events again, which resolves after an fsync
+        let syncing = probe.clone();
+        let retry = tokio::spawn(async move {
+            let outcomes = sink.publish(&events).await;
+            (sink, outcomes)
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::task::spawn_blocking(move || syncing.sync_now())
+            .await
+            .unwrap();
+        let (sink, outcomes) = timeout(Duration::from_secs(5), retry).await.unwrap().unwrap();
+        assert_eq!(outcomes.unwrap(), vec![Outcome::Delivered; 2]);
+        drop(sink);
+
+        // then the log holds each event once
+        let records = crate::log::testing::read_all(&mut LogReader::open(dir.path()).unwrap());
+        assert_eq!(records.len(), 2, "{records:?}");
     }
 
     #[tokio::test]

@@ -8,8 +8,14 @@
 //! The polling source keeps acknowledged events *in flight* until their statement committed,
 //! so their aggregates stay out of its fetches and nothing is handed out twice meanwhile. A
 //! crash before the commit leaves them pending, to be delivered again: the same as a crash
-//! before acknowledging. The sessions need no leadership: a row is marked only after this
-//! relay delivered it, whoever leads by then.
+//! before acknowledging.
+//!
+//! Each statement is fenced (see `leader::fenced_acknowledgement`): it changes rows only while
+//! this relay's leader session holds the lock, and says whether the fence held. One fenced out
+//! (the leader session died while the statement waited, e.g. for a table lock) changed nothing;
+//! its events were delivered, so it is run again under this relay's next leader session instead
+//! of being reported, and the events stay in flight meanwhile: they are neither taken as
+//! acknowledged nor fetched and delivered again.
 
 use crate::config::{RelayConfig, SourceConfig};
 use crate::error::{Error, ErrorKind, Result};
@@ -213,10 +219,16 @@ impl Worker {
         let statement = self.statement.clone();
         let mut backoff = Backoff::from_config(&self.relay);
         let lock_key = self.fence.lock_key;
+        // The leader session an earlier try was fenced out under: it lost the lock, so only a
+        // later leader session can acknowledge.
+        let mut fenced_out = 0;
         loop {
             // Between leaders (the leader session is being re-opened) the statement could not
             // land: wait for the next one.
-            let pid = self.fence.leader_pid.load(Ordering::Acquire);
+            let pid = match self.fence.leader_pid.load(Ordering::Acquire) {
+                pid if pid == fenced_out => 0,
+                pid => pid,
+            };
             let result = if pid == 0 {
                 Err(Error::new(
                     ErrorKind::Transient,
@@ -226,18 +238,44 @@ impl Worker {
                 match self.session().await {
                     Ok(session) => session
                         .client
-                        .execute(&*statement, &[&values, &pid, &lock_key])
+                        .query_one(&*statement, &[&values, &pid, &lock_key])
                         .await
                         .map_err(|err| classify("acknowledging delivered events", err)),
                     Err(err) => Err(err),
                 }
             };
             let err = match result {
-                Ok(_) => return Some(Ok(positions)),
+                Ok(row) if row.get::<_, bool>(0) => {
+                    let changed: Vec<i64> = row.get(1);
+                    if changed.len() < positions.len() {
+                        // The others are no longer pending (another relay marked them, or
+                        // they were deleted): nothing is left to acknowledge for them.
+                        tracing::debug!(
+                            events = positions.len(),
+                            changed = changed.len(),
+                            "some delivered events were no longer pending"
+                        );
+                    }
+                    return Some(Ok(positions));
+                }
+                Ok(_) => {
+                    // The leader session lost its lock while the statement waited: it changed
+                    // nothing. The events stay in flight (delivered, not yet acknowledged) and
+                    // are acknowledged under this relay's next leader session, so they are
+                    // neither lost nor fetched and delivered a second time.
+                    tracing::warn!(
+                        events = positions.len(),
+                        leader_pid = pid,
+                        "acknowledgement fenced out: the leader session lost its lock; \
+                         retrying under the next leader session"
+                    );
+                    fenced_out = pid;
+                    Error::new(ErrorKind::Transient, "acknowledgement fenced out")
+                }
                 Err(err) if err.is_retryable() => err,
                 Err(err) => return Some(Err(err)),
             };
-            let delay = if pid == 0 {
+            let delay = if pid == 0 || fenced_out == pid {
                 // Normal while the leader session is re-opened, and for as long as another relay
                 // leads: nothing has failed, so no backoff grows meanwhile.
                 tracing::debug!("acknowledgement waits for a leader session");

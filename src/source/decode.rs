@@ -66,18 +66,35 @@ pub struct Selection {
 /// A row is held back while it is not `ready`, and so is every later row of the same aggregate:
 /// an earlier event of that aggregate may belong to a transaction still in flight, and publishing
 /// the later one first would reorder the aggregate.
-pub fn select(rows: Vec<PendingRow>) -> Selection {
+///
+/// With `hold_after_rejected` (`on_dead_letter = "block_aggregate"`), a row that cannot become
+/// an event holds back every later row of its aggregate in the same way: it is about to become
+/// a dead letter, and its aggregate waits behind it. Those rows stay pending; once the dead
+/// letter is recorded, fetches leave them out until an operator retries or skips it.
+pub fn select(rows: Vec<PendingRow>, hold_after_rejected: bool) -> Selection {
     let mut selection = Selection::default();
     let mut blocked: HashSet<Option<String>> = HashSet::new();
+    let mut dead: HashSet<String> = HashSet::new();
     for row in rows {
+        if let Some(aggregate) = &row.aggregate_id
+            && dead.contains(aggregate)
+        {
+            continue;
+        }
         if !row.ready || blocked.contains(&row.aggregate_id) {
             blocked.insert(row.aggregate_id.clone());
             selection.held_back = true;
             continue;
         }
+        let aggregate = row.aggregate_id.clone();
         match decode(row) {
             Ok(event) => selection.events.push(event),
-            Err(rejected) => selection.rejected.push(rejected),
+            Err(rejected) => {
+                if hold_after_rejected && let Some(aggregate) = aggregate {
+                    dead.insert(aggregate);
+                }
+                selection.rejected.push(rejected);
+            }
         }
     }
     selection
@@ -155,7 +172,7 @@ mod tests {
             row(3, "a", true),
             row(4, "b", true),
         ];
-        let selection = select(rows);
+        let selection = select(rows, true);
         assert_eq!(positions(&selection), vec![1, 3]);
         assert!(selection.held_back);
     }
@@ -168,7 +185,7 @@ mod tests {
         bad_json.payload = Some("{not json".into());
         let mut bad_headers = row(3, "c", true);
         bad_headers.headers = Some("[1,2]".into());
-        let selection = select(vec![null_key, bad_json, bad_headers, row(4, "d", true)]);
+        let selection = select(vec![null_key, bad_json, bad_headers, row(4, "d", true)], true);
         assert_eq!(positions(&selection), vec![4]);
         let reasons: Vec<&str> = selection
             .rejected
@@ -186,9 +203,25 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_row_holds_back_the_later_rows_of_its_aggregate_when_blocking() {
+        // given a bad row of aggregate x1 followed by a good one of x1 and one of another
+        let mut first = row(1, "x1", true);
+        first.headers = Some("[1]".into());
+        let rows = || vec![first.clone(), row(2, "x1", true), row(3, "y", true)];
+
+        // when the dead letter blocks its aggregate, then only the other aggregate flows
+        let selection = select(rows(), true);
+        assert_eq!(positions(&selection), vec![3]);
+        assert_eq!(selection.rejected.len(), 1);
+
+        // and with on_dead_letter = "skip" the later row flows
+        assert_eq!(positions(&select(rows(), false)), vec![2, 3]);
+    }
+
+    #[test]
     fn null_payload_is_json_null() {
         let mut r = row(1, "a", true);
         r.payload = None;
-        assert_eq!(select(vec![r]).events[0].payload.get(), "null");
+        assert_eq!(select(vec![r], true).events[0].payload.get(), "null");
     }
 }

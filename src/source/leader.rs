@@ -13,12 +13,38 @@ use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify, connect, quote_ident};
 use tokio_util::sync::CancellationToken;
 
+/// The condition of [`FENCE`]: whether the session of server process `$2` holds the leader
+/// lock `$3`. A macro, so that [`FENCE`] and [`fenced_acknowledgement`] share one text.
+macro_rules! fence_held {
+    () => {
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $2 AND l.objsubid = 1 \
+         AND ((l.classid::int8 << 32) | l.objid::int8) = $3)"
+    };
+}
+
 /// Appended to an acknowledging statement's `WHERE` clause: it changes rows only while the
 /// session of server process `$2` holds the leader lock `$3`. Acknowledgements run on sessions
 /// other than the leader's, and must not land once that session lost the lock.
-pub const FENCE: &str = " AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l \
-    WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $2 AND l.objsubid = 1 \
-    AND ((l.classid::int8 << 32) | l.objid::int8) = $3)";
+pub const FENCE: &str = concat!(" AND ", fence_held!());
+
+
+/// Wraps an acknowledging statement (`UPDATE`/`DELETE … WHERE …`, `$1` its positions) so that
+/// it changes rows only under the fence, and reports what it did: one row with whether the
+/// fence held (evaluated once, after the statement got its table lock) and the positions it
+/// changed, named by the quoted `position` column.
+///
+/// A fenced-out acknowledgement changes nothing; the caller must not take its events as
+/// acknowledged (they are still pending in the table).
+pub fn fenced_acknowledgement(statement: &str, position: &str) -> String {
+    format!(
+        "WITH fence AS MATERIALIZED (SELECT {held} AS held), \
+         done AS ({statement} AND (SELECT held FROM fence) RETURNING {position}) \
+         SELECT (SELECT held FROM fence), \
+         coalesce(array_agg(done.{position}), '{{}}'::int8[]) FROM done",
+        held = fence_held!(),
+    )
+}
 
 /// Connects, waits to become the leader, and subscribes to the table's channel. Returns the
 /// session and its server process id, which holds the lock (see [`FENCE`]).

@@ -3,14 +3,14 @@
 
 use super::acker::{Acker, Fence};
 use super::decode::{self, PendingRow};
-use super::leader::{FENCE, become_leader};
+use super::leader::{become_leader, fenced_acknowledgement};
 use super::{Batch, Source};
 use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::event::{Position, Rejected, Stored};
 use crate::migrate;
 use crate::outbox::OutboxTable;
-use crate::pg::{Session, classify};
+use crate::pg::{Session, classify, quote_ident};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +51,10 @@ pub struct PollSource {
     /// The leader session's server process id, 0 while there is none: acknowledgements land
     /// only while that session holds the lock.
     leader_pid: Arc<AtomicI32>,
+    /// Rows whose dead letter could not be recorded, with the time to try again: until then
+    /// they are left out of batches (and with `block_aggregate`, so is the rest of their
+    /// aggregate), so a failing statement is not repeated on every fetch.
+    unrecordable: HashMap<u64, Instant>,
 }
 
 impl PollSource {
@@ -73,7 +77,12 @@ impl PollSource {
             lock_key: table.leader_lock_key(),
         };
         Ok(PollSource {
-            acker: Acker::start(config, relay, format!("{acknowledge}{FENCE}"), fence),
+            acker: Acker::start(
+                config,
+                relay,
+                fenced_acknowledgement(&acknowledge, &quote_ident(&config.columns.position)),
+                fence,
+            ),
             leader_pid,
             config: config.clone(),
             relay: relay.clone(),
@@ -84,6 +93,7 @@ impl PollSource {
             parked: HashMap::new(),
             in_flight: HashMap::new(),
             aggregates_in_flight: HashMap::new(),
+            unrecordable: HashMap::new(),
         })
     }
 
@@ -248,7 +258,17 @@ impl Source for PollSource {
                     continue;
                 }
             };
-            let selection = decode::select(rows.iter().map(PendingRow::from_row).collect());
+            let blocking = self.relay.on_dead_letter == OnDeadLetter::BlockAggregate;
+            let rows = rows.iter().map(PendingRow::from_row).collect();
+            let mut selection = decode::select(rows, blocking);
+            if !self.unrecordable.is_empty() {
+                let now = Instant::now();
+                self.unrecordable.retain(|_, until| *until > now);
+                let waiting = &self.unrecordable;
+                selection
+                    .rejected
+                    .retain(|bad| !waiting.contains_key(&bad.position.0));
+            }
             if !selection.events.is_empty() || !selection.rejected.is_empty() {
                 self.recheck = FIRST_RECHECK;
                 self.hand_out(&selection.events);
@@ -345,17 +365,38 @@ impl Source for PollSource {
         if rejected.is_empty() {
             return Ok(());
         }
+        let aggregates: Vec<String> = rejected
+            .iter()
+            .filter_map(|r| self.in_flight.get(&r.position.0).cloned())
+            .collect();
         self.settled(rejected.iter().map(|r| r.position));
         let positions: Vec<i64> = rejected.iter().map(|r| r.position.0 as i64).collect();
         let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
         let statement = self.table.mark_failed.clone();
-        self.query_as_leader(
-            "marking events failed",
-            &statement,
-            &[&positions, &reasons],
-            shutdown,
-        )
-        .await?;
+        let recorded = self
+            .query_as_leader(
+                "marking events failed",
+                &statement,
+                &[&positions, &reasons],
+                shutdown,
+            )
+            .await;
+        if let Err(err) = recorded {
+            // A dead letter that cannot be recorded must not stop the relay (every other
+            // aggregate would stop with it): its rows stay pending, their aggregates wait, and
+            // the recording is tried again after the longest retry delay.
+            let ids: Vec<&str> = rejected.iter().map(|r| r.id.as_str()).collect();
+            let delay = Duration::from_millis(self.relay.retry_max_ms);
+            tracing::error!(error = %err.chain(), ?ids, retry_in_ms = delay.as_millis() as u64,
+                "cannot record dead letters; their aggregates wait and recording is retried");
+            let until = Instant::now() + delay;
+            for aggregate in aggregates {
+                self.parked.insert(aggregate, until);
+            }
+            for position in positions {
+                self.unrecordable.insert(position as u64, until);
+            }
+        }
         Ok(())
     }
 

@@ -64,6 +64,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Longest wait at shutdown for the final confirmed position to reach the server (standby
+/// status updates go out once per second at most).
+const FINAL_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The transaction being decoded.
 #[derive(Debug, Clone, Copy)]
 struct OpenTxn {
@@ -103,6 +107,9 @@ pub struct LogicalSource {
     next_heartbeat: Instant,
     /// Whether the lag is over the warning threshold (to warn once per crossing).
     lagging: bool,
+    /// The newest position handed to the stream to confirm, for the final confirmation at
+    /// shutdown.
+    confirmed: u64,
 }
 
 impl LogicalSource {
@@ -129,6 +136,7 @@ impl LogicalSource {
             backoff: Backoff::from_config(relay),
             next_heartbeat: Instant::now(),
             lagging: false,
+            confirmed: 0,
         })
     }
 
@@ -383,6 +391,7 @@ impl LogicalSource {
     fn confirm(&mut self) {
         if let (Some(lsn), Some(stream)) = (self.progress.confirmable(), &self.stream) {
             stream.update_applied_lsn(Lsn::from_u64(lsn));
+            self.confirmed = self.confirmed.max(lsn);
         }
     }
 
@@ -524,6 +533,40 @@ impl Source for LogicalSource {
         }
         self.resume = Some(resume);
         Ok(0)
+    }
+
+    /// Sends the final confirmed position and waits (at most [`FINAL_CONFIRM_TIMEOUT`]) until
+    /// the stream reported it to the server, then ends the stream cleanly. Standby status
+    /// updates go out at most once per status interval; without this, a clean stop would leave
+    /// the slot up to that interval behind what the sink holds, and brokers would get those
+    /// events again on the next start.
+    async fn finish(&mut self) {
+        self.confirm();
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        let target = self.confirmed;
+        let deadline = Instant::now() + FINAL_CONFIRM_TIMEOUT;
+        let metrics = stream.metrics();
+        while metrics.last_applied_lsn().as_u64() < target && stream.is_running() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    confirmed = %Lsn::from_u64(target).to_pg_string(),
+                    "the final confirmed position did not reach the server in time; the \
+                     newest events may be delivered again on the next start"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match tokio::time::timeout_at(deadline, stream.shutdown()).await {
+            Ok(Ok(())) => tracing::info!(
+                confirmed = %Lsn::from_u64(target).to_pg_string(),
+                "replication stream closed"
+            ),
+            Ok(Err(err)) => tracing::debug!(error = %err, "replication stream ended with an error"),
+            Err(_) => stream.abort(),
+        }
     }
 
     async fn reject(&mut self, rejected: &[Rejected], _shutdown: &CancellationToken) -> Result<()> {
