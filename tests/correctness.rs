@@ -167,7 +167,7 @@ async fn an_acknowledgement_fenced_out_by_a_killed_leader_session_delivers_nothi
         client
             .query_one(
                 "SELECT count(*) > 0 FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE 'WITH fence%'",
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%pg_catalog.pg_locks%'",
                 &[],
             )
             .await
