@@ -21,6 +21,10 @@ pub const EVENT_LATENCY: &str = "outboxd_event_latency_seconds";
 pub const BATCH_SIZE: &str = "outboxd_batch_size_events";
 /// Publish attempts that failed transiently and were retried.
 pub const RETRIES: &str = "outboxd_publish_retries";
+/// Events the sink took but could not store this time (a RabbitMQ nack: a full queue), sent
+/// again later. A nacked message may still have reached the exchange's other queues, so each
+/// one can leave a copy there.
+pub const BUSY: &str = "outboxd_publish_busy";
 /// Events marked failed (dead letters) by this process.
 pub const DEAD_LETTERS_TOTAL: &str = "outboxd_dead_letters";
 /// Failed events currently in the outbox (sampled from the table).
@@ -77,6 +81,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// See [`RETRIES`].
     pub retries: Family<SinkLabels, Counter>,
+    /// See [`BUSY`].
+    pub busy: Family<SinkLabels, Counter>,
     /// See [`DEAD_LETTERS_TOTAL`].
     pub dead_letters: Counter,
     /// See [`DEAD_LETTERS_CURRENT`].
@@ -126,6 +132,7 @@ impl Metrics {
             latency,
             batch_size,
             retries,
+            busy: Family::default(),
             dead_letters: Counter::default(),
             dead_letters_current: Gauge::default(),
             pending: Gauge::default(),
@@ -156,6 +163,11 @@ impl Metrics {
             RETRIES,
             "Publish attempts retried after a transient failure",
             m.retries.clone(),
+        );
+        registry.register(
+            BUSY,
+            "Events the sink could not take this time (nacked), sent again later",
+            m.busy.clone(),
         );
         registry.register(
             DEAD_LETTERS_TOTAL,

@@ -16,7 +16,13 @@ pub struct OutboxTable {
     /// Table name as configured (unquoted), for catalog look-ups.
     pub name: String,
     /// Fetches pending rows in position order; `$1` is the limit, `$2` a `text[]` of aggregates
-    /// to leave out (waiting to retry).
+    /// to leave out (waiting to retry), `$3` the largest payload plus headers loaded
+    /// (`source.max_event_bytes`), `$4` the bytes a batch may hold (`source.max_batch_bytes`).
+    ///
+    /// Sizes are checked in SQL before any body is sent: a row over `$3` comes without its
+    /// payload and headers (and `fits` false), and the batch ends before the row that would
+    /// take its loaded bytes past `$4` (the first row always comes). Each body is rendered once,
+    /// and not at all when its stored size alone is over `$3`.
     pub fetch_pending: String,
     /// [`Self::fetch_pending`] that also leaves out every event after a dead letter of its
     /// aggregate (`on_dead_letter = "block_aggregate"`).
@@ -127,19 +133,40 @@ impl OutboxTable {
             mark_failed,
             template_vars,
         };
-        let fetch = "SELECT o.{position}, \
-             (o.{txid} IS NULL OR o.{txid} < pg_snapshot_xmin(pg_current_snapshot())), \
-             o.{id}::text, o.{aggregate_type}::text, o.{aggregate_id}::text, \
-             o.{event_type}::text, o.{payload}::text, o.{headers}::text, \
-             o.{created_at}::timestamptz \
-             FROM {table} AS o WHERE o.{sent_at} IS NULL AND o.{failed_at} IS NULL \
+        // Innermost: the pending rows, each body rendered at most once (the lateral subquery
+        // with OFFSET 0 is not flattened) and only if its stored size could fit.
+        let fetch = "SELECT o.{position} AS pos, \
+             (o.{txid} IS NULL OR o.{txid} < pg_snapshot_xmin(pg_current_snapshot())) AS ready, \
+             o.{id}::text AS id, o.{aggregate_type}::text AS aggregate_type, \
+             o.{aggregate_id}::text AS aggregate_id, o.{event_type}::text AS event_type, \
+             r.payload, r.headers, o.{created_at}::timestamptz AS created_at, \
+             coalesce(octet_length(r.payload), pg_column_size(o.{payload}), 0)::int8 \
+             + coalesce(octet_length(r.headers), pg_column_size(o.{headers}), 0)::int8 AS size \
+             FROM {table} AS o CROSS JOIN LATERAL (SELECT \
+             CASE WHEN pg_column_size(o.{payload}) <= $3::int8 THEN o.{payload}::text END AS payload, \
+             CASE WHEN pg_column_size(o.{headers}) <= $3::int8 THEN o.{headers}::text END AS headers \
+             OFFSET 0) AS r \
+             WHERE o.{sent_at} IS NULL AND o.{failed_at} IS NULL \
              AND (o.{aggregate_id} IS NULL OR o.{aggregate_id} <> ALL($2::text[]))";
         let blocked = " AND NOT EXISTS (SELECT 1 FROM {table} AS d \
              WHERE d.{aggregate_id} = o.{aggregate_id} AND d.{failed_at} IS NOT NULL \
              AND d.{skipped_at} IS NULL AND d.{position} < o.{position})";
         let order = " ORDER BY o.{position} LIMIT $1";
-        table.fetch_pending = table.render(&format!("{fetch}{order}"));
-        table.fetch_pending_blocking = table.render(&format!("{fetch}{blocked}{order}"));
+        // Then: whether each fits, and the loaded bytes before it, to end the batch in budget.
+        let bounded = |rows: String| {
+            format!(
+                "SELECT c.pos, c.ready, c.id, c.aggregate_type, c.aggregate_id, c.event_type, \
+                 CASE WHEN c.fits THEN c.payload END, CASE WHEN c.fits THEN c.headers END, \
+                 c.created_at, c.size, c.fits FROM (SELECT b.*, b.size <= $3::int8 AS fits, \
+                 coalesce(sum(CASE WHEN b.size <= $3::int8 THEN b.size ELSE 0 END) OVER (ORDER BY \
+                 b.pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
+                 FROM ({rows}) AS b) AS c \
+                 WHERE c.before = 0 OR c.before + CASE WHEN c.fits THEN c.size ELSE 0 END <= $4::int8 \
+                 ORDER BY c.pos"
+            )
+        };
+        table.fetch_pending = table.render(&bounded(format!("{fetch}{order}")));
+        table.fetch_pending_blocking = table.render(&bounded(format!("{fetch}{blocked}{order}")));
         table.mark_retry = table.render(
             "UPDATE {table} AS o SET {attempts} = o.{attempts} + 1, {last_error} = r.reason, \
              {failed_at} = CASE WHEN o.{attempts} + 1 >= $3 THEN now() END \

@@ -71,7 +71,7 @@ pub fn in_flight(config: &Config) -> usize {
 pub async fn migrate(config: &Config) -> Result<()> {
     let table = OutboxTable::new(&config.source);
     let mut session = crate::pg::connect(&config.source).await?;
-    let applied = crate::migrate::migrate(&mut session.client, &table).await?;
+    let applied = crate::migrate::migrate(session.exclusive()?, &table).await?;
     if applied.is_empty() {
         tracing::info!(table = %table.qualified, "schema up to date");
     } else {

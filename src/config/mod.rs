@@ -109,6 +109,13 @@ pub struct SourceConfig {
     pub auto_migrate: bool,
     /// Most events claimed per batch. Default 1000.
     pub batch_size: usize,
+    /// Most bytes of payload and headers per batch: a batch ends before the row that would
+    /// take it past this (but always holds at least one row), so memory stays bounded whatever
+    /// the rows hold. Default 16777216 (16 MiB).
+    pub max_batch_bytes: usize,
+    /// Largest payload plus headers of one event. A larger row becomes a dead letter without
+    /// its body ever being loaded. Default 67108864 (64 MiB).
+    pub max_event_bytes: usize,
     /// Fallback poll interval when no notification arrives, in milliseconds. Default 1000.
     pub poll_interval_ms: u64,
     /// Time allowed to establish a connection, in milliseconds. Default 5000.
@@ -146,6 +153,8 @@ impl Default for SourceConfig {
             mode: SourceMode::Poll,
             auto_migrate: true,
             batch_size: 1000,
+            max_batch_bytes: 16 << 20,
+            max_event_bytes: 64 << 20,
             poll_interval_ms: 1000,
             connect_timeout_ms: 5000,
             application_name: "outboxd".into(),
@@ -305,6 +314,10 @@ pub struct RelayConfig {
     /// runs one lane: it has one writer, and one lane keeps its records in the order the source
     /// handed them out (in logical mode, commit order).
     pub lanes: usize,
+    /// At shutdown, how long publishes already under way may take to be confirmed, in
+    /// milliseconds; after that they are abandoned unacknowledged (delivered again by the next
+    /// run) and the relay exits. Default 10000.
+    pub shutdown_grace_ms: u64,
 }
 
 /// What happens behind a dead letter.
@@ -328,6 +341,7 @@ impl Default for RelayConfig {
             on_dead_letter: OnDeadLetter::BlockAggregate,
             publish_timeout_ms: 60_000,
             lanes: 4,
+            shutdown_grace_ms: 10_000,
         }
     }
 }

@@ -139,6 +139,24 @@ impl Config {
             3_600_000,
         )?;
         range("relay.lanes", self.relay.lanes as u64, 1, 256)?;
+        range(
+            "relay.shutdown_grace_ms",
+            self.relay.shutdown_grace_ms,
+            0,
+            3_600_000,
+        )?;
+        range(
+            "source.max_batch_bytes",
+            self.source.max_batch_bytes as u64,
+            64 << 10,
+            1 << 30,
+        )?;
+        range(
+            "source.max_event_bytes",
+            self.source.max_event_bytes as u64,
+            1 << 10,
+            1 << 30,
+        )?;
         if self.sink.kind == super::SinkKind::Log
             && log.durability == crate::log::Durability::Interval
             && self.relay.publish_timeout_ms <= 2 * log.fsync_interval_ms

@@ -17,8 +17,9 @@ use tokio_postgres::{AsyncMessage, Client};
 /// Notifications (LISTEN/NOTIFY) are coalesced into `notified`: the relay only needs to know that
 /// something arrived, not how many times. Dropping the session closes the connection.
 pub struct Session {
-    /// The client to run statements on.
-    pub client: Client,
+    /// The client to run statements on; shared, so a lease or leadership check can run on the
+    /// same session beside its owner's statements.
+    pub client: Arc<Client>,
     /// Woken whenever a notification arrives on this connection.
     pub notified: Arc<Notify>,
     /// The task polling the connection; aborted on drop.
@@ -29,6 +30,17 @@ impl Session {
     /// Whether the connection has ended (server gone, network cut, or closed).
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// The client for a statement that needs it alone (a transaction); an internal error if it
+    /// is shared at the moment.
+    pub fn exclusive(&mut self) -> Result<&mut Client> {
+        Arc::get_mut(&mut self.client).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                "a session needed for a transaction is in use elsewhere",
+            )
+        })
     }
 }
 
@@ -86,7 +98,7 @@ pub async fn connect(source: &SourceConfig) -> Result<Session> {
         wake.notify_one();
     });
     Ok(Session {
-        client,
+        client: Arc::new(client),
         notified,
         driver,
     })

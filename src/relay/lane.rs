@@ -31,11 +31,12 @@ pub struct Finished<K> {
     pub outcomes: Result<Vec<Option<Outcome>>>,
 }
 
-/// How a lane treats events the sink reports `Retry` (and the `Deferred` ones behind them).
-/// `Busy` events are always tried again in the lane.
+/// How a lane treats events the sink reports `Retry` or `Busy` (and the `Deferred` ones behind
+/// them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Redelivery {
-    /// Hand them back: the source hands them out again after a backoff (polling).
+    /// Hand them back: the source hands them out again after a backoff (polling); `Busy` ones
+    /// without counting an attempt.
     BySource,
     /// Try them again in place, before anything later in the lane, since the source reads its
     /// stream once (logical replication); after `relay.max_attempts` a failing event is refused.
@@ -95,8 +96,19 @@ async fn settle<K: Sink>(
             let aggregate = events[i].aggregate_id.as_str();
             let keep = match outcome {
                 Outcome::Busy(reason) => {
+                    metrics::get()
+                        .busy
+                        .get_or_create(&SinkLabels { sink: sink.name() })
+                        .inc();
                     tracing::debug!(id = %events[i].id, reason, "sink busy; trying again");
-                    true
+                    if redelivery == Redelivery::BySource {
+                        // The source hands it out again after a growing backoff of its own:
+                        // a key the broker keeps refusing holds nothing in the lane meanwhile.
+                        outcomes[i] = Some(Outcome::Busy(reason));
+                        false
+                    } else {
+                        true
+                    }
                 }
                 Outcome::Retry(reason) if redelivery == Redelivery::InLane => {
                     failed += 1;

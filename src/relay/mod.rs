@@ -36,6 +36,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How far past its normal in-flight bound the relay goes on fetching while some lane can take
+/// events and another is stuck (see `Relay::has_room`).
+const STUCK_LANE_FACTOR: usize = 8;
+
 /// How often the sink is probed while no lane publishes (see [`Sink::probe`]).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -98,6 +102,11 @@ struct Relay<'a, S, K> {
     in_flight: usize,
     /// Most events in flight before the relay stops fetching.
     max_in_flight: usize,
+    /// Bytes of event content in flight (see [`Event::content_len`]).
+    in_flight_bytes: usize,
+    /// Most bytes in flight before the relay stops fetching: memory stays bounded by what the
+    /// lanes hold, whatever the events carry.
+    max_in_flight_bytes: usize,
     /// Most events in one publish.
     max_publish: usize,
     /// What the lanes do with events to try again.
@@ -135,6 +144,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             Redelivery::InLane
         };
         let max_publish = source.batch_size().max(1);
+        let batch_bytes = source.batch_bytes();
         Ok(Relay {
             source,
             config: Arc::new(config.clone()),
@@ -145,6 +155,8 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             // One batch more than the lanes take at once, so the next is fetched while they
             // publish.
             max_in_flight: max_publish * (count + 1),
+            in_flight_bytes: 0,
+            max_in_flight_bytes: batch_bytes.saturating_mul(count + 1),
             max_publish,
             redelivery,
             wake: Notify::new(),
@@ -156,6 +168,8 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
     async fn run(&mut self) -> Result<()> {
         let mut finished = Vec::new();
         let mut stopping = false;
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             stopping |= self.shutdown.is_cancelled();
             if !stopping {
@@ -164,7 +178,31 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             if stopping && self.running.is_empty() {
                 return Ok(());
             }
-            if !stopping && self.in_flight < self.max_in_flight {
+            if stopping {
+                let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+                match tokio::time::timeout_at(deadline, self.running.join_next()).await {
+                    Ok(Some(done)) => finished.push(joined(done)?),
+                    Ok(None) => {}
+                    Err(_) => {
+                        // Publishes still unconfirmed (e.g. a broker that stopped answering)
+                        // are abandoned: their events were never acknowledged, so the next run
+                        // delivers them again.
+                        tracing::warn!(lanes = self.running.len(), grace_ms = grace.as_millis() as u64,
+                            "publishes still unconfirmed after relay.shutdown_grace_ms; \
+                             leaving their events for the next run");
+                        self.running.abort_all();
+                        return Ok(());
+                    }
+                }
+                while let Some(done) = self.running.try_join_next() {
+                    finished.push(joined(done)?);
+                }
+                if !finished.is_empty() {
+                    self.settle(std::mem::take(&mut finished), false).await?;
+                }
+                continue;
+            }
+            if !stopping && self.has_room() {
                 match self.fetch(&mut finished).await? {
                     Some(batch) => self.dispatch(batch).await?,
                     None => stopping = true,
@@ -221,6 +259,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
                 .inc_by(batch.rejected.len() as u64);
         }
         self.in_flight += batch.events.len();
+        self.in_flight_bytes += batch.events.iter().map(Event::content_len).sum::<usize>();
         let count = self.lanes.len();
         for event in batch.events {
             let lane = lane_of(&event.aggregate_id, count);
@@ -264,6 +303,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
         for done in finished {
             self.lanes[done.lane].sink = Some(done.sink);
             self.in_flight -= done.events.len();
+            self.in_flight_bytes -= done.events.iter().map(Event::content_len).sum::<usize>();
             match done.outcomes {
                 Ok(outcomes) => {
                     let stopped = self.stopped_aggregates(&done.events, &outcomes);
@@ -291,11 +331,31 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
         self.source.retry_later(&settled.retry, shutdown).await?;
         self.source.ack(&settled.delivered, shutdown).await?;
         self.source.release(&settled.released);
+        self.source.busy(&settled.busy);
         Ok(())
     }
 }
 
 impl<S: Source, K: Sink + 'static> Relay<'_, S, K> {
+    /// Whether to fetch more. Normally while less than `lanes + 1` batches are in flight. Past
+    /// that, while some lane could still take events and the total stays under
+    /// [`STUCK_LANE_FACTOR`] times that: one lane stuck on a key the sink keeps refusing
+    /// (retried in place in logical mode) then holds up only itself, not every lane, while its
+    /// queue grows within a bound.
+    fn has_room(&self) -> bool {
+        let (events, bytes) = (self.in_flight, self.in_flight_bytes);
+        if events < self.max_in_flight && bytes < self.max_in_flight_bytes {
+            return true;
+        }
+        let lane_can_take = self
+            .lanes
+            .iter()
+            .any(|lane| lane.sink.is_some() || lane.queue.len() < self.max_publish);
+        lane_can_take
+            && events < self.max_in_flight.saturating_mul(STUCK_LANE_FACTOR)
+            && bytes < self.max_in_flight_bytes.saturating_mul(STUCK_LANE_FACTOR)
+    }
+
     /// The aggregates of a finished run whose later events must not go out yet: those with an
     /// event that was not delivered, unless it became a dead letter and `on_dead_letter =
     /// "skip"` lets its aggregate go on. Only a source that hands events out again can take
@@ -331,13 +391,16 @@ impl<S: Source, K: Sink + 'static> Relay<'_, S, K> {
         }
         let queue = &mut self.lanes[lane].queue;
         let before = queue.len();
+        let mut bytes = 0;
         queue.retain(|event| {
             let keep = !stopped.contains(&event.aggregate_id);
             if !keep {
                 settled.released.push(event.position);
+                bytes += event.content_len();
             }
             keep
         });
+        self.in_flight_bytes -= bytes;
         self.in_flight -= before - queue.len();
     }
 }
@@ -373,6 +436,9 @@ struct Settled {
     retry: Vec<Rejected>,
     /// Not attempted (deferred, or abandoned at shutdown): the source hands them out again.
     released: Vec<Position>,
+    /// Not taken this time, the sink being busy: the source hands them out again after a
+    /// backoff, without counting an attempt.
+    busy: Vec<Position>,
 }
 
 impl Settled {
@@ -388,7 +454,8 @@ impl Settled {
                 Some(Outcome::Delivered) => self.delivered.push(event.position),
                 Some(Outcome::Refused(reason)) => self.refused.push(failed(reason)),
                 Some(Outcome::Retry(reason)) => self.retry.push(failed(reason)),
-                Some(Outcome::Deferred | Outcome::Busy(_)) | None => {
+                Some(Outcome::Busy(_)) => self.busy.push(event.position),
+                Some(Outcome::Deferred) | None => {
                     self.released.push(event.position)
                 }
             }

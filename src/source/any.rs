@@ -39,6 +39,20 @@ impl Source for AnySource {
         }
     }
 
+    fn busy(&mut self, positions: &[Position]) {
+        match self {
+            AnySource::Poll(source) => source.busy(positions),
+            AnySource::Logical(source) => source.busy(positions),
+        }
+    }
+
+    fn batch_bytes(&self) -> usize {
+        match self {
+            AnySource::Poll(source) => source.batch_bytes(),
+            AnySource::Logical(source) => source.batch_bytes(),
+        }
+    }
+
     fn batch_size(&self) -> usize {
         match self {
             AnySource::Poll(source) => source.batch_size(),

@@ -27,6 +27,11 @@ pub struct PendingRow {
     pub headers: Option<String>,
     /// When the row was written; `None` if NULL or beyond what chrono can represent.
     pub created_at: Option<DateTime<Utc>>,
+    /// Bytes of payload and headers (as text when loaded, as stored otherwise).
+    pub size: i64,
+    /// Whether the body fits `source.max_event_bytes`; when not, payload and headers were not
+    /// loaded and the row is rejected.
+    pub fits: bool,
 }
 
 impl PendingRow {
@@ -46,6 +51,8 @@ impl PendingRow {
             // with its commit time); `get` would panic, and the relay would crash on the same
             // row after every restart.
             created_at: row.try_get(8).ok().flatten(),
+            size: row.get(9),
+            fits: row.get(10),
         }
     }
 }
@@ -114,6 +121,12 @@ pub(super) fn decode(row: PendingRow) -> Result<Event, Rejected> {
         Some(_) => Err(reject(format!("{what} is empty"))),
         None => Err(reject(format!("{what} is NULL"))),
     };
+    if !row.fits {
+        return Err(reject(format!(
+            "payload and headers of {} bytes exceed source.max_event_bytes; not loaded",
+            row.size
+        )));
+    }
     let aggregate_id = required(row.aggregate_id, "aggregate id")?;
     let aggregate_type = required(row.aggregate_type, "aggregate type")?;
     let event_type = required(row.event_type, "event type")?;
@@ -157,6 +170,8 @@ mod tests {
             payload: Some(r#"{"n":1}"#.into()),
             headers: None,
             created_at: None,
+            size: 7,
+            fits: true,
         }
     }
 

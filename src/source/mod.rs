@@ -64,6 +64,12 @@ pub trait Source: Send {
     /// Most events one batch holds (`source.batch_size`).
     fn batch_size(&self) -> usize;
 
+    /// Most bytes of event content one batch holds (`source.max_batch_bytes`); a batch always
+    /// holds at least one event, however large.
+    fn batch_bytes(&self) -> usize {
+        usize::MAX
+    }
+
     /// Whether events given to [`Source::retry_later`] or [`Source::release`] are handed out
     /// again (polling re-reads the table). A source that reads a stream once does not; the
     /// relay then retries failed events itself, in order.
@@ -75,6 +81,14 @@ pub trait Source: Send {
     /// longer in flight and are handed out again later. No attempt is counted.
     fn release(&mut self, positions: &[Position]) {
         let _ = positions;
+    }
+
+    /// Hands events back that the sink could not take this time (it is up, but busy: a nack
+    /// for a full queue). Like [`Source::release`], but they, and the rest of their
+    /// aggregates, are handed out again only after a backoff that grows while the sink keeps
+    /// refusing them. No attempt is counted. The default releases them.
+    fn busy(&mut self, positions: &[Position]) {
+        self.release(positions);
     }
 
     /// Records that these events are durably in the sink. After this returns they are never

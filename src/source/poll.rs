@@ -55,6 +55,9 @@ pub struct PollSource {
     /// they are left out of batches (and with `block_aggregate`, so is the rest of their
     /// aggregate), so a failing statement is not repeated on every fetch.
     unrecordable: HashMap<u64, Instant>,
+    /// Busy rounds in a row per aggregate (see [`Source::busy`]); forgotten once one of its
+    /// events is delivered.
+    busy_streak: HashMap<String, u32>,
 }
 
 impl PollSource {
@@ -94,6 +97,7 @@ impl PollSource {
             in_flight: HashMap::new(),
             aggregates_in_flight: HashMap::new(),
             unrecordable: HashMap::new(),
+            busy_streak: HashMap::new(),
         })
     }
 
@@ -248,7 +252,13 @@ impl Source for PollSource {
             };
             let session = self.session();
             let notified = session.notified.clone();
-            let rows = match session.client.query(statement, &[&limit, &excluded]).await {
+            let (max_event, max_batch) = (
+                self.config.max_event_bytes as i64,
+                self.config.max_batch_bytes as i64,
+            );
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&limit, &excluded, &max_event, &max_batch];
+            let rows = match session.client.query(statement, &params).await {
                 Ok(rows) => rows,
                 Err(err) => {
                     let err = classify("fetching pending events", err);
@@ -301,7 +311,31 @@ impl Source for PollSource {
         self.config.batch_size
     }
 
+    fn batch_bytes(&self) -> usize {
+        self.config.max_batch_bytes
+    }
+
     fn release(&mut self, positions: &[Position]) {
+        self.settled(positions.iter().copied());
+    }
+
+    /// Parks each busy event's aggregate for a backoff that doubles with every busy round in a
+    /// row (up to `relay.retry_max_ms`), so a key the broker keeps refusing is sent less and
+    /// less often, and holds nothing in flight meanwhile.
+    fn busy(&mut self, positions: &[Position]) {
+        let now = Instant::now();
+        for position in positions {
+            let Some(aggregate) = self.in_flight.get(&position.0).cloned() else {
+                continue;
+            };
+            let streak = self.busy_streak.entry(aggregate.clone()).or_default();
+            *streak = streak.saturating_add(1);
+            let ceiling = (self.relay.retry_initial_ms as f64 * 2f64.powi((*streak).min(30) as i32 - 1))
+                .min(self.relay.retry_max_ms as f64);
+            let delay = Duration::from_millis((ceiling * (0.5 + fastrand::f64() / 2.0)) as u64);
+            let slot = self.parked.entry(aggregate).or_insert(now + delay);
+            *slot = (*slot).max(now + delay);
+        }
         self.settled(positions.iter().copied());
     }
 
@@ -312,6 +346,13 @@ impl Source for PollSource {
             return Ok(());
         }
         self.acknowledged()?;
+        if !self.busy_streak.is_empty() {
+            for position in positions {
+                if let Some(aggregate) = self.in_flight.get(&position.0) {
+                    self.busy_streak.remove(aggregate);
+                }
+            }
+        }
         let mut committed = Vec::new();
         self.acker
             .send(positions.to_vec(), |done| committed.push(done))

@@ -58,6 +58,19 @@ pub fn from_row(
     position: Position,
     commit_time: DateTime<Utc>,
 ) -> Result<Event, Rejected> {
+    from_row_within(columns, values, position, commit_time, usize::MAX)
+}
+
+/// [`from_row`], rejecting a row whose payload and headers exceed `max_event_bytes` without
+/// copying them (the stream delivers each row whole; this keeps it from being held twice, and
+/// from travelling on through the relay).
+pub fn from_row_within(
+    columns: &Columns,
+    values: &[Value<'_>],
+    position: Position,
+    commit_time: DateTime<Utc>,
+    max_event_bytes: usize,
+) -> Result<Event, Rejected> {
     let bytes = |index: Option<usize>| match index.and_then(|i| values.get(i)) {
         Some(Value::Text(bytes)) => Some(*bytes),
         _ => None,
@@ -71,6 +84,12 @@ pub fn from_row(
         })
     };
     let created_at = bytes(columns.created_at).and_then(timestamp::parse);
+    let size = [columns.payload, columns.headers]
+        .into_iter()
+        .map(|index| bytes(index).map_or(0, <[u8]>::len))
+        .sum::<usize>();
+    let fits = size <= max_event_bytes;
+    let body = |index| if fits { text(index) } else { None };
     let row = PendingRow {
         position: position.0 as i64,
         ready: true,
@@ -78,9 +97,11 @@ pub fn from_row(
         aggregate_type: text(columns.aggregate_type),
         aggregate_id: text(columns.aggregate_id),
         event_type: text(columns.event_type),
-        payload: text(columns.payload),
-        headers: text(columns.headers),
+        payload: body(columns.payload),
+        headers: body(columns.headers),
         created_at: Some(created_at.unwrap_or(commit_time)),
+        size: size as i64,
+        fits,
     };
     let mut event = decode(row)?;
     // `decode` round-trips the position through i64; keep the LSN exactly as it was.

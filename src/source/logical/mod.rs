@@ -329,7 +329,9 @@ impl LogicalSource {
                 else {
                     return Ok(());
                 };
-                match event::from_row(columns, &values, txn.position, txn.commit_time) {
+                let max = self.config.max_event_bytes;
+                match event::from_row_within(columns, &values, txn.position, txn.commit_time, max)
+                {
                     Ok(event) => self.push(Decoded::Event(event)),
                     Err(rejected) => self.push(Decoded::Rejected(rejected)),
                 }
@@ -399,7 +401,12 @@ impl LogicalSource {
     fn take_batch(&mut self) -> Batch {
         let batch = self
             .pending
-            .take(self.config.batch_size, &mut self.progress, &mut self.replay);
+            .take(
+                self.config.batch_size,
+                self.config.max_batch_bytes,
+                &mut self.progress,
+                &mut self.replay,
+            );
         // Once something past what the sink held is handed out, a lost stream's repeat of
         // those events is recognised by the replay.
         let newest = batch.events.last();
@@ -428,6 +435,10 @@ impl Source for LogicalSource {
         self.config.batch_size
     }
 
+    fn batch_bytes(&self) -> usize {
+        self.config.max_batch_bytes
+    }
+
     /// A replication stream is read once; the relay retries failed events itself.
     fn redelivers(&self) -> bool {
         false
@@ -443,7 +454,9 @@ impl Source for LogicalSource {
                 return Ok(None);
             }
             // Large transactions are handed out in chunks as they are decoded.
-            if self.pending.events() >= self.config.batch_size {
+            if self.pending.events() >= self.config.batch_size
+                || self.pending.bytes() >= self.config.max_batch_bytes
+            {
                 return Ok(Some(self.take_batch()));
             }
             if !self.ensure_stream(shutdown).await? {

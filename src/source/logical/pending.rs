@@ -45,18 +45,28 @@ pub struct Pending {
     items: VecDeque<Decoded>,
     /// How many of them are events (a batch is sized by events).
     events: usize,
+    /// Bytes of the events' variable-size content (a batch is also sized by bytes).
+    bytes: usize,
 }
 
 impl Pending {
     /// Queues an item after every other.
     pub fn push(&mut self, item: Decoded) {
-        self.events += usize::from(matches!(item, Decoded::Event(_)));
+        if let Decoded::Event(event) = &item {
+            self.events += 1;
+            self.bytes += event.content_len();
+        }
         self.items.push_back(item);
     }
 
     /// Events waiting.
     pub fn events(&self) -> usize {
         self.events
+    }
+
+    /// Bytes of the events waiting (see [`Event::content_len`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether nothing waits.
@@ -68,24 +78,32 @@ impl Pending {
     pub fn clear(&mut self) {
         self.items.clear();
         self.events = 0;
+        self.bytes = 0;
     }
 
-    /// Hands out the oldest items: up to `max_events` events, and the rejected rows among and
-    /// right after them. Each is counted as handed out in `progress`, and the last one is
-    /// recorded in `replay`.
+    /// Hands out the oldest items: up to `max_events` events holding up to `max_bytes` bytes
+    /// (at least one event), and the rejected rows among and right after them. Each is counted
+    /// as handed out in `progress`, and the last one is recorded in `replay`.
     pub fn take(
         &mut self,
         max_events: usize,
+        max_bytes: usize,
         progress: &mut Progress,
         replay: &mut Replay,
     ) -> Batch {
         let mut batch = Batch::default();
         let mut last_is_event = None;
+        let mut bytes = 0;
         while let Some(item) = self.items.front() {
-            let is_event = matches!(item, Decoded::Event(_));
-            if is_event && batch.events.len() == max_events {
-                break;
+            if let Decoded::Event(event) = item {
+                let full = batch.events.len() == max_events
+                    || (!batch.events.is_empty() && bytes + event.content_len() > max_bytes);
+                if full {
+                    break;
+                }
+                bytes += event.content_len();
             }
+            let is_event = matches!(item, Decoded::Event(_));
             let Some(item) = self.items.pop_front() else {
                 break;
             };
@@ -94,6 +112,7 @@ impl Pending {
             match item {
                 Decoded::Event(event) => {
                     self.events -= 1;
+                    self.bytes -= event.content_len();
                     batch.events.push(event);
                 }
                 Decoded::Rejected(rejected) => batch.rejected.push(rejected),
@@ -154,7 +173,7 @@ mod tests {
 
         // When a batch of two events is taken, then the rejected row right after them goes too,
         // and nothing later
-        let batch = pending.take(2, &mut progress, &mut replay);
+        let batch = pending.take(2, usize::MAX, &mut progress, &mut replay);
         let ids: Vec<_> = batch.events.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["e1", "e2"]);
         assert_eq!(batch.rejected.len(), 1);
@@ -165,7 +184,7 @@ mod tests {
         assert!(replay.repeats(100, "e1"));
         assert!(replay.repeats(100, "r1"));
         assert!(!replay.repeats(100, "e3"));
-        let rest = pending.take(10, &mut progress, &mut replay);
+        let rest = pending.take(10, usize::MAX, &mut progress, &mut replay);
         assert_eq!(rest.events.len(), 2);
         assert!(pending.is_empty());
     }
