@@ -64,6 +64,7 @@ mod reader;
 pub(crate) mod record;
 mod recovery;
 mod retention;
+mod scan;
 mod seek;
 pub(crate) mod segment;
 mod syncer;
