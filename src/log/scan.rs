@@ -74,7 +74,7 @@ fn plausible(bytes: &[u8], pos: u64, end: u64, min_offset: u64) -> Option<(usize
     }
     let len = u32::from_le_bytes(bytes[0..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
-    if len < 2 || len > MAX_BODY_LEN || pos + (HEADER_LEN + len) as u64 > end {
+    if !(2..=MAX_BODY_LEN).contains(&len) || pos + (HEADER_LEN + len) as u64 > end {
         return None;
     }
     match bytes[HEADER_LEN] {
