@@ -1,5 +1,5 @@
 //! The HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz` (alive) and `/readyz` (source
-//! connected and sink accepting).
+//! connected and sink accepting; active or standing by).
 
 use crate::error::{Error, ErrorKind, Result};
 use axum::Router;
@@ -52,18 +52,33 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-/// `/readyz`: 200 when ready, 503 naming what is down otherwise.
+/// `/readyz`: 200 when ready, 503 naming what is down otherwise. The first line says whether
+/// this relay is `active` or on `standby`. A standby is ready when its source is up and, once
+/// its sink is open, the sink too: a relay waiting for the embedded log's lock has no sink
+/// open yet, and must not hold up a rolling deploy whose old relay holds that lock.
 async fn readyz() -> impl IntoResponse {
-    let (source, sink) = crate::metrics::get().ready();
-    let status = if source && sink {
+    let metrics = crate::metrics::get();
+    let (source, sink) = metrics.ready();
+    let waiting_for_log = metrics.waiting_for_log();
+    let status = if source && (sink || waiting_for_log) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let up = |up: bool| if up { "up" } else { "down" };
     let body = format!(
-        "source: {}\nsink: {}\n",
-        if source { "up" } else { "down" },
-        if sink { "up" } else { "down" }
+        "role: {}\nsource: {}\nsink: {}\n",
+        if metrics.active() {
+            "active"
+        } else {
+            "standby"
+        },
+        up(source),
+        if waiting_for_log {
+            "waiting for the log lock"
+        } else {
+            up(sink)
+        }
     );
     (status, body)
 }

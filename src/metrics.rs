@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::LazyLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Events handed to a sink, by outcome: `delivered` or `refused`.
 pub const EVENTS_PUBLISHED: &str = "outboxd_events_published";
@@ -43,6 +43,8 @@ pub const LAST_PUBLISH: &str = "outboxd_last_publish_timestamp_seconds";
 pub const SOURCE_UP: &str = "outboxd_source_up";
 /// 1 while the sink accepts events.
 pub const SINK_UP: &str = "outboxd_sink_up";
+/// 1 while this relay is the active one, 0 while it stands by.
+pub const RELAY_ACTIVE: &str = "outboxd_relay_active";
 /// Always 1; the labels carry the version.
 pub const BUILD_INFO: &str = "outboxd_build_info";
 
@@ -101,6 +103,13 @@ pub struct Metrics {
     pub source_up: Gauge,
     /// See [`SINK_UP`].
     pub sink_up: Gauge,
+    /// See [`RELAY_ACTIVE`]: 1 while this relay holds the leadership (the leader lock in
+    /// polling mode, the replication slot in logical mode) and, with the embedded log, its
+    /// writer lock.
+    pub relay_active: Gauge,
+    /// Not exported: whether the relay stands by for the embedded log's writer lock. Its sink
+    /// is not open meanwhile, which `/readyz` must not take for a sink that is down.
+    pub waiting_for_log: AtomicBool,
 }
 
 /// The process's metrics, created on first use.
@@ -142,6 +151,8 @@ impl Metrics {
             last_publish: Gauge::default(),
             source_up: Gauge::default(),
             sink_up: Gauge::default(),
+            relay_active: Gauge::default(),
+            waiting_for_log: AtomicBool::new(false),
         };
         let m = &metrics;
         registry.register(
@@ -210,6 +221,11 @@ impl Metrics {
             "1 while the sink accepts events",
             m.sink_up.clone(),
         );
+        registry.register(
+            RELAY_ACTIVE,
+            "1 while this relay is the active one, 0 while it stands by",
+            m.relay_active.clone(),
+        );
         registry.register(BUILD_INFO, "Build information", build_info);
         Metrics {
             registry,
@@ -263,5 +279,15 @@ impl Metrics {
     /// Whether the relay can do its job: source connected and sink accepting.
     pub fn ready(&self) -> (bool, bool) {
         (self.source_up.get() == 1, self.sink_up.get() == 1)
+    }
+
+    /// Whether this relay is the active one (see [`RELAY_ACTIVE`]).
+    pub fn active(&self) -> bool {
+        self.relay_active.get() == 1
+    }
+
+    /// Whether the relay stands by for the embedded log's writer lock.
+    pub fn waiting_for_log(&self) -> bool {
+        self.waiting_for_log.load(Ordering::Relaxed)
     }
 }

@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         template: include_str!("../migrations/0004_dead_letters.sql"),
     },
+    Migration {
+        version: 5,
+        name: "dead_letter_hash_index",
+        template: include_str!("../migrations/0005_dead_letter_hash_index.sql"),
+    },
 ];
 
 /// The migration that installs the trigger; re-applied whenever the channel changes.

@@ -116,6 +116,7 @@ impl OutboxTable {
             ("pending_index", q(&derived_name(name, "pending_idx"))),
             ("failed_index", q(&derived_name(name, "failed_idx"))),
             ("dead_index", q(&derived_name(name, "dead_idx"))),
+            ("dead_hash_index", q(&derived_name(name, "dead_hash_idx"))),
             ("trigger", q(&derived_name(name, "notify"))),
             ("channel", quote_literal(&source.channel())),
         ];
@@ -148,8 +149,11 @@ impl OutboxTable {
              OFFSET 0) AS r \
              WHERE o.{sent_at} IS NULL AND o.{failed_at} IS NULL \
              AND (o.{aggregate_id} IS NULL OR o.{aggregate_id} <> ALL($2::text[]))";
+        // The hash comparison lets the dead-letter index (migration 5) find the aggregate's
+        // dead letters; the id comparison keeps ids that share a hash apart.
         let blocked = " AND NOT EXISTS (SELECT 1 FROM {table} AS d \
-             WHERE d.{aggregate_id} = o.{aggregate_id} AND d.{failed_at} IS NOT NULL \
+             WHERE md5(d.{aggregate_id}::text) = md5(o.{aggregate_id}::text) \
+             AND d.{aggregate_id} = o.{aggregate_id} AND d.{failed_at} IS NOT NULL \
              AND d.{skipped_at} IS NULL AND d.{position} < o.{position})";
         let order = " ORDER BY o.{position} LIMIT $1";
         // Then: whether each fits, and the loaded bytes before it, to end the batch in budget.

@@ -295,11 +295,122 @@ async fn migrate_is_idempotent_and_existing_rows_are_relayed() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 4);
+    assert_eq!(versions, 5);
     let relay = InProcessRelay::start(&config).await;
     let logs = wait_for_events(&[&log], 1, WAIT).await;
     relay.stop().await;
     assert_eq!(logs[0][0].event.event_type, "Placed");
+}
+
+/// An aggregate id of 4 KB that no compression shrinks much (random hex), larger than a btree
+/// index entry may be.
+const LONG_AGGREGATE_ID: &str =
+    "(SELECT string_agg(md5(random()::text || i::text), '') FROM generate_series(1, 128) i)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_with_a_long_incompressible_aggregate_id_never_stops_the_relay() {
+    // Given a relay process, and a row with a 4 KB random aggregate id and headers that are
+    // not an object, then an event of another aggregate
+    let db = test_db().await;
+    let client = connect(&db.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let config = config_for(&db, &log);
+    migrate(&config).await;
+    let mut relay = RelayProcess::spawn(&config, dir.path(), "first", &["run"]);
+    relay.http_addr().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE long_id AS SELECT {LONG_AGGREGATE_ID} AS id;
+             INSERT INTO outbox (aggregatetype, aggregateid, type, payload, headers)
+                 SELECT 'order', id, 'Bad', '{{}}', '[1]' FROM long_id;
+             INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+                 VALUES ('order', 'other', 'Other1', '{{}}');"
+        ))
+        .await
+        .unwrap();
+
+    // Then the bad row is recorded as a dead letter and the other event is delivered
+    wait_delivered(&mut relay, &log, 1).await;
+    wait_until_failed(&db, 1).await;
+    assert_eq!(types_in(&log), ["Other1"]);
+    assert_eq!(
+        relay.child.try_wait().unwrap(),
+        None,
+        "{}",
+        relay.log_text()
+    );
+
+    // And when a later event of the long aggregate and one of another follow, the relay keeps
+    // delivering, and the later event waits behind its aggregate's dead letter
+    client
+        .batch_execute(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+                 SELECT 'order', id, 'AfterBad', '{}' FROM long_id;
+             INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+                 VALUES ('order', 'other', 'Other2', '{}');",
+        )
+        .await
+        .unwrap();
+    wait_delivered(&mut relay, &log, 2).await;
+    assert_eq!(types_in(&log), ["Other1", "Other2"]);
+
+    // And when it restarts, it still runs and delivers, and the long aggregate stays blocked
+    relay.kill();
+    let mut relay = RelayProcess::spawn(&config, dir.path(), "second", &["run"]);
+    relay.http_addr().await;
+    client
+        .batch_execute(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+                 VALUES ('order', 'other', 'Other3', '{}');",
+        )
+        .await
+        .unwrap();
+    wait_delivered(&mut relay, &log, 3).await;
+    assert_eq!(types_in(&log), ["Other1", "Other2", "Other3"]);
+    assert_eq!(failed_rows(&db).await, 1);
+    assert_eq!(
+        relay.child.try_wait().unwrap(),
+        None,
+        "{}",
+        relay.log_text()
+    );
+    relay.kill();
+}
+
+/// Waits until the log at `log` holds `count` records; panics with the relay's log if it exits
+/// first.
+async fn wait_delivered(relay: &mut RelayProcess, log: &std::path::Path, count: usize) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while read_log(log).len() < count {
+        let exited = relay.child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && std::time::Instant::now() < deadline,
+            "{count} records not delivered (exited: {exited:?}):\n{}",
+            relay.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `count` rows are marked failed.
+async fn wait_until_failed(db: &common::pg::TestDb, count: i64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while failed_rows(db).await < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The event types in the log at `log`, in order.
+fn types_in(log: &std::path::Path) -> Vec<String> {
+    read_log(log)
+        .into_iter()
+        .map(|record| record.event.event_type)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

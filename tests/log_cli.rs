@@ -56,8 +56,16 @@ fn config_file(dir: &Path, log: &Path) -> std::path::PathBuf {
     path
 }
 
+/// Runs `outboxd log commit --group <group> <args>` and returns its exit code and stderr.
+fn commit(config: &Path, group: &str, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["log", "commit", "--group", group];
+    all.extend_from_slice(args);
+    let (code, _, stderr) = run_cli(config, &all);
+    (code, stderr)
+}
+
 #[test]
-fn a_consumer_group_resumes_after_what_it_already_read() {
+fn a_consumer_group_resumes_after_what_it_committed() {
     // given a log of 5 records, while the writer stays open
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
@@ -65,30 +73,27 @@ fn a_consumer_group_resumes_after_what_it_already_read() {
     let mut writer = LogWriter::open(&log, WriterOptions::with_segment_bytes(4096)).unwrap();
     append(&mut writer, "order", 0..5);
 
-    // when a group reads, then it gets everything
-    assert_eq!(
-        read_offsets(&config, &["--group", "billing"]),
-        vec![0, 1, 2, 3, 4]
-    );
+    // when a group reads, then it gets everything, and again until it commits
+    let all = vec![0, 1, 2, 3, 4];
+    assert_eq!(read_offsets(&config, &["--group", "billing"]), all);
+    assert_eq!(read_offsets(&config, &["--group", "billing"]), all);
 
-    // and after more appends, only the new records, even across a restart of the reader
+    // and after committing what it processed and more appends, only the rest and the new
+    // records, even across a restart of the reader
+    assert_eq!(commit(&config, "billing", &["--through", "2"]).0, 0);
     append(&mut writer, "order", 5..8);
     assert_eq!(
         read_offsets(&config, &["--group", "billing"]),
-        vec![5, 6, 7]
+        vec![3, 4, 5, 6, 7]
     );
+    assert_eq!(commit(&config, "billing", &["--through", "7"]).0, 0);
     assert_eq!(
         read_offsets(&config, &["--group", "billing"]),
         Vec::<u64>::new()
     );
-    // and --limit commits only what was printed
+    // and another group is independent, --from-beginning reads from the start without
+    // moving the group, and --next 0 starts it over
     append(&mut writer, "order", 8..12);
-    assert_eq!(
-        read_offsets(&config, &["--group", "billing", "--limit", "2"]),
-        vec![8, 9]
-    );
-    assert_eq!(read_offsets(&config, &["--group", "billing"]), vec![10, 11]);
-    // and another group is independent, and --from-beginning resets a group
     assert_eq!(
         read_offsets(&config, &["--group", "audit", "--limit", "1"]),
         vec![0]
@@ -96,6 +101,58 @@ fn a_consumer_group_resumes_after_what_it_already_read() {
     assert_eq!(
         read_offsets(&config, &["--group", "billing", "--from-beginning"]).len(),
         12
+    );
+    assert_eq!(
+        read_offsets(&config, &["--group", "billing"]),
+        vec![8, 9, 10, 11]
+    );
+    assert_eq!(commit(&config, "billing", &["--next", "0"]).0, 0);
+    assert_eq!(read_offsets(&config, &["--group", "billing"]).len(), 12);
+
+    // and a commit beyond the end of the log is refused, naming the end
+    let (code, stderr) = commit(&config, "billing", &["--through", "12"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("ends before offset 12"), "{stderr}");
+    assert_eq!(read_offsets(&config, &["--group", "billing"]).len(), 12);
+}
+
+#[test]
+fn a_group_read_through_a_pipe_closed_after_one_line_commits_nothing_past_it() {
+    // given a log of 5 records
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let config = config_file(dir.path(), &log);
+    let mut writer = LogWriter::open(&log, WriterOptions::default()).unwrap();
+    append(&mut writer, "order", 0..5);
+
+    // when a consumer reads one line of a group read and closes the pipe (`| head -n 1`)
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["log", "read", "--group", "billing"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    drop(stdout);
+    child.wait().unwrap();
+    let consumed: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(consumed["offset"], 0);
+
+    // then the group has committed nothing: the consumer gets every record again
+    assert_eq!(
+        read_offsets(&config, &["--group", "billing"]),
+        vec![0, 1, 2, 3, 4]
+    );
+    // and once it commits the one record it processed, the rest
+    assert_eq!(commit(&config, "billing", &["--through", "0"]).0, 0);
+    assert_eq!(
+        read_offsets(&config, &["--group", "billing"]),
+        vec![1, 2, 3, 4]
     );
 }
 
@@ -132,4 +189,35 @@ fn read_from_a_time_and_stats_per_topic() {
     assert_eq!(stats["last_offset"], 4);
     assert_eq!(stats["topics"]["order"], 3);
     assert_eq!(stats["topics"]["invoice"], 2);
+}
+
+#[test]
+fn log_read_fails_at_a_damaged_length_instead_of_stopping_silently() {
+    // given a log of 3,000 records whose record 1,500 has one bit of its length flipped
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let config = config_file(dir.path(), &log);
+    let mut writer = LogWriter::open(&log, WriterOptions::default()).unwrap();
+    append(&mut writer, "order", 0..3_000);
+    drop(writer);
+    let segment = log.join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut pos = 0;
+    for _ in 0..1_500 {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 8 + len;
+    }
+    bytes[pos] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    // when it is read, then the records before the damage are printed and the command fails,
+    // naming the damage and the valid record after it
+    let (code, stdout, stderr) = run_cli(&config, &["log", "read", "--from-beginning"]);
+    assert_ne!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1_500);
+    assert!(
+        stderr.contains(&format!("corrupt at byte {pos}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(offset 1501 at byte"), "{stderr}");
 }

@@ -156,3 +156,84 @@ async fn an_acknowledgement_lands_only_while_its_leader_session_holds_the_lock()
     lock("SELECT pg_advisory_lock($1)").await;
     assert_eq!(mark(pid).await, 1);
 }
+
+/// Polls `/metrics` of the relay at `addr` until `outboxd_relay_active` is `value`.
+async fn wait_active(addr: std::net::SocketAddr, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = common::http::get(addr, "/metrics").await;
+        let active = common::http::sample(&metrics, "outboxd_relay_active");
+        if active == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outboxd_relay_active stayed {active}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_on_the_same_log_stands_by_and_takes_over_when_the_first_dies() {
+    // Given an active relay writing the embedded log
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut config = config_for(&db, &log);
+    config.source.batch_size = 50;
+    migrate(&config).await;
+    create_aggregates(&db, 20).await;
+    let mut first = RelayProcess::spawn(&config, dir.path(), "first", &["run"]);
+    let first_addr = first.http_addr().await;
+    wait_active(first_addr, 1.0).await;
+
+    // When a second relay starts on the same log directory
+    let mut second = RelayProcess::spawn(&config, dir.path(), "second", &["run"]);
+    let second_addr = second.http_addr().await;
+
+    // Then it stands by, says so once, and /readyz and the metric tell the two apart
+    second
+        .wait_for_log_line(&["standing by until it stops"], Duration::from_secs(60))
+        .await;
+    let (status, body) = common::http::get(second_addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("role: standby\n"), "{body}");
+    assert!(body.contains("sink: waiting for the log lock"), "{body}");
+    wait_active(second_addr, 0.0).await;
+    let (status, body) = common::http::get(first_addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("role: active\n"), "{body}");
+
+    // And when the first is SIGKILLed while 2,000 events are being written
+    let writers = tokio::spawn({
+        let db = db.clone();
+        async move { write_events(&db, 2, 1_000, 20).await }
+    });
+    wait_for_records(&log, 200).await;
+    first.kill();
+
+    // Then the second takes over and every event is in the one log once, in order
+    second
+        .wait_for_log_line(&["took over the embedded log"], Duration::from_secs(60))
+        .await;
+    writers.await.unwrap();
+    let logs = wait_for_events(&[&log], 2_000, Duration::from_secs(120)).await;
+    assert_eq!(assert_in_order(&logs[0]), 0, "duplicates in the log");
+    assert_eq!(
+        assert_complete(&logs[0].iter().collect::<Vec<_>>(), 2_000),
+        0
+    );
+    wait_active(second_addr, 1.0).await;
+    let (status, body) = common::http::get(second_addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("role: active\n"), "{body}");
+    assert_eq!(
+        second
+            .log_text()
+            .matches("standing by until it stops")
+            .count(),
+        1
+    );
+    second.kill();
+}

@@ -1,13 +1,24 @@
 //! `outboxd run` and `outboxd migrate`.
 
-use crate::config::Config;
-use crate::config::SourceMode;
+use crate::config::{Config, SinkKind, SourceMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
+use crate::retry::sleep_or_shutdown;
 use crate::sink::AnySink;
 use crate::source::AnySource;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often a relay standing by for the embedded log's writer lock tries to take it.
+const LOG_LOCK_RETRY: Duration = Duration::from_millis(200);
 
 /// Runs the relay until a signal asks it to stop.
+///
+/// Start-up order matters for standbys. With the embedded log, the log's writer lock is taken
+/// (waiting while another relay on this host holds it) before the leader lock in PostgreSQL,
+/// which the first fetch takes: a relay waiting for the log holds nothing in PostgreSQL, so two
+/// relays can never each hold one of the two locks and wait for the other.
 pub async fn run(config: &Config) -> Result<()> {
     let shutdown = crate::shutdown::on_signals().map_err(|err| {
         Error::with_source(ErrorKind::Internal, "installing signal handlers", err)
@@ -16,8 +27,7 @@ pub async fn run(config: &Config) -> Result<()> {
         migrate(config).await?;
     }
     let mut source = AnySource::start(&config.source, &config.relay).await?;
-    let sink = AnySink::open(&config.sink, in_flight(config)).await?;
-    crate::metrics::get().sink_up.set(1);
+    // Served before the sink opens, so a relay standing by for the log answers /readyz.
     let http = match config.http.enabled {
         true => Some(
             crate::http::serve(&config.http.listen, shutdown.clone())
@@ -26,6 +36,56 @@ pub async fn run(config: &Config) -> Result<()> {
         ),
         false => None,
     };
+    let result = match open_sink(config, &shutdown).await {
+        Ok(Some(sink)) => relay(config, &mut source, sink, &shutdown).await,
+        Ok(None) => Ok(()),
+        Err(err) => Err(err),
+    };
+    // The relay may stop on an error without a signal: stop the helpers either way.
+    shutdown.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    result
+}
+
+/// Opens the configured sink. While another relay writes the same embedded log directory,
+/// stands by (logging that once) and tries again until it can take over; `None` on shutdown.
+async fn open_sink(config: &Config, shutdown: &CancellationToken) -> Result<Option<AnySink>> {
+    let metrics = crate::metrics::get();
+    let mut standing_by = false;
+    let opened = loop {
+        match AnySink::open(&config.sink, in_flight(config)).await {
+            Ok(sink) => break Ok(Some(sink)),
+            Err(err) if err.kind() == ErrorKind::Locked && config.sink.kind == SinkKind::Log => {
+                if !standing_by {
+                    standing_by = true;
+                    metrics.waiting_for_log.store(true, Ordering::Relaxed);
+                    tracing::info!(dir = %config.sink.log.dir.display(),
+                        "another relay writes this embedded log; standing by until it stops");
+                }
+            }
+            Err(err) => break Err(err),
+        }
+        if !sleep_or_shutdown(LOG_LOCK_RETRY, shutdown).await {
+            break Ok(None);
+        }
+    };
+    if standing_by && matches!(opened, Ok(Some(_))) {
+        tracing::info!(dir = %config.sink.log.dir.display(), "took over the embedded log");
+    }
+    metrics.waiting_for_log.store(false, Ordering::Relaxed);
+    opened
+}
+
+/// Relays from `source` to `sink` with the helper tasks until shutdown or a fatal error.
+async fn relay(
+    config: &Config,
+    source: &mut AnySource,
+    sink: AnySink,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    crate::metrics::get().sink_up.set(1);
     // Logical mode never marks rows sent, so neither cleanup nor the pending count apply.
     let polling = config.source.mode == SourceMode::Poll;
     let cleanup = (polling
@@ -44,17 +104,13 @@ pub async fn run(config: &Config) -> Result<()> {
         sink = crate::sink::Sink::name(&sink),
         "outboxd started"
     );
-    let result = crate::relay::run(&mut source, sink, &config.relay, shutdown.clone()).await;
-    // The relay may stop on an error without a signal: stop the helpers either way.
+    let result = crate::relay::run(source, sink, &config.relay, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(sampler) = sampler {
         let _ = sampler.await;
     }
     if let Some(cleanup) = cleanup {
         let _ = cleanup.await;
-    }
-    if let Some(http) = http {
-        let _ = http.await;
     }
     result
 }

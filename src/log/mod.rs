@@ -53,7 +53,9 @@
 //!
 //! Readers return only whole, checksum-valid records. At the end of the newest segment a
 //! partial or failing frame may be a write in progress, so it reads as "nothing yet" and is
-//! tried again on the next call; in any older segment it is reported as corruption.
+//! tried again on the next call, unless a valid record follows it somewhere (found without
+//! trusting its length, see `scan.rs`); then, as in any older segment, it is reported as
+//! corruption.
 
 pub(crate) mod codec;
 mod durability;
@@ -64,6 +66,7 @@ mod reader;
 pub(crate) mod record;
 mod recovery;
 mod retention;
+mod scan;
 mod seek;
 pub(crate) mod segment;
 mod syncer;

@@ -1,7 +1,7 @@
 //! Reading the log from any offset, alongside a live writer and without its lock.
 
 use super::record::{self, Frame, Record};
-use super::{WriterOptions, seek, segment};
+use super::{WriterOptions, scan, seek, segment};
 use crate::error::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
 use std::fs::File;
@@ -17,8 +17,9 @@ const READ_BUFFER: usize = 1 << 16;
 /// Reads records in offset order.
 ///
 /// Only whole, checksum-valid records are returned. At the end of the newest segment a partial
-/// or failing frame is taken for a write in progress and read again on the next call; anywhere
-/// else it is corruption, reported as [`ErrorKind::Corrupt`] and never returned as data.
+/// or failing frame is taken for a write in progress and read again on the next call, unless a
+/// valid record follows it; anywhere else it is corruption, reported as
+/// [`ErrorKind::Corrupt`] and never returned as data.
 #[derive(Debug)]
 pub struct LogReader {
     /// The log directory.
@@ -103,10 +104,14 @@ impl LogReader {
                         return Ok(Some(record));
                     }
                 }
-                _ if !cursor.sealed => {
+                frame if !cursor.sealed => {
                     let bases = segment::list(&self.dir)?;
                     if !bases.iter().any(|&base| base > cursor.base) {
-                        // The tail of the newest segment: maybe a write in progress.
+                        // The tail of the newest segment: maybe a write in progress, unless a
+                        // valid record follows (a write in progress is never followed by one).
+                        if let Some(reason) = damage(&frame) {
+                            cursor.check_nothing_valid_follows(at, &reason)?;
+                        }
                         return Ok(None);
                     }
                     // A later segment exists, so this one is final: read the frame again.
@@ -228,6 +233,26 @@ impl Cursor {
         })
     }
 
+    /// Fails with [`ErrorKind::Corrupt`] if a valid record follows the damaged frame at `at`
+    /// anywhere in the segment as it is now: then the damage is in the middle of the data,
+    /// and waiting at it would hide every record after it.
+    fn check_nothing_valid_follows(&self, at: u64, reason: &str) -> Result<()> {
+        let io_error = |err| Error::io(format!("reading log segment {}", self.path.display()), err);
+        let file = File::open(&self.path).map_err(io_error)?;
+        let end = file.metadata().map_err(io_error)?.len();
+        match scan::valid_frame_after(&file, at + 1, end, self.next_offset).map_err(io_error)? {
+            Some(valid) => Err(corrupt(
+                &self.path,
+                at,
+                &format!(
+                    "{reason}, and a valid record (offset {} at byte {}) follows",
+                    valid.offset, valid.pos
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Reads the frame at `pos`, moving past it only if it is valid.
     fn read(&mut self) -> Result<Frame> {
         let read_error =
@@ -244,6 +269,15 @@ impl Cursor {
             }
         }
         Ok(frame)
+    }
+}
+
+/// What is wrong with a frame that is neither valid nor the clean end of the data.
+fn damage(frame: &Frame) -> Option<String> {
+    match frame {
+        Frame::Valid(_) | Frame::End => None,
+        Frame::Incomplete => Some("incomplete frame".to_owned()),
+        Frame::Damaged(reason) => Some(reason.clone()),
     }
 }
 

@@ -1,13 +1,13 @@
 //! Recovery of the last segment when a writer opens: keep every whole, valid record and cut off
 //! whatever a crash left half-written after them.
 
-use super::codec;
 use super::index::{Entry, Sampler};
-use super::record::{self, Frame, HEADER_LEN, MAX_BODY_LEN};
+use super::record::{self, Frame};
+use super::scan;
 use crate::error::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::Path;
 
 /// What recovery found in the last segment.
@@ -32,11 +32,14 @@ pub(crate) struct Recovered {
 /// An incomplete frame, an impossible length, a checksum mismatch or an undecodable body at
 /// the end mean the same here: the tail of a write that never completed, since nothing
 /// acknowledged it. Bodies are decoded whole, not just their header: a record readers cannot
-/// decode would stop them for good, and the writer would append after it. Two things are reported as [`ErrorKind::Corrupt`] instead of being cut,
-/// because cutting would throw away records that were acknowledged:
+/// decode would stop them for good, and the writer would append after it. Two things are
+/// reported as [`ErrorKind::Corrupt`] instead of being cut, because cutting would throw away
+/// records that were acknowledged:
 /// - a valid frame with the wrong offset (the writer never produces one);
-/// - a damaged frame followed by a valid frame with the next offset: damage in the middle of
-///   the data (bit rot, a stray write), not a torn tail.
+/// - damage followed anywhere by a valid record of a later offset: damage in the middle of
+///   the data (bit rot, a stray write), not a torn tail. The damaged frame's length is not
+///   trusted to find what follows (see [`scan`]): a flipped bit in it must not turn the rest
+///   of the segment into "tail".
 pub(crate) fn recover(path: &Path, base: u64, interval: u64) -> Result<Recovered> {
     let file = OpenOptions::new()
         .read(true)
@@ -92,14 +95,23 @@ pub(crate) fn recover(path: &Path, base: u64, interval: u64) -> Result<Recovered
     };
 
     if let Some(reason) = torn_reason {
-        if valid_frame_follows(&file, found.valid_bytes, found.next_offset + 1)? {
+        // The damaged frame's length may itself be the damage: look at every byte after it.
+        let after =
+            scan::valid_frame_after(&file, found.valid_bytes + 1, file_len, found.next_offset)
+                .map_err(|err| Error::io("reading past damage in a log segment", err))?;
+        if let Some(valid) = after {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
                     "log segment {} is corrupt at byte {} (offset {}: {reason}) and valid \
-                     records follow; refusing to cut acknowledged records. Restore the segment \
-                     from a backup, or truncate it at that byte by hand to accept the loss",
+                     records follow (offset {} at byte {}); refusing to cut acknowledged \
+                     records. Restore the segment from a backup, or truncate it at byte {} by \
+                     hand to accept the loss of every record from offset {} on",
                     path.display(),
+                    found.valid_bytes,
+                    found.next_offset,
+                    valid.offset,
+                    valid.pos,
                     found.valid_bytes,
                     found.next_offset
                 ),
@@ -118,30 +130,6 @@ pub(crate) fn recover(path: &Path, base: u64, interval: u64) -> Result<Recovered
     Ok(found)
 }
 
-/// Whether the frame at `at` has a plausible length and the frame right after it is valid and
-/// holds `offset`: then the damage at `at` is confined to one frame in the middle of the data.
-fn valid_frame_follows(file: &File, at: u64, offset: u64) -> Result<bool> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut reader = file;
-    let io_error = |err| Error::io("reading past damage in a log segment", err);
-    reader.seek(SeekFrom::Start(at)).map_err(io_error)?;
-    if reader.read_exact(&mut header).is_err() {
-        return Ok(false);
-    }
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
-    if len == 0 || len as usize > MAX_BODY_LEN {
-        return Ok(false);
-    }
-    reader
-        .seek(SeekFrom::Start(at + HEADER_LEN as u64 + len))
-        .map_err(io_error)?;
-    let next = record::read_frame(&mut BufReader::new(reader)).map_err(io_error)?;
-    Ok(match next {
-        Frame::Valid(body) => codec::header(&body).is_ok_and(|h| h.offset == offset),
-        _ => false,
-    })
-}
-
 /// Cuts `file` to `len` bytes and makes the cut durable before anything is appended after it.
 fn truncate(file: &File, path: &Path, len: u64) -> Result<()> {
     let truncate_error = |err| {
@@ -157,7 +145,10 @@ fn truncate(file: &File, path: &Path, len: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::testing::{append_range, copy_dir, flip_byte, read_all, segment_paths};
+    use crate::log::record::HEADER_LEN;
+    use crate::log::testing::{
+        append_range, copy_dir, flip_byte, frame_starts, read_all, segment_paths,
+    };
     use crate::log::{LogReader, LogWriter, NewRecord, WriterOptions};
 
     /// Records written before the torn one.
@@ -375,6 +366,79 @@ mod tests {
             .unwrap();
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert!(err.to_string().contains("valid records follow"), "{err}");
+        assert_eq!(std::fs::metadata(segment).unwrap().len(), len);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_length_field_mid_segment_stops_the_writer_and_the_reader() {
+        // given a segment of 3,000 acknowledged records
+        const RECORDS: u64 = 3_000;
+        const DAMAGED: usize = 1_500;
+        let original = tempfile::tempdir().unwrap();
+        let mut writer = LogWriter::open(original.path(), WriterOptions::default()).unwrap();
+        append_range(&mut writer, 0..RECORDS, 40);
+        drop(writer);
+        let starts = frame_starts(&segment_paths(original.path())[0]);
+        assert_eq!(starts.len() as u64, RECORDS);
+
+        // when any one bit of record 1,500's length is flipped (lengths that grow past the
+        // end, shrink into the body, become zero or absurd)
+        for bit in 0..32 {
+            let copy = tempfile::tempdir().unwrap();
+            copy_dir(original.path(), copy.path());
+            let segment = &segment_paths(copy.path())[0];
+            let mut bytes = std::fs::read(segment).unwrap();
+            bytes[starts[DAMAGED] as usize + bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(segment, &bytes).unwrap();
+
+            // then the writer refuses to open, naming the damage and what follows it, and cuts
+            // nothing
+            let err = LogWriter::open(copy.path(), WriterOptions::default())
+                .err()
+                .unwrap_or_else(|| panic!("bit {bit}: the writer cut acknowledged records"));
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "bit {bit}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("at byte {} (offset {DAMAGED}:", starts[DAMAGED])),
+                "bit {bit}: {err}"
+            );
+            assert!(text.contains("valid records follow"), "bit {bit}: {err}");
+            assert_eq!(
+                std::fs::metadata(segment).unwrap().len(),
+                bytes.len() as u64
+            );
+
+            // and a reader returns the records before the damage, then an error instead of
+            // waiting there as if at the end of the log
+            let mut reader = LogReader::open(copy.path()).unwrap();
+            for offset in 0..DAMAGED as u64 {
+                assert_eq!(reader.next().unwrap().unwrap().offset, offset);
+            }
+            let err = reader
+                .next()
+                .expect_err("the reader stopped silently at the damage");
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "bit {bit}: {err}");
+            assert!(
+                err.to_string().contains(&format!("offset {}", DAMAGED + 1)),
+                "bit {bit}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn zeroes_after_the_last_record_are_a_torn_tail_and_are_cut() {
+        // given a log whose file grew by a block of zeroes a crash never filled
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        append_range(&mut writer, 0..N, 120);
+        drop(writer);
+        let segment = &segment_paths(dir.path())[0];
+        let len = std::fs::metadata(segment).unwrap().len();
+        append_bytes(segment, &[0; 4096]);
+
+        // when the writer reopens, then the zeroes are cut and appends continue
+        let writer = LogWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        assert_eq!(writer.next_offset(), N);
         assert_eq!(std::fs::metadata(segment).unwrap().len(), len);
     }
 }

@@ -85,3 +85,17 @@ pub(crate) fn flip_byte(path: &Path, at: u64) {
     bytes[at as usize] ^= 0x04;
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Byte positions of the frames of the segment at `path`, in order, up to its first frame
+/// that is not valid.
+pub(crate) fn frame_starts(path: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut src = std::io::Cursor::new(&bytes);
+    let mut starts = Vec::new();
+    let mut pos = 0;
+    while let super::record::Frame::Valid(body) = super::record::read_frame(&mut src).unwrap() {
+        starts.push(pos);
+        pos += super::record::Frame::len_on_disk(&body);
+    }
+    starts
+}

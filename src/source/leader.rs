@@ -93,5 +93,6 @@ pub async fn become_leader(
         .await
         .map_err(|err| classify("subscribing to the outbox channel", err))?;
     tracing::info!(table = %table.qualified, channel = %source.channel(), "active relay for table");
+    crate::metrics::get().relay_active.set(1);
     Ok(Some((session, pid)))
 }

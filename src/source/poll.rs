@@ -109,6 +109,7 @@ impl PollSource {
             self.session = None;
             self.leader_pid.store(0, Ordering::Release);
             crate::metrics::get().source_up.set(0);
+            crate::metrics::get().relay_active.set(0);
         }
         while self.session.is_none() {
             match become_leader(&self.config, &self.table, shutdown).await {
@@ -141,6 +142,7 @@ impl PollSource {
         self.session = None;
         self.leader_pid.store(0, Ordering::Release);
         crate::metrics::get().source_up.set(0);
+        crate::metrics::get().relay_active.set(0);
         if !err.is_retryable() {
             return Err(err);
         }

@@ -1,5 +1,10 @@
-//! `outboxd log read`, `log tail` and `log stats`: the embedded log as JSON lines, and a
-//! summary of what it holds.
+//! `outboxd log read`, `log commit`, `log tail` and `log stats`: the embedded log as JSON
+//! lines, consumer groups' progress, and a summary of what it holds.
+//!
+//! Consumer groups are at-least-once: `log read --group G` starts at the group's committed
+//! offset and commits nothing, since a line written to a pipe is not a line processed (a
+//! consumer may crash, or close the pipe after one line); `log commit` records progress once
+//! the consumer has processed the records.
 
 mod stats;
 
@@ -10,7 +15,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use std::collections::VecDeque;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How often `tail --follow` looks for new records.
@@ -30,9 +35,9 @@ pub enum LogCommand {
         /// Start at the first record still in the log.
         #[arg(long)]
         from_beginning: bool,
-        /// Resume from this consumer group's committed offset, and commit the offset after the
-        /// last record read once the records are printed. --from/--from-time/--from-beginning
-        /// override (reset) where the group starts.
+        /// Start at this consumer group's committed offset. Reading never commits: after
+        /// processing, commit with `log commit`. --from/--from-time/--from-beginning override
+        /// where this read starts without changing the group.
         #[arg(long, value_name = "NAME")]
         group: Option<String>,
         /// Stop after this many records.
@@ -41,6 +46,27 @@ pub enum LogCommand {
         /// Common options.
         #[command(flatten)]
         common: CommonArgs,
+    },
+    /// Commit a consumer group's progress once its records are processed: the next `log read
+    /// --group` starts after them.
+    Commit {
+        /// The consumer group.
+        #[arg(long, value_name = "NAME")]
+        group: String,
+        /// The offset of the last record processed; the group resumes after it.
+        #[arg(
+            long,
+            value_name = "OFFSET",
+            required_unless_present = "next",
+            conflicts_with = "next"
+        )]
+        through: Option<u64>,
+        /// The offset the group reads next (e.g. 0 to start over).
+        #[arg(long, value_name = "OFFSET")]
+        next: Option<u64>,
+        /// Log directory [default: sink.log.dir from the configuration].
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Print the last records, and with --follow every record appended after them.
     Tail {
@@ -104,6 +130,15 @@ pub async fn run(config: &Config, command: LogCommand) -> Result<()> {
                 _ => None,
             };
             read(&config, start, group.as_deref(), limit, &common)
+        }
+        LogCommand::Commit {
+            group,
+            through,
+            next,
+            dir,
+        } => {
+            let dir = existing(dir.unwrap_or_else(|| config.sink.log.dir.clone()))?;
+            commit(&dir, &group, through, next)
         }
         LogCommand::Stats { json, dir } => {
             let dir = dir.unwrap_or_else(|| config.sink.log.dir.clone());
@@ -173,9 +208,6 @@ fn read(
     }
     let mut out = Output::new();
     let mut printed = 0;
-    // The offset after the last record read and printed (or filtered out): what the group
-    // commits. Only advanced after a record's line is flushed, so nothing is skipped.
-    let mut next = None;
     let mut progress = Progress::new(reader.bounds()?.1);
     while limit.is_none_or(|limit| printed < limit) {
         let Some(record) = reader.next()? else { break };
@@ -186,12 +218,42 @@ fn read(
             }
             printed += 1;
         }
-        next = Some(record.offset + 1);
     }
     progress.done();
-    if let (Some(group), Some(next)) = (&group, next) {
-        group.commit(next)?;
+    Ok(())
+}
+
+/// `log commit`: records the group's next offset, `next` or the one after `through`. Refuses
+/// an offset beyond the end of the log, which would skip records not appended yet.
+fn commit(dir: &Path, name: &str, through: Option<u64>, next: Option<u64>) -> Result<()> {
+    let group = ConsumerGroup::open(dir, name)?;
+    let next = match (through, next) {
+        (Some(through), _) => through.checked_add(1).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!("--through {through} is not an offset"),
+            )
+        })?,
+        (None, Some(next)) => next,
+        (None, None) => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "log commit needs --through OFFSET or --next OFFSET",
+            ));
+        }
+    };
+    let (_, end) = LogReader::open(dir)?.bounds()?;
+    if next > end {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "cannot commit group {name} to read offset {next} next: the log ends before \
+                 offset {end}, so records not appended yet would be skipped"
+            ),
+        ));
     }
+    group.commit(next)?;
+    println!("group {name}: next offset {next}");
     Ok(())
 }
 

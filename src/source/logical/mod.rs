@@ -150,11 +150,13 @@ impl LogicalSource {
                     self.stream = Some(client);
                     self.backoff = Backoff::from_config(&self.relay);
                     crate::metrics::get().source_up.set(1);
+                    crate::metrics::get().relay_active.set(1);
                     return Ok(true);
                 }
                 Err(err) => err,
             };
             crate::metrics::get().source_up.set(0);
+            crate::metrics::get().relay_active.set(0);
             let delay = self.backoff.next_delay();
             if stream::is_slot_busy(&err) {
                 tracing::info!(slot = %self.config.logical.slot, retry_in_ms = delay.as_millis() as u64,
@@ -197,6 +199,7 @@ impl LogicalSource {
             resume.rewind();
         }
         crate::metrics::get().source_up.set(0);
+        crate::metrics::get().relay_active.set(0);
     }
 
     /// After the slot was re-created: nothing of the old one comes again, so nothing of it may
