@@ -22,7 +22,10 @@ async fn wait_in_flight(count: i64) {
         if now == count {
             return;
         }
-        assert!(Instant::now() < deadline, "{now} events in flight, not {count}");
+        assert!(
+            Instant::now() < deadline,
+            "{now} events in flight, not {count}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

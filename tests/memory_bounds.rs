@@ -91,7 +91,10 @@ async fn rows_over_max_event_bytes_are_dead_letters_without_being_loaded() {
     relay.signal(libc::SIGTERM);
     assert_eq!(relay.wait_exit(WAIT), Some(0));
     eprintln!("peak RSS of the relay: {peak} kB");
-    assert!(peak < 80_000, "peak RSS {peak} kB: large bodies were loaded");
+    assert!(
+        peak < 80_000,
+        "peak RSS {peak} kB: large bodies were loaded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

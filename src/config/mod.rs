@@ -109,6 +109,11 @@ pub struct SourceConfig {
     pub auto_migrate: bool,
     /// Most events claimed per batch. Default 1000.
     pub batch_size: usize,
+    /// The active relay renews a lease every quarter of this, in milliseconds; a standby
+    /// terminates the session of an active relay that has not renewed it for this long (paused,
+    /// frozen) and takes over. 0 turns it off (a paused leader then holds its lock as long as
+    /// its connection lives). Default 10000.
+    pub leader_lease_ms: u64,
     /// Most bytes of payload and headers per batch: a batch ends before the row that would
     /// take it past this (but always holds at least one row), so memory stays bounded whatever
     /// the rows hold. Default 16777216 (16 MiB).
@@ -153,6 +158,7 @@ impl Default for SourceConfig {
             mode: SourceMode::Poll,
             auto_migrate: true,
             batch_size: 1000,
+            leader_lease_ms: 10_000,
             max_batch_bytes: 16 << 20,
             max_event_bytes: 64 << 20,
             poll_interval_ms: 1000,

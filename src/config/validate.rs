@@ -145,6 +145,14 @@ impl Config {
             0,
             3_600_000,
         )?;
+        if self.source.leader_lease_ms != 0 {
+            range(
+                "source.leader_lease_ms",
+                self.source.leader_lease_ms,
+                1_000,
+                3_600_000,
+            )?;
+        }
         range(
             "source.max_batch_bytes",
             self.source.max_batch_bytes as u64,
@@ -295,7 +303,10 @@ mod tests {
         cfg.relay.publish_timeout_ms = 1000;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.starts_with("relay.publish_timeout_ms"), "{err}");
-        assert!(err.contains("sink.log.fsync_interval_ms (3000 ms)"), "{err}");
+        assert!(
+            err.contains("sink.log.fsync_interval_ms (3000 ms)"),
+            "{err}"
+        );
         cfg.relay.publish_timeout_ms = 7000;
         cfg.validate().unwrap();
     }

@@ -7,6 +7,7 @@ use crate::event::Event;
 use crate::metrics::{self, SinkLabels};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use crate::sink::{Outcome, Sink};
+use crate::source::Leadership;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,31 @@ pub enum Redelivery {
     InLane,
 }
 
+/// What a lane checks before each publish.
+struct Guard<'a> {
+    /// The relay's leadership, when the source elects one.
+    leadership: Option<Leadership>,
+    /// The relay's shutdown.
+    shutdown: &'a CancellationToken,
+}
+
+impl Guard<'_> {
+    /// Whether this relay still leads (always, when the source elects none). A relay that
+    /// does not hands the run back unpublished: its new leader delivers those events.
+    async fn still_leads(&self) -> bool {
+        let Some(leadership) = &self.leadership else {
+            return true;
+        };
+        let leads = leadership.confirm().await;
+        if !leads {
+            tracing::warn!(
+                "this relay no longer leads; handing its lane's events back unpublished"
+            );
+        }
+        leads
+    }
+}
+
 /// Publishes `events` through `sink` and reports what became of each.
 pub async fn run<K: Sink>(
     lane: usize,
@@ -50,9 +76,14 @@ pub async fn run<K: Sink>(
     events: Vec<Event>,
     config: Arc<RelayConfig>,
     redelivery: Redelivery,
+    leadership: Option<Leadership>,
     shutdown: CancellationToken,
 ) -> Finished<K> {
-    let outcomes = settle(&mut sink, &events, &config, redelivery, &shutdown).await;
+    let guard = Guard {
+        leadership,
+        shutdown: &shutdown,
+    };
+    let outcomes = settle(&mut sink, &events, &config, redelivery, &guard).await;
     Finished {
         lane,
         sink,
@@ -71,8 +102,9 @@ async fn settle<K: Sink>(
     events: &[Event],
     config: &RelayConfig,
     redelivery: Redelivery,
-    shutdown: &CancellationToken,
+    guard: &Guard<'_>,
 ) -> Result<Vec<Option<Outcome>>> {
+    let shutdown = guard.shutdown;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
     let mut attempts = vec![0i32; events.len()];
     let mut todo: Vec<usize> = (0..events.len()).collect();
@@ -86,7 +118,7 @@ async fn settle<K: Sink>(
             retrying = todo.iter().map(|&i| events[i].clone()).collect();
             &retrying
         };
-        let Some(results) = publish(sink, batch, config, shutdown).await? else {
+        let Some(results) = publish(sink, batch, config, guard).await? else {
             return Ok(outcomes);
         };
         let mut again = Vec::new();
@@ -159,12 +191,16 @@ async fn publish<K: Sink>(
     sink: &mut K,
     events: &[Event],
     config: &RelayConfig,
-    shutdown: &CancellationToken,
+    guard: &Guard<'_>,
 ) -> Result<Option<Vec<Outcome>>> {
     let metrics = metrics::get();
     let mut backoff = Backoff::from_config(config);
     let timeout = Duration::from_millis(config.publish_timeout_ms);
+    let shutdown = guard.shutdown;
     loop {
+        if !guard.still_leads().await {
+            return Ok(None);
+        }
         let attempt = match tokio::time::timeout(timeout, sink.publish(events)).await {
             Ok(result) => result,
             Err(_) => Err(Error::new(

@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, Position, Rejected};
 use crate::metrics::{self, SinkLabels};
 use crate::sink::{Outcome, Sink};
-use crate::source::{Batch, Source};
+use crate::source::{Batch, Leadership, Source};
 use lane::Finished;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -111,6 +111,8 @@ struct Relay<'a, S, K> {
     max_publish: usize,
     /// What the lanes do with events to try again.
     redelivery: Redelivery,
+    /// What lanes confirm before each publish, if the source elects a leader.
+    leadership: Option<Leadership>,
     /// Tells the source to return from a wait, because finished lanes want settling.
     wake: Notify,
     /// The sink's name, for logs and metrics.
@@ -144,6 +146,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             Redelivery::InLane
         };
         let max_publish = source.batch_size().max(1);
+        let leadership = source.leadership();
         let batch_bytes = source.batch_bytes();
         Ok(Relay {
             source,
@@ -159,6 +162,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             max_in_flight_bytes: batch_bytes.saturating_mul(count + 1),
             max_publish,
             redelivery,
+            leadership,
             wake: Notify::new(),
             sink_name,
         })
@@ -187,9 +191,12 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
                         // Publishes still unconfirmed (e.g. a broker that stopped answering)
                         // are abandoned: their events were never acknowledged, so the next run
                         // delivers them again.
-                        tracing::warn!(lanes = self.running.len(), grace_ms = grace.as_millis() as u64,
+                        tracing::warn!(
+                            lanes = self.running.len(),
+                            grace_ms = grace.as_millis() as u64,
                             "publishes still unconfirmed after relay.shutdown_grace_ms; \
-                             leaving their events for the next run");
+                             leaving their events for the next run"
+                        );
                         self.running.abort_all();
                         return Ok(());
                     }
@@ -286,6 +293,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
                 events,
                 self.config.clone(),
                 self.redelivery,
+                self.leadership.clone(),
                 self.shutdown.clone(),
             ));
         }
@@ -455,9 +463,7 @@ impl Settled {
                 Some(Outcome::Refused(reason)) => self.refused.push(failed(reason)),
                 Some(Outcome::Retry(reason)) => self.retry.push(failed(reason)),
                 Some(Outcome::Busy(_)) => self.busy.push(event.position),
-                Some(Outcome::Deferred) | None => {
-                    self.released.push(event.position)
-                }
+                Some(Outcome::Deferred) | None => self.released.push(event.position),
             }
         }
     }

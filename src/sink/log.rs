@@ -192,16 +192,26 @@ impl Sink for LogSink {
         };
         let end = match known {
             Some(end) => {
-                tracing::debug!(end, "waiting again for records a timed-out publish appended");
+                tracing::debug!(
+                    end,
+                    "waiting again for records a timed-out publish appended"
+                );
                 end
             }
-            None => append(&self.writer, &accepted, &self.unconfirmed).await?.end,
+            None => {
+                append(&self.writer, &accepted, &self.unconfirmed)
+                    .await?
+                    .end
+            }
         };
         if let Some(syncer) = &self.syncer {
             syncer.wait_durable(end).await?;
         }
         let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner());
-        if unconfirmed.as_ref().is_some_and(|appended| appended.end == end) {
+        if unconfirmed
+            .as_ref()
+            .is_some_and(|appended| appended.end == end)
+        {
             *unconfirmed = None;
         }
         Ok(outcomes)
@@ -312,7 +322,10 @@ mod tests {
         tokio::task::spawn_blocking(move || syncing.sync_now())
             .await
             .unwrap();
-        let (sink, outcomes) = timeout(Duration::from_secs(5), retry).await.unwrap().unwrap();
+        let (sink, outcomes) = timeout(Duration::from_secs(5), retry)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(outcomes.unwrap(), vec![Outcome::Delivered; 2]);
         drop(sink);
 

@@ -39,6 +39,13 @@ impl Source for AnySource {
         }
     }
 
+    fn leadership(&self) -> Option<super::Leadership> {
+        match self {
+            AnySource::Poll(source) => source.leadership(),
+            AnySource::Logical(source) => source.leadership(),
+        }
+    }
+
     fn busy(&mut self, positions: &[Position]) {
         match self {
             AnySource::Poll(source) => source.busy(positions),

@@ -200,7 +200,10 @@ mod tests {
         bad_json.payload = Some("{not json".into());
         let mut bad_headers = row(3, "c", true);
         bad_headers.headers = Some("[1,2]".into());
-        let selection = select(vec![null_key, bad_json, bad_headers, row(4, "d", true)], true);
+        let selection = select(
+            vec![null_key, bad_json, bad_headers, row(4, "d", true)],
+            true,
+        );
         assert_eq!(positions(&selection), vec![4]);
         let reasons: Vec<&str> = selection
             .rejected

@@ -11,6 +11,7 @@ use crate::config::SourceConfig;
 use crate::error::Result;
 use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify, connect, quote_ident};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The condition of [`FENCE`]: whether the session of server process `$2` holds the leader
@@ -27,7 +28,6 @@ macro_rules! fence_held {
 /// session of server process `$2` holds the leader lock `$3`. Acknowledgements run on sessions
 /// other than the leader's, and must not land once that session lost the lock.
 pub const FENCE: &str = concat!(" AND ", fence_held!());
-
 
 /// Wraps an acknowledging statement (`UPDATE`/`DELETE … WHERE …`, `$1` its positions) so that
 /// it changes rows only under the fence, and reports what it did: one row with whether the
@@ -79,13 +79,25 @@ pub async fn become_leader(
     if !won {
         tracing::info!(table = %table.qualified, "another relay is active; standing by");
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        // Meanwhile, a leader that stopped renewing its lease is deposed (see `lease`).
+        let lease = Duration::from_millis(source.leader_lease_ms);
+        let stop_checking = CancellationToken::new();
+        let checking = async {
+            if lease.is_zero() {
+                std::future::pending::<()>().await;
+            }
+            super::lease::depose_stalled(source, key, lease, &stop_checking).await;
+        };
+        tokio::pin!(checking);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(None),
             locked = session.client.query_one("SELECT pg_advisory_lock($1)", &params) => {
                 locked.map_err(|err| classify("waiting for the leader lock", err))?;
             }
+            _ = &mut checking => {}
         }
+        stop_checking.cancel();
     }
     session
         .client

@@ -11,6 +11,7 @@ mod acker;
 mod any;
 mod decode;
 mod leader;
+mod lease;
 pub mod logical;
 pub mod pgoutput;
 pub mod poll;
@@ -19,6 +20,7 @@ pub use any::AnySource;
 /// Most acknowledgements under way in the background at once, each of up to a batch.
 pub const ACKS_UNDER_WAY: usize = acker::MAX_OUTSTANDING;
 pub use leader::FENCE;
+pub use lease::Leadership;
 pub use logical::LogicalSource;
 pub use poll::PollSource;
 
@@ -81,6 +83,13 @@ pub trait Source: Send {
     /// longer in flight and are handed out again later. No attempt is counted.
     fn release(&mut self, positions: &[Position]) {
         let _ = positions;
+    }
+
+    /// The relay's leadership, if the source elects one: lanes confirm it before every publish,
+    /// so a relay deposed while paused publishes nothing stale when it resumes. `None` (the
+    /// default) when the source needs no check (a replication slot has one reader at a time).
+    fn leadership(&self) -> Option<Leadership> {
+        None
     }
 
     /// Hands events back that the sink could not take this time (it is up, but busy: a nack

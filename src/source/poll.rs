@@ -4,6 +4,7 @@
 use super::acker::{Acker, Fence};
 use super::decode::{self, PendingRow};
 use super::leader::{become_leader, fenced_acknowledgement};
+use super::lease::{Leadership, Renewal};
 use super::{Batch, Source};
 use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
@@ -58,6 +59,10 @@ pub struct PollSource {
     /// Busy rounds in a row per aggregate (see [`Source::busy`]); forgotten once one of its
     /// events is delivered.
     busy_streak: HashMap<String, u32>,
+    /// The leader session as lanes check it before publishing.
+    leadership: Leadership,
+    /// Renews the leader's lease while this relay leads.
+    renewal: Option<Renewal>,
 }
 
 impl PollSource {
@@ -98,6 +103,8 @@ impl PollSource {
             aggregates_in_flight: HashMap::new(),
             unrecordable: HashMap::new(),
             busy_streak: HashMap::new(),
+            leadership: Leadership::default(),
+            renewal: None,
         })
     }
 
@@ -107,6 +114,8 @@ impl PollSource {
         if self.session.as_ref().is_some_and(Session::is_closed) {
             tracing::warn!("lost the connection to PostgreSQL; reconnecting");
             self.session = None;
+            self.leadership.lose();
+            self.renewal = None;
             self.leader_pid.store(0, Ordering::Release);
             crate::metrics::get().source_up.set(0);
             crate::metrics::get().relay_active.set(0);
@@ -114,6 +123,11 @@ impl PollSource {
         while self.session.is_none() {
             match become_leader(&self.config, &self.table, shutdown).await {
                 Ok(Some((session, pid))) => {
+                    self.leadership
+                        .lead(&session, pid, self.table.leader_lock_key());
+                    self.renewal = (self.config.leader_lease_ms > 0).then(|| {
+                        Renewal::start(&session, Duration::from_millis(self.config.leader_lease_ms))
+                    });
                     self.session = Some(session);
                     self.leader_pid.store(pid, Ordering::Release);
                     self.backoff = Backoff::from_config(&self.relay);
@@ -140,6 +154,8 @@ impl PollSource {
     /// heal (returning `false` on shutdown), or returns the error if it will not.
     async fn wait_after(&mut self, err: Error, shutdown: &CancellationToken) -> Result<bool> {
         self.session = None;
+        self.leadership.lose();
+        self.renewal = None;
         self.leader_pid.store(0, Ordering::Release);
         crate::metrics::get().source_up.set(0);
         crate::metrics::get().relay_active.set(0);
@@ -321,6 +337,10 @@ impl Source for PollSource {
         self.settled(positions.iter().copied());
     }
 
+    fn leadership(&self) -> Option<Leadership> {
+        Some(self.leadership.clone())
+    }
+
     /// Parks each busy event's aggregate for a backoff that doubles with every busy round in a
     /// row (up to `relay.retry_max_ms`), so a key the broker keeps refusing is sent less and
     /// less often, and holds nothing in flight meanwhile.
@@ -332,8 +352,9 @@ impl Source for PollSource {
             };
             let streak = self.busy_streak.entry(aggregate.clone()).or_default();
             *streak = streak.saturating_add(1);
-            let ceiling = (self.relay.retry_initial_ms as f64 * 2f64.powi((*streak).min(30) as i32 - 1))
-                .min(self.relay.retry_max_ms as f64);
+            let ceiling = (self.relay.retry_initial_ms as f64
+                * 2f64.powi((*streak).min(30) as i32 - 1))
+            .min(self.relay.retry_max_ms as f64);
             let delay = Duration::from_millis((ceiling * (0.5 + fastrand::f64() / 2.0)) as u64);
             let slot = self.parked.entry(aggregate).or_insert(now + delay);
             *slot = (*slot).max(now + delay);

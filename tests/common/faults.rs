@@ -18,6 +18,8 @@ pub struct Faults {
     pub refuse_types: HashSet<String>,
     /// Event types that fail transiently every time.
     pub always_fail_types: HashSet<String>,
+    /// Aggregates whose events the sink reports busy (a RabbitMQ nack) every time.
+    pub busy_aggregates: HashSet<String>,
     /// The next publish sleeps this long before doing anything.
     pub hang_once: Option<Duration>,
     /// Every publish holding an event of one of these aggregates sleeps this long first: a
@@ -67,6 +69,9 @@ impl Sink for FaultSink {
                 } else if faults.refuse_types.contains(&event.event_type) {
                     failed.insert(aggregate.clone());
                     outcomes[i] = Some(Outcome::Refused("injected: refused for good".into()));
+                } else if faults.busy_aggregates.contains(aggregate) {
+                    failed.insert(aggregate.clone());
+                    outcomes[i] = Some(Outcome::Busy("injected: nacked".into()));
                 } else if faults.always_fail_types.contains(&event.event_type) {
                     failed.insert(aggregate.clone());
                     outcomes[i] = Some(Outcome::Retry("injected: always fails".into()));

@@ -333,8 +333,7 @@ impl LogicalSource {
                     return Ok(());
                 };
                 let max = self.config.max_event_bytes;
-                match event::from_row_within(columns, &values, txn.position, txn.commit_time, max)
-                {
+                match event::from_row_within(columns, &values, txn.position, txn.commit_time, max) {
                     Ok(event) => self.push(Decoded::Event(event)),
                     Err(rejected) => self.push(Decoded::Rejected(rejected)),
                 }
@@ -402,14 +401,12 @@ impl LogicalSource {
 
     /// Hands out up to `batch_size` pending events, and the rejected rows among them.
     fn take_batch(&mut self) -> Batch {
-        let batch = self
-            .pending
-            .take(
-                self.config.batch_size,
-                self.config.max_batch_bytes,
-                &mut self.progress,
-                &mut self.replay,
-            );
+        let batch = self.pending.take(
+            self.config.batch_size,
+            self.config.max_batch_bytes,
+            &mut self.progress,
+            &mut self.replay,
+        );
         // Once something past what the sink held is handed out, a lost stream's repeat of
         // those events is recognised by the replay.
         let newest = batch.events.last();
