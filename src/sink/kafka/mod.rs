@@ -33,6 +33,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
+/// Failed batches in a row after which the producer is replaced even without a fatal error:
+/// after a broker restart an idempotent producer can keep failing (`UnknownProducerId`, timed
+/// out reports) where a fresh one delivers at once.
+const FAILURES_BEFORE_NEW_PRODUCER: u32 = 3;
+
 /// How long to wait before offering a record again when librdkafka's queue is full and none of
 /// this batch's own reports is pending to wait on.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
@@ -49,6 +54,8 @@ pub struct KafkaSink {
     known_topics: HashSet<String>,
     /// Whether the last batch was delivered (for readiness checks).
     healthy: bool,
+    /// Batches in a row that failed (see [`FAILURES_BEFORE_NEW_PRODUCER`]).
+    failed_batches: u32,
 }
 
 impl KafkaSink {
@@ -66,6 +73,7 @@ impl KafkaSink {
             producer,
             known_topics: HashSet::new(),
             healthy: true,
+            failed_batches: 0,
         };
         if let Some(fixed) = sink.topic.fixed(&config.table) {
             topic::check_name(&fixed)
@@ -184,7 +192,10 @@ impl KafkaSink {
                         None => tokio::time::sleep(QUEUE_FULL_PAUSE).await,
                     }
                 }
-                Err((err, _)) => return Err(classify(event, &topic, err)),
+                Err((err, record)) => {
+                    let size = record_bytes(record.key, record.payload, record.headers.as_ref());
+                    return Err(classify(event, &topic, size, err));
+                }
             }
         }
     }
@@ -202,13 +213,27 @@ impl Sink for KafkaSink {
     async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
         let result = self.publish_batch(events).await;
         self.healthy = result.is_ok();
-        if result.is_err()
-            && let Some((code, reason)) = self.producer.client().fatal_error()
-        {
+        if result.is_ok() {
+            self.failed_batches = 0;
+            return result;
+        }
+        // A topic seen once may be gone (a broker restart that lost it): check again before the
+        // retry, so a missing topic is reported as such, or re-created with create_topics.
+        self.known_topics.clear();
+        self.failed_batches += 1;
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
             // An idempotent producer that lost track of its sequence numbers refuses every
             // further send; a fresh one (new producer id) lets the relay's retry go through.
             tracing::warn!(error = %code, reason, "kafka producer failed fatally; recreating it");
             self.producer = client::producer(&self.config)?;
+            self.failed_batches = 0;
+        } else if self.failed_batches >= FAILURES_BEFORE_NEW_PRODUCER {
+            tracing::warn!(
+                failed_batches = self.failed_batches,
+                "kafka batches keep failing; recreating the producer"
+            );
+            self.producer = client::producer(&self.config)?;
+            self.failed_batches = 0;
         }
         result
     }
@@ -221,6 +246,7 @@ impl Sink for KafkaSink {
             producer: self.producer.clone(),
             known_topics: self.known_topics.clone(),
             healthy: self.healthy,
+            failed_batches: 0,
         })
     }
 
@@ -248,8 +274,10 @@ async fn settle(event: &Event, report: DeliveryFuture) -> Result<Outcome> {
     match report.await {
         Ok(Ok(_)) => Ok(Outcome::Delivered),
         Ok(Err((err, message))) => {
-            let topic = rdkafka::Message::topic(&message).to_string();
-            match classify(event, &topic, err) {
+            use rdkafka::Message;
+            let topic = message.topic().to_string();
+            let size = record_bytes(message.key(), message.payload(), message.headers());
+            match classify(event, &topic, size, err) {
                 Refusal::Permanent(reason) => Ok(Outcome::Refused(reason)),
                 Refusal::Retry(err) => Err(err),
             }
@@ -261,8 +289,25 @@ async fn settle(event: &Event, report: DeliveryFuture) -> Result<Outcome> {
     }
 }
 
-/// Sorts a produce error into permanent (the message itself is unacceptable) or retryable.
-fn classify(event: &Event, topic: &str, err: KafkaError) -> Refusal {
+/// Bytes of a record as Kafka counts them for its size limits, near enough: key, value, and
+/// every header's name and value.
+fn record_bytes<H: rdkafka::message::Headers>(
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: Option<&H>,
+) -> usize {
+    let headers = headers.map_or(0, |headers| {
+        headers
+            .iter()
+            .map(|header| header.key.len() + header.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + headers
+}
+
+/// Sorts a produce error into permanent (the message itself is unacceptable) or retryable;
+/// `size` is the whole record's (key, value and headers).
+fn classify(event: &Event, topic: &str, size: usize, err: KafkaError) -> Refusal {
     let permanent = matches!(
         err.rdkafka_error_code(),
         Some(
@@ -275,8 +320,8 @@ fn classify(event: &Event, topic: &str, err: KafkaError) -> Refusal {
     );
     if permanent {
         Refusal::Permanent(format!(
-            "Kafka refused the {} byte message for topic \"{topic}\": {err}",
-            event.payload.get().len()
+            "Kafka refused the {size} byte record (key, payload and headers) for topic \
+             \"{topic}\": {err}"
         ))
     } else {
         Refusal::Retry(Error::with_source(
@@ -302,19 +347,24 @@ mod tests {
         let refusal = classify(
             &event(None),
             "orders",
+            1_048_700,
             produce_error(RDKafkaErrorCode::MessageSizeTooLarge),
         );
         let Refusal::Permanent(reason) = refusal else {
             panic!("too large must be permanent")
         };
         assert!(
-            reason.starts_with("Kafka refused the 18 byte message for topic \"orders\": "),
+            reason.starts_with(
+                "Kafka refused the 1048700 byte record (key, payload and headers) for topic \
+                 \"orders\": "
+            ),
             "{reason}"
         );
         assert!(matches!(
             classify(
                 &event(None),
                 "x",
+                0,
                 produce_error(RDKafkaErrorCode::InvalidTopic)
             ),
             Refusal::Permanent(_)
@@ -329,7 +379,8 @@ mod tests {
             RDKafkaErrorCode::BrokerTransportFailure,
             RDKafkaErrorCode::UnknownTopicOrPartition,
         ] {
-            let Refusal::Retry(err) = classify(&event(None), "orders", produce_error(code)) else {
+            let Refusal::Retry(err) = classify(&event(None), "orders", 0, produce_error(code))
+            else {
                 panic!("{code:?} must be retried")
             };
             assert_eq!(err.kind(), ErrorKind::SinkUnavailable);
