@@ -333,22 +333,63 @@ fn refuse_owned_key(key: &str) -> Result<()> {
 }
 
 /// The `librdkafka_options` table: librdkafka keys to values, passed through as given. `Debug`
-/// and `Serialize` mask the values of keys that look secret (password, secret, jaas), so
-/// `check-config` and logs never show them.
+/// and `Serialize` show only the values of keys on [`SHOWN_OPTIONS`] and mask every other one:
+/// librdkafka has secrets under many names (`ssl.key.pem`, `sasl.oauthbearer.config`,
+/// `ssl.keystore.password`, …), so guessing them by name would miss some.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct LibrdkafkaOptions(pub BTreeMap<String, String>);
 
+/// Pass-through keys whose values are shown by `check-config` and in logs: tuning knobs, file
+/// paths and switches that hold no secret.
+const SHOWN_OPTIONS: &[&str] = &[
+    "allow.auto.create.topics",
+    "api.version.request",
+    "batch.num.messages",
+    "batch.size",
+    "broker.address.family",
+    "client.dns.lookup",
+    "client.id",
+    "client.rack",
+    "compression.level",
+    "connections.max.idle.ms",
+    "debug",
+    "enable.ssl.certificate.verification",
+    "linger.ms",
+    "log_level",
+    "message.max.bytes",
+    "message.send.max.retries",
+    "metadata.max.age.ms",
+    "partitioner",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.ms",
+    "reconnect.backoff.max.ms",
+    "reconnect.backoff.ms",
+    "request.timeout.ms",
+    "retries",
+    "retry.backoff.max.ms",
+    "retry.backoff.ms",
+    "sasl.kerberos.service.name",
+    "socket.keepalive.enable",
+    "socket.timeout.ms",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.endpoint.identification.algorithm",
+    "ssl.key.location",
+    "statistics.interval.ms",
+    "sticky.partitioning.linger.ms",
+    "topic.metadata.refresh.interval.ms",
+];
+
 impl LibrdkafkaOptions {
-    /// The table with secret-looking values replaced by [`MASK`].
+    /// The table with every value not on [`SHOWN_OPTIONS`] replaced by [`MASK`].
     fn masked(&self) -> BTreeMap<&str, &str> {
         self.0
             .iter()
             .map(|(key, value)| {
-                let secret = ["password", "secret", "jaas"]
-                    .iter()
-                    .any(|word| key.contains(word));
-                (key.as_str(), if secret { MASK } else { value.as_str() })
+                let shown = SHOWN_OPTIONS.contains(&key.as_str());
+                (key.as_str(), if shown { value.as_str() } else { MASK })
             })
             .collect()
     }
@@ -466,6 +507,26 @@ mod tests {
             !debug.contains("hunter2") && !debug.contains("s3cret"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn pass_through_values_are_masked_unless_known_harmless() {
+        let mut config = with_option("ssl.key.pem", "-----BEGIN PRIVATE KEY-----MIIE");
+        let options = &mut config.librdkafka_options.0;
+        options.insert(
+            "sasl.oauthbearer.config".into(),
+            "clientSecret=Hunter2".into(),
+        );
+        options.insert("linger.ms".into(), "20".into());
+        let text = toml::to_string(&config).unwrap();
+        let debug = format!("{config:?}");
+        for shown in [&text, &debug] {
+            assert!(
+                !shown.contains("PRIVATE") && !shown.contains("Hunter2"),
+                "{shown}"
+            );
+            assert!(shown.contains("20"), "{shown}");
+        }
     }
 
     #[test]
