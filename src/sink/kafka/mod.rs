@@ -163,7 +163,8 @@ impl KafkaSink {
             .config
             .cloudevents
             .then_some(self.config.cloudevents_source.as_str());
-        let headers = message::owned_headers(&message::headers(event, cloudevents_source));
+        let pairs = message::headers(event, cloudevents_source).map_err(Refusal::Permanent)?;
+        let headers = message::owned_headers(&pairs);
         loop {
             let record = FutureRecord::to(&topic)
                 .key(event.aggregate_id.as_bytes())
