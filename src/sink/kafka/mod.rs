@@ -58,6 +58,9 @@ impl KafkaSink {
     pub async fn open(config: &KafkaSinkConfig) -> Result<Self> {
         let topic = TopicTemplate::parse(&config.topic)
             .map_err(|reason| Error::config("sink.kafka.topic", reason))?;
+        for (key, why) in config.insecure_settings() {
+            tracing::warn!(key, "insecure Kafka setting: {why}");
+        }
         let producer = client::producer(config)?;
         client::check_reachable(&producer, &config.bootstrap_servers).await?;
         let mut sink = KafkaSink {
