@@ -17,11 +17,11 @@
 mod client;
 mod config;
 mod message;
+mod options;
 mod topic;
 
-pub use self::config::{
-    Compression, KafkaSinkConfig, LibrdkafkaOptions, SaslMechanism, SecurityProtocol,
-};
+pub use self::config::{Compression, KafkaSinkConfig, SaslMechanism, SecurityProtocol};
+pub use self::options::LibrdkafkaOptions;
 pub use self::topic::TopicTemplate;
 
 use super::{Outcome, Sink};
