@@ -52,9 +52,31 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
+    raise_open_files_limit();
     let task = tokio::spawn(accept_loop(listener, app, shutdown));
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok((addr, task))
+}
+
+/// Raises the soft limit on open files to the hard limit, as servers commonly do: the default
+/// soft limit (often 1024, sometimes far less in containers) is the only one a process may
+/// raise itself, and the headroom keeps the relay's own connections clear of the HTTP side's.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let from = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(from, to = limit.rlim_max, "raised the open files limit");
+            }
+        }
+    }
 }
 
 /// Accepts connections until `shutdown`, each served on a task of its own while a slot is free.

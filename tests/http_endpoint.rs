@@ -30,6 +30,63 @@ async fn try_readyz(addr: std::net::SocketAddr) -> Option<u16> {
     response.get(9..12)?.parse().ok()
 }
 
+/// Starts `outboxd run` with `config` and the open-files limit at `soft`/`hard`.
+fn spawn_limited(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    soft: libc::rlim_t,
+    hard: libc::rlim_t,
+) -> RelayProcess {
+    let stderr = std::fs::File::create(dir.join("relay.log")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child about to exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    RelayProcess {
+        child: command.spawn().unwrap(),
+        log: dir.join("relay.log"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
+    // Given a relay started with a soft limit of 128 under a hard limit of 1024
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&db, &dir.path().join("log"));
+    migrate(&config).await;
+    let path = write_config(&config, dir.path(), "c");
+    let mut relay = spawn_limited(&path, dir.path(), FD_LIMIT, 1024);
+
+    // When it serves HTTP, then its soft limit is the hard one
+    relay.http_addr().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", relay.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["1024", "1024"], "{line}");
+    relay.kill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_are_closed_and_neither_readyz_nor_the_relay_starve() {
     // Given a relay limited to 128 file descriptors
@@ -39,32 +96,7 @@ async fn half_sent_requests_are_closed_and_neither_readyz_nor_the_relay_starve()
     let config = config_for(&db, &log);
     migrate(&config).await;
     let path = write_config(&config, dir.path(), "c");
-    let stderr = std::fs::File::create(dir.path().join("relay.log")).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outboxd"));
-    command
-        .arg("--config")
-        .arg(&path)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    // SAFETY: setrlimit is async-signal-safe and touches only the child about to exec.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: FD_LIMIT,
-                rlim_max: FD_LIMIT,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut relay = RelayProcess {
-        child: command.spawn().unwrap(),
-        log: dir.path().join("relay.log"),
-    };
+    let mut relay = spawn_limited(&path, dir.path(), FD_LIMIT, FD_LIMIT);
     let addr = relay.http_addr().await;
     assert_eq!(try_readyz(addr).await, Some(200));
 
