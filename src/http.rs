@@ -6,11 +6,34 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
-use tokio::task::JoinHandle;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+/// Most connections served at once. Well below any file-descriptor limit, so scrapers (or
+/// anyone who can reach the port) can never take the descriptors the relay's own connections to
+/// PostgreSQL and the broker need; a connection beyond it is closed at once.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Time a client has to send a request's headers, also while a kept-alive connection waits for
+/// its next request: a half-sent or idle connection is closed after it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest a connection may live, however it behaves (a slow reader of `/metrics`, a trickle of
+/// requests); scrapers simply reconnect.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Binds `listen` and serves until `shutdown`; returns the bound address (useful with port 0).
+///
+/// At most [`MAX_CONNECTIONS`] connections at once, each given [`HEADER_READ_TIMEOUT`] per
+/// request's headers and [`CONNECTION_LIFETIME`] in all.
 pub async fn serve(
     listen: &str,
     shutdown: CancellationToken,
@@ -29,16 +52,73 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(err) = served {
-            tracing::error!(error = %err, "http server failed");
-        }
-    });
+    raise_open_files_limit();
+    let task = tokio::spawn(accept_loop(listener, app, shutdown));
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok((addr, task))
+}
+
+/// Raises the soft limit on open files to the hard limit, as servers commonly do: the default
+/// soft limit (often 1024, sometimes far less in containers) is the only one a process may
+/// raise itself, and the headroom keeps the relay's own connections clear of the HTTP side's.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let from = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(from, to = limit.rlim_max, "raised the open files limit");
+            }
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, each served on a task of its own while a slot is free.
+async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            // 1. Shutdown: stop accepting; open connections are dropped with the set.
+            () = shutdown.cancelled() => return,
+            // 2. Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            // 3. New connections.
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of descriptors or similar: back off briefly instead of spinning.
+                tracing::warn!(error = %err, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: closing at once frees the descriptor; a scraper retries at its next interval.
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            // Errors here are the client's (reset, timeout, garbage): nothing to report.
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 /// `/metrics`.

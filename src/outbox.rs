@@ -191,12 +191,38 @@ impl OutboxTable {
         ((0x6f75_7462_i64) << 32) | i64::from(low)
     }
 
-    /// Fills a migration template's `{name}` placeholders.
+    /// Fills a statement template's `{name}` placeholders with their quoted values.
+    ///
+    /// One pass over the template: each placeholder is looked up and its value appended, and
+    /// the scan continues after the placeholder, never inside the inserted text. A configured
+    /// name that itself looks like a placeholder (`a{sent_at}`) is therefore only ever a quoted
+    /// identifier, not a second substitution. Braces that are no known placeholder stay as
+    /// written.
     pub fn render(&self, template: &str) -> String {
-        let mut sql = template.to_string();
-        for (key, value) in &self.template_vars {
-            sql = sql.replace(&format!("{{{key}}}"), value);
+        let mut sql = String::with_capacity(template.len() * 2);
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            sql.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let known = after.find('}').and_then(|close| {
+                let key = &after[..close];
+                self.template_vars
+                    .iter()
+                    .find(|(name, _)| *name == key)
+                    .map(|(_, value)| (value, close))
+            });
+            match known {
+                Some((value, close)) => {
+                    sql.push_str(value);
+                    rest = &after[close + 1..];
+                }
+                None => {
+                    sql.push('{');
+                    rest = after;
+                }
+            }
         }
+        sql.push_str(rest);
         sql
     }
 }
@@ -231,6 +257,20 @@ mod tests {
             sql,
             "CREATE TRIGGER \"outboxd_odd\"\"name_notify\" ON \"public\".\"odd\"\"name\" \
              ('outboxd_odd\"name')"
+        );
+    }
+
+    #[test]
+    fn a_name_that_looks_like_a_placeholder_is_not_substituted_again() {
+        let mut source = SourceConfig::default();
+        source.columns.txid = "a{sent_at}".into();
+        source.columns.sent_at = " xid8; DROP TABLE victim; --".into();
+        source.channel = Some("c{table}'".into());
+        let table = OutboxTable::new(&source);
+        let sql = table.render("ALTER {table} ADD {txid} xid8; SELECT {channel}, {unknown}");
+        assert_eq!(
+            sql,
+            "ALTER \"public\".\"outbox\" ADD \"a{sent_at}\" xid8; SELECT 'c{table}''', {unknown}"
         );
     }
 

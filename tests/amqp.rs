@@ -147,6 +147,63 @@ async fn an_unroutable_event_is_marked_failed_with_the_reason_and_later_events_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_event_is_logged_with_its_reason_but_without_its_payload() {
+    let Some(url) = rabbit().await else { return };
+    // Given a relay process logging at debug, publishing to an exchange bound only to orders
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::declare(&url, "order.#").await;
+    let mut config = config_for(&db, &dir.path().join("log"));
+    topology.configure(&mut config);
+    config.logging.level = "debug".into();
+    migrate(&config).await;
+    // (the URL goes through the environment: the written config masks its password)
+    let env = [("OUTBOXD_SINK__AMQP__URL", url.as_str())];
+    let mut relay = RelayProcess::spawn_with_env(&config, dir.path(), "relay", &["run"], &env);
+
+    // When an event no queue is bound for carries a distinctive payload
+    let payload = r#"{"card": "4111-9999-2222-7777"}"#;
+    let client = connect(&db.url).await;
+    let id: uuid::Uuid = client
+        .query_one(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) \
+             VALUES ('ghost', '1', 'Lost', $1::text::jsonb) RETURNING id",
+            &[&payload],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    // Then the log names the event, exchange, routing key and reason
+    let line = relay
+        .wait_for_log_line(&[&id.to_string(), "unroutable"], WAIT)
+        .await;
+    assert!(
+        line.contains("ghost.Lost") && line.contains("NO_ROUTE"),
+        "{line}"
+    );
+    wait_settled(&db, 1, WAIT).await;
+    relay.kill();
+    // And no byte of the payload, neither as text nor as lapin's decimal byte list
+    let text = std::fs::read_to_string(dir.path().join("relay.log")).unwrap();
+    let stored: String = client
+        .query_one("SELECT payload::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let decimal = |s: &str| {
+        s.bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for needle in ["4111-9999", &decimal(&stored), &decimal("4111-9999")] {
+        assert!(!text.contains(needle), "the log holds {needle:?}:\n{text}");
+    }
+    topology.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nacked_events_stay_pending_and_are_republished_in_order() {
     let Some(url) = rabbit().await else { return };
     // Given a queue that holds two messages and makes the broker nack any more

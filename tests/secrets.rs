@@ -110,3 +110,89 @@ async fn secrets_appear_in_no_output() {
     );
     assert!(outputs[3].1.contains("error: "), "{}", outputs[3].1);
 }
+
+/// Marks the secret in every bypass below; none of its halves may appear in any output.
+const BYPASS_SECRET: [&str; 2] = ["Zq9Hunter", "Wx7Secret"];
+
+#[test]
+fn the_known_ways_around_the_password_mask_stay_masked() {
+    // Given connection strings that hide a password where a text-editing masker did not look
+    let pg = [
+        // a '/' in the password (the driver reads credentials up to '@')
+        "postgres://app:Zq9Hunter/Wx7Secret@127.0.0.1:1/db",
+        // a percent-encoded parameter key
+        "postgres://127.0.0.1:1/db?user=app&pass%77ord=Zq9HunterWx7Secret",
+        // tab-separated key=value
+        "host=127.0.0.1\tport=1\tuser=app\tpassword=Zq9HunterWx7Secret\tdbname=db",
+        // an escaped quote inside a quoted value
+        "host=127.0.0.1 port=1 user=app password='Zq9Hunter\\'Wx7Secret' dbname=db",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sink.log]\ndir = {:?}\n[http]\nenabled = false\n\
+             [sink.kafka.librdkafka_options]\n\"ssl.key.pem\" = \"Zq9Hunter-private-key\"\n\
+             \"sasl.oauthbearer.config\" = \"clientSecret=Wx7Secret\"\n",
+            dir.path().join("log")
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("OUTBOXD_SOURCE__CONNECT_TIMEOUT_MS", "1000")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let assert_masked = |what: &str, text: &str| {
+        for half in BYPASS_SECRET {
+            assert!(!text.contains(half), "{what} leaks {half}:\n{text}");
+        }
+    };
+    for url in pg {
+        // When check-config prints the configuration, and a relay fails to connect
+        let (code, checked) = run(&["check-config"], &[("OUTBOXD_SOURCE__URL", url)]);
+        let (_, failed) = run(&["run"], &[("OUTBOXD_SOURCE__URL", url)]);
+
+        // Then neither shows the password, though both show the target
+        assert_eq!(code, Some(0), "{checked}");
+        assert!(checked.contains("app:********@127.0.0.1:1/db"), "{checked}");
+        assert!(
+            failed.contains("error: connecting to PostgreSQL at postgres://app:********@"),
+            "{failed}"
+        );
+        assert_masked(&format!("check-config of {url:?}"), &checked);
+        assert_masked(&format!("run with {url:?}"), &failed);
+    }
+    // And a broker URL with a '/' in its password (the URL parser cannot read it) is refused
+    // without being shown, and Kafka pass-through secrets print masked
+    let amqp = [
+        ("OUTBOXD_SINK__TYPE", "amqp"),
+        (
+            "OUTBOXD_SINK__AMQP__URL",
+            "amqp://app:Zq9Hunter/Wx7Secret@127.0.0.1:1/%2f",
+        ),
+    ];
+    let (code, refused) = run(&["check-config"], &amqp);
+    assert_eq!(code, Some(1), "{refused}");
+    assert!(refused.contains("sink.amqp.url"), "{refused}");
+    assert_masked("check-config of the AMQP URL", &refused);
+    let (_, checked) = run(&["check-config"], &[]);
+    assert!(
+        checked.contains("\"ssl.key.pem\" = \"********\""),
+        "{checked}"
+    );
+    assert_masked("check-config of Kafka options", &checked);
+}

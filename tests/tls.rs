@@ -193,4 +193,33 @@ async fn each_sslmode_accepts_and_refuses_what_it_should() {
     assert_eq!(try_connect(&require).await, Ok(true));
     let plain = source("127.0.0.1", port, name, TlsMode::Disable, None);
     assert_eq!(try_connect(&plain).await, Ok(false));
+
+    // require with a root certificate verifies the chain, as libpq does
+    let require_other = source("127.0.0.1", port, name, TlsMode::Require, Some(&other_ca));
+    assert!(try_connect(&require_other).await.is_err());
+    let require_ca = source("127.0.0.1", port, name, TlsMode::Require, Some(&ca));
+    assert_eq!(try_connect(&require_ca).await, Ok(true));
+
+    // sslmode in the URL is honoured with source.tls.mode left at its default
+    let url = |mode: &str| {
+        DbUrl::new(format!(
+            "postgres://postgres@127.0.0.1:{port}/{name}?sslmode={mode}"
+        ))
+    };
+    let mut in_url = source("127.0.0.1", port, name, TlsMode::Disable, None);
+    in_url.url = url("require");
+    assert_eq!(try_connect(&in_url).await, Ok(true));
+    in_url.url = url("verify-full");
+    in_url.tls.root_cert = Some(ca.clone());
+    let err = try_connect(&in_url).await.unwrap_err();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // and a URL that disagrees with source.tls.mode is refused, naming both
+    in_url.url = url("disable");
+    in_url.tls.mode = TlsMode::VerifyFull;
+    let err = try_connect(&in_url).await.unwrap_err();
+    assert!(
+        err.contains("sslmode=disable conflicts with source.tls.mode = \"verify-full\""),
+        "{err}"
+    );
 }

@@ -4,12 +4,14 @@
 //! setting that silently does nothing. Defaults are documented on each field and shown in full by
 //! `outboxd check-config`.
 
+mod conninfo;
 mod load;
 mod logical;
 mod secret;
 mod sink;
 mod validate;
 
+pub use conninfo::Conninfo;
 pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load};
 pub use logical::LogicalConfig;
 pub use secret::{DbUrl, MASK, Secret, mask_connection_string};

@@ -99,66 +99,63 @@ impl<'de> Deserialize<'de> for DbUrl {
     }
 }
 
-/// Masks the password in `postgres://user:pass@host/db`, in a `password=` query parameter and in
-/// the `key=value` form, leaving everything else readable.
+/// Renders a connection string for people, password masked: a PostgreSQL string (URL or
+/// `key=value`) from the fields the driver parsed, a broker URL (`amqp://`, `amqps://`) from the
+/// fields the URL parser found. Nothing is edited out of the user's text, so no way of writing
+/// a password (a `/` in it, a percent-encoded key, tabs, escaped quotes) can slip through; a
+/// string that does not parse is not shown at all.
 pub fn mask_connection_string(conn: &str) -> String {
-    let mut out = conn.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let start = rest_start + colon + 1;
-                out.replace_range(start..rest_start + at, MASK);
-            }
-        }
+    let lower = conn.get(..8).unwrap_or(conn).to_ascii_lowercase();
+    if lower.starts_with("amqp://") || lower.starts_with("amqps://") {
+        render_broker_url(conn)
+    } else {
+        super::conninfo::render(conn)
     }
-    mask_password_params(&out)
 }
 
-/// Masks every `password=VALUE` (query parameter or `key=value` pair).
-fn mask_password_params(conn: &str) -> String {
-    let lower = conn.to_ascii_lowercase();
-    let mut out = String::with_capacity(conn.len());
-    let mut copied = 0;
-    let mut search = 0;
-    while let Some(found) = lower[search..].find("password") {
-        let key_start = search + found;
-        let mut value_start = key_start + "password".len();
-        let bytes = conn.as_bytes();
-        while value_start < bytes.len() && bytes[value_start] == b' ' {
-            value_start += 1;
-        }
-        let preceded_ok = key_start == 0 || matches!(bytes[key_start - 1], b'?' | b'&' | b' ');
-        if !preceded_ok || value_start >= bytes.len() || bytes[value_start] != b'=' {
-            search = key_start + 1;
-            continue;
-        }
-        value_start += 1;
-        while value_start < bytes.len() && bytes[value_start] == b' ' {
-            value_start += 1;
-        }
-        let value_end = if bytes.get(value_start) == Some(&b'\'') {
-            conn[value_start + 1..]
-                .find('\'')
-                .map_or(conn.len(), |i| value_start + i + 2)
-        } else {
-            conn[value_start..]
-                .find(['&', ' '])
-                .map_or(conn.len(), |i| value_start + i)
-        };
-        out.push_str(&conn[copied..value_start]);
+/// Query parameters of an AMQP URL that are shown (lapin's; none of them carries a secret).
+const SHOWN_AMQP_PARAMS: &[&str] = &[
+    "heartbeat",
+    "channel_max",
+    "frame_max",
+    "connection_timeout",
+    "auth_mechanism",
+];
+
+/// `scheme://user:********@host:port/vhost?known=params`, rebuilt from the parsed URL (lapin
+/// parses with the same `url` crate, so this is the user and host it connects with).
+fn render_broker_url(conn: &str) -> String {
+    let Ok(url) = url::Url::parse(conn) else {
+        return "(unparseable broker URL, not shown)".to_string();
+    };
+    let mut out = format!("{}://", url.scheme());
+    out.push_str(url.username());
+    if url.password().is_some() {
+        out.push(':');
         out.push_str(MASK);
-        copied = value_end;
-        search = value_end.max(key_start + 1);
-        if search >= conn.len() {
-            break;
-        }
     }
-    out.push_str(&conn[copied.min(conn.len())..]);
+    if !url.username().is_empty() || url.password().is_some() {
+        out.push('@');
+    }
+    if let Some(host) = url.host_str() {
+        out.push_str(host);
+    }
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path());
+    let shown: Vec<String> = url
+        .query_pairs()
+        .filter(|(key, _)| SHOWN_AMQP_PARAMS.contains(&key.as_ref()))
+        .map(|(key, value)| {
+            let value: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+            format!("{key}={value}")
+        })
+        .collect();
+    if !shown.is_empty() {
+        out.push('?');
+        out.push_str(&shown.join("&"));
+    }
     out
 }
 
@@ -167,34 +164,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_password_is_masked() {
-        let masked = mask_connection_string("postgres://app:s3cr%40t@db:5432/shop?sslmode=require");
+    fn broker_urls_show_user_host_and_vhost_but_no_password() {
         assert_eq!(
-            masked,
-            "postgres://app:********@db:5432/shop?sslmode=require"
-        );
-    }
-
-    #[test]
-    fn url_without_password_is_unchanged() {
-        let url = "postgres://postgres@127.0.0.1:5432/postgres";
-        assert_eq!(mask_connection_string(url), url);
-    }
-
-    #[test]
-    fn password_parameters_are_masked() {
-        assert_eq!(
-            mask_connection_string("postgres://h/db?user=a&password=hunter2&sslmode=disable"),
-            "postgres://h/db?user=a&password=********&sslmode=disable"
+            mask_connection_string("amqps://app:hunter2@mq:5671/prod?heartbeat=10&token=x"),
+            "amqps://app:********@mq:5671/prod?heartbeat=10"
         );
         assert_eq!(
-            mask_connection_string("host=h password='a b' user=x"),
-            "host=h password=******** user=x"
+            mask_connection_string("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
         );
-        assert_eq!(
-            mask_connection_string("password = pw user=x"),
-            "password = ******** user=x"
-        );
+        // The URL parser ends the authority at '/', so this password is no password at all:
+        // the string does not parse, and nothing of it is shown.
+        let odd = mask_connection_string("amqp://app:Hunter/2Secret@mq/%2f");
+        assert!(!odd.contains("Hunter") && !odd.contains("Secret"), "{odd}");
+        let at = mask_connection_string("amqp://app:p@ss@mq/%2f");
+        assert_eq!(at, "amqp://app:********@mq/%2f");
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct LogSinkConfig {
     pub retention_ms: Option<u64>,
     /// Bytes of records between two entries of a segment's sparse index. Default 4096.
     pub index_interval_bytes: u64,
+    /// Permissions of the log directory, octal: it is created with them and narrowed to them
+    /// if wider; files inside get the same bits without execute. Default `"0700"` (files
+    /// `0600`), as records hold payloads; `"0750"` lets a group read (files `0640`).
+    pub dir_mode: String,
 }
 
 impl Default for LogSinkConfig {
@@ -77,6 +81,7 @@ impl Default for LogSinkConfig {
             retention_bytes: None,
             retention_ms: None,
             index_interval_bytes: defaults.index_interval_bytes,
+            dir_mode: format!("{:04o}", defaults.dir_mode),
         }
     }
 }
@@ -91,6 +96,16 @@ impl LogSinkConfig {
             durability: self.durability,
             retention_bytes: self.retention_bytes,
             retention: self.retention_ms.map(Duration::from_millis),
+            dir_mode: self.dir_mode_bits().unwrap_or(crate::log::DEFAULT_DIR_MODE),
         }
+    }
+
+    /// `dir_mode` as permission bits, if it is an octal number of at most `777` that leaves the
+    /// owner read, write and search.
+    pub fn dir_mode_bits(&self) -> Option<u32> {
+        let digits = self.dir_mode.strip_prefix("0o").unwrap_or(&self.dir_mode);
+        u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777 && mode & 0o700 == 0o700)
     }
 }

@@ -2,7 +2,6 @@
 
 use super::{Config, TlsMode};
 use crate::error::{Error, Result};
-use std::str::FromStr;
 
 /// PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -11,16 +10,8 @@ impl Config {
     /// Checks every constraint; the error names the key and the rule it broke.
     pub fn validate(&self) -> Result<()> {
         let source = &self.source;
-        if tokio_postgres::Config::from_str(source.url.expose()).is_err() {
-            // The parser's message may quote the string, password and all: never pass it on.
-            return Err(Error::config(
-                "source.url",
-                format!(
-                    "is not a valid PostgreSQL URL or key=value connection string ({})",
-                    source.url.masked()
-                ),
-            ));
-        }
+        source.pg_config()?;
+        let tls_mode = source.tls_mode()?;
         range("source.batch_size", source.batch_size as u64, 1, 100_000)?;
         range(
             "source.poll_interval_ms",
@@ -54,7 +45,7 @@ impl Config {
             }
         }
         source.logical.validate()?;
-        if source.tls.root_cert.is_some() && source.tls.mode == TlsMode::Disable {
+        if source.tls.root_cert.is_some() && tls_mode == TlsMode::Disable {
             return Err(Error::config(
                 "source.tls.root_cert",
                 "is set but source.tls.mode is \"disable\"; set mode to verify-ca or verify-full",
@@ -66,6 +57,16 @@ impl Config {
             return Err(Error::config("sink.log.dir", "must not be empty"));
         }
         range("sink.log.segment_bytes", log.segment_bytes, 4096, 1 << 40)?;
+        if log.dir_mode_bits().is_none() {
+            return Err(Error::config(
+                "sink.log.dir_mode",
+                format!(
+                    "\"{}\" is not an octal mode of at most 0777 that gives the owner rwx \
+                     (e.g. \"0700\" or \"0750\")",
+                    log.dir_mode
+                ),
+            ));
+        }
         range(
             "sink.log.max_record_bytes",
             log.max_record_bytes as u64,
@@ -242,13 +243,21 @@ fn range(key: &str, value: u64, min: u64, max: u64) -> Result<()> {
     Ok(())
 }
 
-/// A name PostgreSQL will keep as written: non-empty, no NUL, at most 63 bytes.
+/// A name PostgreSQL will keep as written: non-empty, at most 63 bytes, and free of what has no
+/// business in a name: braces (they mark placeholders in outboxd's statement templates) and
+/// control characters (NUL, newlines, escapes that would garble a log line or a terminal).
 fn identifier(key: &str, name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::config(key, "must not be empty"));
     }
-    if name.contains('\0') {
-        return Err(Error::config(key, "must not contain a NUL character"));
+    if let Some(bad) = name
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '{' | '}'))
+    {
+        return Err(Error::config(
+            key,
+            format!("must not contain {bad:?} (no braces or control characters in names)"),
+        ));
     }
     if name.len() > MAX_IDENTIFIER_BYTES {
         return Err(Error::config(
@@ -317,6 +326,28 @@ mod tests {
         cfg.source.columns.sent_at = "id".into();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.starts_with("source.columns.sent_at"), "{err}");
+    }
+
+    #[test]
+    fn names_with_braces_or_control_characters_are_refused_naming_the_key() {
+        let mut cfg = Config::default();
+        cfg.source.columns.txid = "a{sent_at}".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("source.columns.txid: must not contain '{'"),
+            "{err}"
+        );
+        let mut cfg = Config::default();
+        cfg.source.channel = Some("c\nx".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("source.channel: must not contain '\\n'"),
+            "{err}"
+        );
+        let mut cfg = Config::default();
+        cfg.source.table.name = "t}".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("source.table.name"), "{err}");
     }
 
     #[test]

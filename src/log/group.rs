@@ -4,10 +4,8 @@
 //! Groups belong to readers: the writer never reads them, and retention does not wait for
 //! them (a group behind the oldest segment resumes at the first record still there).
 
-use super::segment;
+use super::permissions;
 use crate::error::{Error, ErrorKind, Result};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Sub-directory of the log directory holding the groups' files.
@@ -68,14 +66,12 @@ impl ConsumerGroup {
     /// the old offset or the new one.
     pub fn commit(&self, next: u64) -> Result<()> {
         let write_error = |err| Error::io(format!("committing {}", self.path.display()), err);
-        std::fs::create_dir_all(&self.dir).map_err(write_error)?;
-        let tmp = self.path.with_extension("offset.tmp");
-        let mut file = File::create(&tmp).map_err(write_error)?;
-        file.write_all(format!("{next}\n").as_bytes())
+        // The groups directory gets the log directory's mode (0700 unless configured).
+        let log_dir = self.dir.parent().unwrap_or(Path::new("."));
+        permissions::ensure_dir(&self.dir, permissions::file_mode(log_dir) | 0o100)
             .map_err(write_error)?;
-        file.sync_all().map_err(write_error)?;
-        std::fs::rename(&tmp, &self.path).map_err(write_error)?;
-        segment::sync_dir(&self.dir).map_err(write_error)
+        permissions::replace_file(&self.dir, &self.path, format!("{next}\n").as_bytes())
+            .map_err(write_error)
     }
 }
 

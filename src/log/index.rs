@@ -17,7 +17,7 @@ use super::segment;
 use crate::error::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 /// Bytes per entry on disk.
@@ -174,17 +174,12 @@ pub(crate) fn scan(dir: &Path, base: u64, interval: u64, sealed: bool) -> Result
 /// leaves the old index or the new one, never half of one.
 pub(crate) fn write(dir: &Path, base: u64, entries: &[Entry]) -> Result<()> {
     let path = segment::index_path(dir, base);
-    let tmp = path.with_extension("index.tmp");
     let write_error = |err| Error::io(format!("writing index {}", path.display()), err);
     let mut buf = Vec::with_capacity(entries.len() * ENTRY_LEN);
     for entry in entries {
         entry.encode(&mut buf);
     }
-    let mut file = File::create(&tmp).map_err(write_error)?;
-    file.write_all(&buf).map_err(write_error)?;
-    file.sync_data().map_err(write_error)?;
-    std::fs::rename(&tmp, &path).map_err(write_error)?;
-    segment::sync_dir(dir).map_err(write_error)
+    super::permissions::replace_file(dir, &path, &buf).map_err(write_error)
 }
 
 /// The last entry at or before `offset` (entries ascending), if any.

@@ -20,6 +20,10 @@ pub struct WriterOptions {
     pub retention_bytes: Option<u64>,
     /// Segments last written longer ago than this are deleted. Default none.
     pub retention: Option<Duration>,
+    /// Permission bits of the log directory (created with them, narrowed to them if wider);
+    /// files get the same bits without execute. Default `0o700` (files `0o600`): records hold
+    /// payloads.
+    pub dir_mode: u32,
 }
 
 impl WriterOptions {
@@ -31,6 +35,7 @@ impl WriterOptions {
         durability: Durability::Batch,
         retention_bytes: None,
         retention: None,
+        dir_mode: super::permissions::DEFAULT_DIR_MODE,
     };
 
     /// The defaults with another segment size.

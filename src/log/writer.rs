@@ -9,10 +9,10 @@ use self::cut_back::FailWrite;
 use self::cut_back::{Failure, IoFailure};
 use super::index::{self, Entry, Sampler};
 use super::record::{self, NewRecord};
-use super::{Durability, WriterOptions, recovery, retention, segment};
+use super::{Durability, WriterOptions, permissions, recovery, retention, segment};
 use crate::error::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -86,7 +86,7 @@ impl LogWriter {
     /// Fails with [`ErrorKind::Locked`] while another writer, in this process or another, has
     /// the directory open, and with [`ErrorKind::Corrupt`] on damage that is not a torn tail.
     pub fn open(dir: &Path, options: WriterOptions) -> Result<LogWriter> {
-        create_dir(dir)?;
+        create_dir(dir, options.dir_mode)?;
         let lock = lock(dir)?;
         let bases = segment::list(dir)?;
         let interval = options.index_interval_bytes;
@@ -371,22 +371,22 @@ fn ensure_index(dir: &Path, base: u64, interval: u64) -> Result<()> {
     Ok(())
 }
 
-/// Opens (creating if needed) a file for appending.
+/// Opens (creating if needed, with the directory's file mode) a file for appending.
 fn open_append(path: &Path) -> Result<File, IoFailure> {
-    OpenOptions::new()
+    permissions::create_options(path.parent().unwrap_or(Path::new(".")))
         .append(true)
         .create(true)
         .open(path)
         .map_err(|err| (format!("opening {} for appending", path.display()), err))
 }
 
-/// Creates `dir` if missing, and makes its entry in the parent durable.
-fn create_dir(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
+/// Creates `dir` with `mode` if missing (narrowing it to `mode` if it exists with more), and
+/// makes its entry in the parent durable.
+fn create_dir(dir: &Path, mode: u32) -> Result<()> {
+    let create_error = |err| Error::io(format!("creating log directory {}", dir.display()), err);
+    if !permissions::ensure_dir(dir, mode).map_err(create_error)? {
         return Ok(());
     }
-    let create_error = |err| Error::io(format!("creating log directory {}", dir.display()), err);
-    std::fs::create_dir_all(dir).map_err(create_error)?;
     let parent = match dir.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -397,7 +397,7 @@ fn create_dir(dir: &Path) -> Result<()> {
 /// Takes the writer lock of `dir`, returning the file that holds it.
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = permissions::create_options(dir)
         .read(true)
         .write(true)
         .create(true)
@@ -422,7 +422,7 @@ fn lock(dir: &Path) -> Result<File> {
 /// survives a crash. Returns the file, opened for appending, and its path.
 fn create_segment(dir: &Path, base: u64) -> Result<(File, PathBuf), Failure> {
     let path = segment::path(dir, base);
-    let file = OpenOptions::new()
+    let file = permissions::create_options(dir)
         .append(true)
         .create_new(true)
         .open(&path)

@@ -5,7 +5,6 @@ mod tls;
 use crate::config::{SourceConfig, TlsMode};
 use crate::error::{Error, ErrorKind, Result};
 use futures_util::StreamExt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -52,8 +51,8 @@ impl Drop for Session {
 
 /// Opens a session as configured: TLS mode, password from config or file, timeouts.
 pub async fn connect(source: &SourceConfig) -> Result<Session> {
-    let mut pg = tokio_postgres::Config::from_str(source.url.expose())
-        .map_err(|_| Error::config("source.url", "is not a valid PostgreSQL connection string"))?;
+    let mut pg = source.pg_config()?;
+    let tls_mode = source.tls_mode()?;
     if !source.password.is_empty() {
         pg.password(source.password.expose());
     }
@@ -67,11 +66,11 @@ pub async fn connect(source: &SourceConfig) -> Result<Session> {
     pg.keepalives_idle(Duration::from_secs(15));
     pg.keepalives_interval(Duration::from_secs(5));
     pg.keepalives_retries(3);
-    pg.ssl_mode(match source.tls.mode {
+    pg.ssl_mode(match tls_mode {
         TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
         _ => tokio_postgres::config::SslMode::Require,
     });
-    let connector = tls::connector(&source.tls)?;
+    let connector = tls::connector(tls_mode, &source.tls)?;
     let target = source.url.masked();
     let (client, mut connection) = pg
         .connect(connector)

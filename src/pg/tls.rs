@@ -5,6 +5,7 @@ use crate::error::{Error, ErrorKind, Result};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -12,14 +13,15 @@ use rustls::{
 use std::sync::Arc;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// Builds the connector for `tls.mode`. With `disable` the connector is never used (the
+/// Builds the connector for `mode` (the mode in effect, see `SourceConfig::tls_mode`; `tls`
+/// gives the root certificates). With `disable` the connector is never used (the
 /// connection's `ssl_mode` is off), but one type for every mode keeps the connection code simple.
-pub fn connector(tls: &TlsConfig) -> Result<MakeRustlsConnect> {
+pub fn connector(mode: TlsMode, tls: &TlsConfig) -> Result<MakeRustlsConnect> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|err| Error::with_source(ErrorKind::Internal, "configuring TLS", err))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
         TlsMode::Disable | TlsMode::Require => Arc::new(AcceptAnyCertificate(
             provider.signature_verification_algorithms,
         )),
@@ -28,7 +30,7 @@ pub fn connector(tls: &TlsConfig) -> Result<MakeRustlsConnect> {
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(|err| Error::with_source(ErrorKind::Config, "source.tls", err))?;
-            if tls.mode == TlsMode::VerifyCa {
+            if mode == TlsMode::VerifyCa {
                 Arc::new(IgnoreHostName(webpki))
             } else {
                 webpki
@@ -57,7 +59,7 @@ fn root_store(tls: &TlsConfig) -> Result<RootCertStore> {
             err,
         )
     })?;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|err| {
             Error::with_source(
                 ErrorKind::Config,

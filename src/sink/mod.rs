@@ -13,6 +13,7 @@
 //! duplicate.
 
 pub mod amqp;
+pub mod headers;
 pub mod kafka;
 pub mod log;
 pub mod template;

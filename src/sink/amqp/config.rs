@@ -4,6 +4,8 @@ use super::routing::RoutingKeyTemplate;
 use crate::config::DbUrl;
 use crate::error::{Error, Result};
 use lapin::uri::AMQPUri;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 /// The kind of exchange events are published to, with AMQP's names.
@@ -45,6 +47,10 @@ pub struct AmqpSinkConfig {
     pub confirm_timeout_ms: u64,
     /// Most published messages awaiting their confirm at once. Default 1000.
     pub max_in_flight: usize,
+    /// PEM file of CA certificates trusted for an `amqps://` broker, besides Mozilla's roots
+    /// (for a private CA). Default: unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AmqpSinkConfig {
@@ -57,6 +63,7 @@ impl Default for AmqpSinkConfig {
             routing_key: "{aggregatetype}.{type}".into(),
             confirm_timeout_ms: 30_000,
             max_in_flight: 1000,
+            ca_file: None,
         }
     }
 }
@@ -89,6 +96,26 @@ impl AmqpSinkConfig {
             ));
         }
         self.uri()?;
+        if let Some(path) = &self.ca_file {
+            if !self.url.expose().starts_with("amqps://") {
+                return Err(Error::config(
+                    "sink.amqp.ca_file",
+                    "is set but sink.amqp.url is not amqps://",
+                ));
+            }
+            let pem = std::fs::read(path).map_err(|err| {
+                Error::config(
+                    "sink.amqp.ca_file",
+                    format!("cannot read {}: {err}", path.display()),
+                )
+            })?;
+            if !CertificateDer::pem_slice_iter(&pem).any(|cert| cert.is_ok()) {
+                return Err(Error::config(
+                    "sink.amqp.ca_file",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+        }
         if self.exchange.is_empty() || self.exchange.len() > 255 {
             return Err(Error::config(
                 "sink.amqp.exchange",

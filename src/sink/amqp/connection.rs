@@ -4,8 +4,9 @@
 use super::config::{AmqpSinkConfig, ExchangeType};
 use crate::error::{Error, ErrorKind};
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind};
 use std::time::Duration;
 
 /// Time allowed to open the connection and channel and check the exchange. A broker that
@@ -56,7 +57,25 @@ pub async fn connect(config: &AmqpSinkConfig, at_startup: bool) -> Result<Link, 
 /// The steps of [`connect`], without the timeout and error mapping.
 async fn open(config: &AmqpSinkConfig) -> lapin::Result<Link> {
     let properties = ConnectionProperties::default().with_connection_name("outboxd".into());
-    let connection = Connection::connect(config.url.expose(), properties).await?;
+    let mut builder = DefaultConnectionBuilder::new()?
+        .with_uri_str(config.url.expose().to_string())
+        .with_properties(properties);
+    if let Some(path) = &config.ca_file {
+        // Read at every connect, so a rotated CA file is picked up on the next reconnect.
+        let pem = std::fs::read_to_string(path).map_err(|err| {
+            lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+                std::io::Error::new(
+                    err.kind(),
+                    format!("sink.amqp.ca_file: cannot read {}: {err}", path.display()),
+                ),
+            )))
+        })?;
+        builder = builder.with_tls_config(OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(pem),
+        });
+    }
+    let connection = builder.connect().await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())

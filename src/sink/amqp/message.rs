@@ -1,6 +1,7 @@
 //! Turning an [`Event`] into an AMQP message: properties, headers and body.
 
 use crate::event::Event;
+use crate::sink::headers::row_headers;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::Value;
@@ -13,16 +14,17 @@ const PERSISTENT: u8 = 2;
 const MAX_SHORT_STRING_BYTES: usize = 255;
 
 /// The message properties: persistent, `message_id` = event id, `type` = event type,
-/// `timestamp` = created_at in seconds, JSON content, `app_id` = outboxd, and [`headers`].
-pub fn properties(event: &Event) -> BasicProperties {
-    BasicProperties::default()
+/// `timestamp` = created_at in seconds, JSON content, `app_id` = outboxd, and [`headers`]. An
+/// error (a header nested deeper than 128 levels) is the reason to refuse the event.
+pub fn properties(event: &Event) -> Result<BasicProperties, String> {
+    Ok(BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_message_id(ShortString::from(event.id.as_str()))
         .with_type(ShortString::from(event.event_type.as_str()))
         .with_timestamp(event.created_at.timestamp().max(0) as u64)
         .with_content_type(ShortString::from("application/json"))
         .with_app_id(ShortString::from("outboxd"))
-        .with_headers(headers(event))
+        .with_headers(headers(event)?))
 }
 
 /// Why `event` cannot be sent as an AMQP message at all, if it cannot: a field that must fit in
@@ -44,14 +46,11 @@ pub fn unsendable(event: &Event, routing_key: &str) -> Option<String> {
 
 /// The AMQP headers: every member of the row's `headers` object, then `aggregatetype`,
 /// `aggregateid` and `position`, which win over a row header of the same name so consumers can
-/// rely on them. Names longer than 255 bytes are left out (AMQP cannot carry them).
-pub fn headers(event: &Event) -> FieldTable {
+/// rely on them. Names longer than 255 bytes are left out (AMQP cannot carry them). An error
+/// names a header too deeply nested to read.
+pub fn headers(event: &Event) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
-    let row: Option<serde_json::Map<String, Value>> = event
-        .headers
-        .as_ref()
-        .and_then(|raw| serde_json::from_str(raw.get()).ok());
-    for (name, value) in row.into_iter().flatten() {
+    for (name, value) in row_headers(event)? {
         if name.len() <= MAX_SHORT_STRING_BYTES {
             table.insert(ShortString::from(name), header_value(value));
         }
@@ -68,7 +67,7 @@ pub fn headers(event: &Event) -> FieldTable {
         "position".into(),
         AMQPValue::LongLongInt(i64::try_from(event.position.0).unwrap_or(i64::MAX)),
     );
-    table
+    Ok(table)
 }
 
 /// A JSON value as an AMQP header value: strings as long strings, integers and floats and
@@ -116,7 +115,8 @@ pub(crate) mod tests {
         let table = headers(&event(Some(
             r#"{"trace":"abc","n":-3,"big":18446744073709551615,"f":1.5,"ok":true,
                 "none":null,"list":[1,"a"],"obj":{"k":1}}"#,
-        )));
+        )))
+        .unwrap();
         assert_eq!(get(&table, "trace"), &long_string("abc".into()));
         assert_eq!(get(&table, "n"), &AMQPValue::LongLongInt(-3));
         assert_eq!(
@@ -132,16 +132,16 @@ pub(crate) mod tests {
 
     #[test]
     fn outboxd_headers_are_added_and_win_over_row_headers() {
-        let table = headers(&event(Some(r#"{"aggregateid":"spoofed"}"#)));
+        let table = headers(&event(Some(r#"{"aggregateid":"spoofed"}"#))).unwrap();
         assert_eq!(get(&table, "aggregatetype"), &long_string("order".into()));
         assert_eq!(get(&table, "aggregateid"), &long_string("42".into()));
         assert_eq!(get(&table, "position"), &AMQPValue::LongLongInt(7));
-        assert_eq!(headers(&event(None)).inner().len(), 3);
+        assert_eq!(headers(&event(None)).unwrap().inner().len(), 3);
     }
 
     #[test]
     fn properties_carry_the_event_metadata() {
-        let props = properties(&event(None));
+        let props = properties(&event(None)).unwrap();
         assert_eq!(props.delivery_mode(), &Some(PERSISTENT));
         assert_eq!(
             props.message_id().as_ref().map(|s| s.as_str()),

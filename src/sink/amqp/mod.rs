@@ -111,11 +111,18 @@ impl AmqpSink {
                 continue;
             }
             let routing_key = template.render(event);
-            if let Some(reason) = message::unsendable(event, &routing_key) {
-                stopped.insert(event.aggregate_id.as_str());
-                outcomes[index] = Some(Outcome::Refused(reason));
-                continue;
-            }
+            let properties = match message::unsendable(event, &routing_key) {
+                Some(reason) => Err(reason),
+                None => message::properties(event),
+            };
+            let properties = match properties {
+                Ok(properties) => properties,
+                Err(reason) => {
+                    stopped.insert(event.aggregate_id.as_str());
+                    outcomes[index] = Some(Outcome::Refused(reason));
+                    continue;
+                }
+            };
             let send = channel.basic_publish(
                 exchange.as_str().into(),
                 routing_key.into(),
@@ -124,7 +131,7 @@ impl AmqpSink {
                     ..BasicPublishOptions::default()
                 },
                 event.payload.get().as_bytes(),
-                message::properties(event),
+                properties,
             );
             in_flight.push_back((index, Sent::start(send).await));
             aggregates.insert(event.aggregate_id.as_str());

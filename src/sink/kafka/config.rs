@@ -1,12 +1,12 @@
 //! The `[sink.kafka]` table: where and how events are produced to Kafka, and the librdkafka
 //! settings it turns into.
 
+use super::options::LibrdkafkaOptions;
 use super::topic::TopicTemplate;
-use crate::config::{MASK, Secret};
+use crate::config::Secret;
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 
 /// How produced batches are compressed, with librdkafka's names.
@@ -218,6 +218,35 @@ const FIXED_ALIASES: &[(&str, &str)] = &[
 ];
 
 impl KafkaSinkConfig {
+    /// Settings that weaken transport security without being errors (a test cluster may need
+    /// them), as (key, why): logged as warnings when the sink opens.
+    pub fn insecure_settings(&self) -> Vec<(&'static str, &'static str)> {
+        let mut found = Vec::new();
+        let option = |key: &str| self.librdkafka_options.0.get(key).map(String::as_str);
+        if option("enable.ssl.certificate.verification") == Some("false") {
+            found.push((
+                "sink.kafka.librdkafka_options.\"enable.ssl.certificate.verification\"",
+                "broker certificates are not verified; anyone on the network path can pose as \
+                 the broker",
+            ));
+        }
+        if option("ssl.endpoint.identification.algorithm") == Some("none") {
+            found.push((
+                "sink.kafka.librdkafka_options.\"ssl.endpoint.identification.algorithm\"",
+                "broker host names are not verified",
+            ));
+        }
+        if self.security_protocol == SecurityProtocol::SaslPlaintext
+            && self.sasl_mechanism == SaslMechanism::Plain
+        {
+            found.push((
+                "sink.kafka.security_protocol",
+                "SASL PLAIN over plaintext sends the password in the clear; use sasl_ssl",
+            ));
+        }
+        found
+    }
+
     /// Checks every `sink.kafka` key; the error names the key and the rule it broke.
     pub fn validate(&self) -> Result<()> {
         if self.bootstrap_servers.trim().is_empty() {
@@ -332,43 +361,10 @@ fn refuse_owned_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// The `librdkafka_options` table: librdkafka keys to values, passed through as given. `Debug`
-/// and `Serialize` mask the values of keys that look secret (password, secret, jaas), so
-/// `check-config` and logs never show them.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct LibrdkafkaOptions(pub BTreeMap<String, String>);
-
-impl LibrdkafkaOptions {
-    /// The table with secret-looking values replaced by [`MASK`].
-    fn masked(&self) -> BTreeMap<&str, &str> {
-        self.0
-            .iter()
-            .map(|(key, value)| {
-                let secret = ["password", "secret", "jaas"]
-                    .iter()
-                    .any(|word| key.contains(word));
-                (key.as_str(), if secret { MASK } else { value.as_str() })
-            })
-            .collect()
-    }
-}
-
-impl fmt::Debug for LibrdkafkaOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.masked().fmt(f)
-    }
-}
-
-impl Serialize for LibrdkafkaOptions {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        self.masked().serialize(serializer)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MASK;
 
     /// The default configuration with `key = value` in the passthrough table.
     fn with_option(key: &str, value: &str) -> KafkaSinkConfig {
@@ -466,6 +462,23 @@ mod tests {
             !debug.contains("hunter2") && !debug.contains("s3cret"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn switching_verification_off_or_plain_sasl_without_tls_is_reported() {
+        assert!(KafkaSinkConfig::default().insecure_settings().is_empty());
+        let config = with_option("enable.ssl.certificate.verification", "false");
+        assert_eq!(config.insecure_settings().len(), 1);
+        let mut config = KafkaSinkConfig {
+            security_protocol: SecurityProtocol::SaslPlaintext,
+            ..KafkaSinkConfig::default()
+        };
+        assert_eq!(
+            config.insecure_settings()[0].0,
+            "sink.kafka.security_protocol"
+        );
+        config.security_protocol = SecurityProtocol::SaslSsl;
+        assert!(config.insecure_settings().is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! CloudEvents binary-mode attributes.
 
 use crate::event::Event;
+use crate::sink::headers::row_headers;
 use chrono::SecondsFormat;
 use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::Value;
@@ -16,7 +17,8 @@ pub type HeaderPair = (String, String);
 /// `position`; with `cloudevents_source`, the CloudEvents binary-mode attributes and
 /// `content-type`; then every member of the row's `headers` object whose name outboxd does not
 /// already use (so consumers can rely on outboxd's), string values as-is, others as JSON text.
-pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Vec<HeaderPair> {
+/// An error (a header nested deeper than 128 levels) is the reason to refuse the event.
+pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Result<Vec<HeaderPair>, String> {
     let mut pairs: Vec<HeaderPair> = vec![
         ("id".into(), event.id.clone()),
         ("type".into(), event.event_type.clone()),
@@ -37,12 +39,11 @@ pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Vec<HeaderPai
             ("content-type".into(), "application/json".into()),
         ]);
     }
-    let row: Option<serde_json::Map<String, Value>> = event
-        .headers
-        .as_ref()
-        .and_then(|raw| serde_json::from_str(raw.get()).ok());
-    for (name, value) in row.into_iter().flatten() {
-        if pairs.iter().any(|(taken, _)| *taken == name) {
+    // Row header names are unique (an object's keys), so only outboxd's own few need checking:
+    // linear in the number of row headers.
+    let reserved = pairs.len();
+    for (name, value) in row_headers(event)? {
+        if pairs[..reserved].iter().any(|(taken, _)| *taken == name) {
             continue;
         }
         let text = match value {
@@ -51,7 +52,7 @@ pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Vec<HeaderPai
         };
         pairs.push((name, text));
     }
-    pairs
+    Ok(pairs)
 }
 
 /// `pairs` as librdkafka headers.
@@ -90,7 +91,8 @@ pub(crate) mod tests {
         let pairs = headers(
             &event(Some(r#"{"aggregateid":"spoofed","trace":"t1"}"#)),
             None,
-        );
+        )
+        .unwrap();
         let names: Vec<&str> = pairs.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(
             names,
@@ -118,7 +120,8 @@ pub(crate) mod tests {
                 r#"{"s":"a\"b","n":-3,"f":1.5,"ok":true,"none":null,"obj":{"k":[1]}}"#,
             )),
             None,
-        );
+        )
+        .unwrap();
         assert_eq!(get(&pairs, "s"), "a\"b");
         assert_eq!(get(&pairs, "n"), "-3");
         assert_eq!(get(&pairs, "f"), "1.5");
@@ -129,7 +132,7 @@ pub(crate) mod tests {
 
     #[test]
     fn cloudevents_mode_adds_the_binary_mode_attributes() {
-        let pairs = headers(&event(Some(r#"{"ce_id":"spoofed"}"#)), Some("/shop/orders"));
+        let pairs = headers(&event(Some(r#"{"ce_id":"spoofed"}"#)), Some("/shop/orders")).unwrap();
         assert_eq!(get(&pairs, "ce_id"), "6f1c0000-0000-4000-8000-000000000001");
         assert_eq!(get(&pairs, "ce_type"), "OrderPlaced");
         assert_eq!(get(&pairs, "ce_source"), "/shop/orders");
@@ -139,6 +142,7 @@ pub(crate) mod tests {
         assert_eq!(pairs.iter().filter(|(key, _)| key == "ce_id").count(), 1);
         assert!(
             !headers(&event(None), None)
+                .unwrap()
                 .iter()
                 .any(|(key, _)| key.starts_with("ce_"))
         );
@@ -147,7 +151,7 @@ pub(crate) mod tests {
     #[test]
     fn owned_headers_keep_order_and_bytes() {
         use rdkafka::message::Headers;
-        let owned = owned_headers(&headers(&event(None), None));
+        let owned = owned_headers(&headers(&event(None), None).unwrap());
         assert_eq!(owned.count(), 5);
         let first = owned.get(0);
         assert_eq!(

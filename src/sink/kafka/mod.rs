@@ -17,11 +17,11 @@
 mod client;
 mod config;
 mod message;
+mod options;
 mod topic;
 
-pub use self::config::{
-    Compression, KafkaSinkConfig, LibrdkafkaOptions, SaslMechanism, SecurityProtocol,
-};
+pub use self::config::{Compression, KafkaSinkConfig, SaslMechanism, SecurityProtocol};
+pub use self::options::LibrdkafkaOptions;
 pub use self::topic::TopicTemplate;
 
 use super::{Outcome, Sink};
@@ -65,6 +65,9 @@ impl KafkaSink {
     pub async fn open(config: &KafkaSinkConfig) -> Result<Self> {
         let topic = TopicTemplate::parse(&config.topic)
             .map_err(|reason| Error::config("sink.kafka.topic", reason))?;
+        for (key, why) in config.insecure_settings() {
+            tracing::warn!(key, "insecure Kafka setting: {why}");
+        }
         let producer = client::producer(config)?;
         client::check_reachable(&producer, &config.bootstrap_servers).await?;
         let mut sink = KafkaSink {
@@ -171,7 +174,8 @@ impl KafkaSink {
             .config
             .cloudevents
             .then_some(self.config.cloudevents_source.as_str());
-        let headers = message::owned_headers(&message::headers(event, cloudevents_source));
+        let pairs = message::headers(event, cloudevents_source).map_err(Refusal::Permanent)?;
+        let headers = message::owned_headers(&pairs);
         loop {
             let record = FutureRecord::to(&topic)
                 .key(event.aggregate_id.as_bytes())

@@ -6,7 +6,6 @@
 use crate::config::{SourceConfig, TlsMode};
 use crate::error::{Error, ErrorKind, Result};
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
-use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::config::Host;
 
@@ -41,8 +40,7 @@ pub async fn open(source: &SourceConfig) -> Result<ReplicationClient> {
 
 /// Translates the source settings into the client's configuration.
 fn replication_config(source: &SourceConfig) -> Result<ReplicationConfig> {
-    let url = tokio_postgres::Config::from_str(source.url.expose())
-        .map_err(|_| Error::config("source.url", "is not a valid PostgreSQL connection string"))?;
+    let url = source.pg_config()?;
     let host = match url.get_hosts().first() {
         Some(Host::Tcp(name)) => name.clone(),
         Some(Host::Unix(dir)) => dir.to_string_lossy().into_owned(),
@@ -58,7 +56,7 @@ fn replication_config(source: &SourceConfig) -> Result<ReplicationConfig> {
         source.password.expose().to_string()
     };
     let database = url.get_dbname().unwrap_or(&user).to_string();
-    let tls = match source.tls.mode {
+    let tls = match source.tls_mode()? {
         TlsMode::Disable => TlsConfig::disabled(),
         TlsMode::Require => TlsConfig::require(),
         TlsMode::VerifyCa => TlsConfig::verify_ca(source.tls.root_cert.clone()),
