@@ -36,11 +36,14 @@ const HOLDS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l \
     WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1 AND l.objsubid = 1 \
     AND ((l.classid::int8 << 32) | l.objid::int8) = $2)";
 
+/// The leader session's client, its server process id and the lock key.
+type Leader = (Arc<Client>, i32, i64);
+
 /// The current leader session, as lanes see it.
 #[derive(Clone, Default)]
 pub struct Leadership {
-    /// The leader session's client, process id and lock key, while this relay leads.
-    current: Arc<Mutex<Option<(Arc<Client>, i32, i64)>>>,
+    /// The leader session, while this relay leads.
+    current: Arc<Mutex<Option<Leader>>>,
 }
 
 impl Leadership {
@@ -70,7 +73,7 @@ impl Leadership {
     }
 
     /// The guarded state; a poisoned lock still holds a usable value.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Arc<Client>, i32, i64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Leader>> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
