@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         template: include_str!("../migrations/0004_dead_letters.sql"),
     },
+    Migration {
+        version: 6,
+        name: "payload_not_null",
+        template: include_str!("../migrations/0006_payload_not_null.sql"),
+    },
 ];
 
 /// The migration that installs the trigger; re-applied whenever the channel changes.

@@ -110,6 +110,7 @@ impl OutboxTable {
             ("pending_index", q(&derived_name(name, "pending_idx"))),
             ("failed_index", q(&derived_name(name, "failed_idx"))),
             ("dead_index", q(&derived_name(name, "dead_idx"))),
+            ("payload_check", q(&derived_name(name, "payload_check"))),
             ("trigger", q(&derived_name(name, "notify"))),
             ("channel", quote_literal(&source.channel())),
         ];
