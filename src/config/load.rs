@@ -1,5 +1,6 @@
 //! Reading the TOML file, overlaying `OUTBOXD_*` environment variables, and resolving secrets.
 
+use super::explain::{explain, name_variable, one_line};
 use super::{Config, Secret};
 use crate::error::{Error, ErrorKind, Result};
 use std::collections::HashMap;
@@ -47,35 +48,24 @@ pub fn from_sources(
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true)
-            .source(Some(env.into_iter().collect())),
+            .source(Some(env.clone().into_iter().collect())),
     );
-    let mut cfg: Config = builder
-        .build()
-        .and_then(|built| built.try_deserialize())
-        .map_err(|err| {
-            let reason = one_line(&err.to_string());
-            Error::new(
-                ErrorKind::Config,
-                format!("invalid configuration ({origin}): {reason}"),
-            )
-        })?;
+    let invalid = |reason: String| Error::new(ErrorKind::Config, reason);
+    let built = builder.build().map_err(|err| {
+        invalid(format!(
+            "invalid configuration ({origin}): {}",
+            one_line(&err.to_string())
+        ))
+    })?;
+    let mut cfg: Config = built
+        .clone()
+        .try_deserialize()
+        .map_err(|err| invalid(explain(&err, &built, &env, origin)))?;
     resolve_password_file(&mut cfg)?;
     // The Kafka topic template's {table} is the outbox table's name.
     cfg.sink.kafka.table = cfg.source.table.name.clone();
-    cfg.validate()?;
+    cfg.validate().map_err(|err| name_variable(err, &env))?;
     Ok(cfg)
-}
-
-/// Folds a multi-line parser message (TOML errors quote the offending line and mark it with a
-/// caret) into one line, so every configuration error is a single line on stderr.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('|'))
-        .filter(|line| !(line.starts_with(|c: char| c.is_ascii_digit()) && line.contains(" | ")))
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 /// The `OUTBOXD_*` variables that are configuration keys.

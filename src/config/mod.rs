@@ -4,6 +4,7 @@
 //! setting that silently does nothing. Defaults are documented on each field and shown in full by
 //! `outboxd check-config`.
 
+mod explain;
 mod load;
 mod logical;
 mod secret;
