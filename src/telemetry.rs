@@ -12,9 +12,12 @@ static JSON_LOGS: AtomicBool = AtomicBool::new(false);
 /// Installs the global subscriber: `RUST_LOG` if set, the configured level otherwise. Logs go to
 /// stderr so `outboxd log read` can write records to stdout.
 pub fn init(logging: &LoggingConfig) {
+    // lapin logs, at ERROR, every refusal and lost connection it hands back to the sink, which
+    // reports them in its own words; `RUST_LOG` can still ask for them.
+    let quiet = "lapin=off";
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&logging.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(format!("{},{quiet}", logging.level)))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
