@@ -61,3 +61,53 @@ fn run_and_migrate_print_a_fatal_error_once() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_line_names_config_database_log_directory_mode_and_sink() {
+    // Given a database whose URL carries a password, and no config file in the directory
+    let db = common::pg::test_db().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let url = db.url.replacen("postgres@", "postgres:hunter2@", 1);
+    assert!(url.contains("hunter2"), "{url}");
+    let log = cwd.path().join("outboxd.log");
+
+    // When `outboxd run` starts there with built-in defaults
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("run")
+        .current_dir(cwd.path())
+        .env_remove("RUST_LOG")
+        .env_remove("OUTBOXD_CONFIG")
+        .env("OUTBOXD_SOURCE__URL", &url)
+        .env("OUTBOXD_HTTP__ENABLED", "false")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(line) = text.lines().find(|l| l.contains("outboxd started")) {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no start-up line: {text}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "exited: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Then it names each, the log directory as an absolute path, and never the password
+    let log_dir = format!("log_dir={}/data/log", cwd.path().display());
+    for wanted in [
+        "config=\"built-in defaults\"",
+        "database=postgres://postgres:",
+        &log_dir,
+        "mode=\"poll\"",
+        "sink=\"log\"",
+    ] {
+        assert!(line.contains(wanted), "{wanted} not in {line}");
+    }
+    assert!(!line.contains("hunter2"), "{line}");
+}

@@ -7,8 +7,9 @@ use crate::outbox::OutboxTable;
 use crate::sink::AnySink;
 use crate::source::AnySource;
 
-/// Runs the relay until a signal asks it to stop.
-pub async fn run(config: &Config) -> Result<()> {
+/// Runs the relay until a signal asks it to stop. `origin` names where the configuration came
+/// from (a file, or built-in defaults), for the start-up line.
+pub async fn run(config: &Config, origin: &str) -> Result<()> {
     let shutdown = crate::shutdown::on_signals().map_err(|err| {
         Error::with_source(ErrorKind::Internal, "installing signal handlers", err)
     })?;
@@ -39,11 +40,7 @@ pub async fn run(config: &Config) -> Result<()> {
             shutdown.clone(),
         )
     });
-    tracing::info!(
-        table = %OutboxTable::new(&config.source).qualified,
-        sink = crate::sink::Sink::name(&sink),
-        "outboxd started"
-    );
+    started(config, origin, crate::sink::Sink::name(&sink));
     let result = crate::relay::run(&mut source, sink, &config.relay, shutdown.clone()).await;
     // The relay may stop on an error without a signal: stop the helpers either way.
     shutdown.cancel();
@@ -57,6 +54,33 @@ pub async fn run(config: &Config) -> Result<()> {
         let _ = http.await;
     }
     result
+}
+
+/// Logs what this relay uses, so an operator can check it at a glance: the configuration's
+/// origin, the database (password masked), table, capture mode, sink and, for the embedded log,
+/// its directory as an absolute path.
+fn started(config: &Config, origin: &str, sink: &str) {
+    let database = config.source.url.masked();
+    let table = OutboxTable::new(&config.source).qualified;
+    let mode = match config.source.mode {
+        SourceMode::Poll => "poll",
+        SourceMode::Logical => "logical",
+    };
+    if config.sink.kind == crate::config::SinkKind::Log {
+        let dir = &config.sink.log.dir;
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        let log_dir = dir.display().to_string();
+        tracing::info!(config = origin, %database, %table, mode, sink, %log_dir, "outboxd started");
+    } else {
+        tracing::info!(
+            config = origin,
+            %database,
+            %table,
+            mode,
+            sink,
+            "outboxd started"
+        );
+    }
 }
 
 /// Most events stored in the sink but not yet acknowledged: a batch per lane, one more

@@ -21,15 +21,37 @@ const NOT_KEYS: &[&str] = &["OUTBOXD_CONFIG", "OUTBOXD_TEST_"];
 /// present, and built-in defaults are used otherwise. Environment variables override the file,
 /// `password_file` is read, and the result is validated.
 pub fn load(path: Option<&Path>) -> Result<Config> {
-    let (text, origin) = match path {
-        Some(path) => (Some(read_file(path)?), path.display().to_string()),
-        None if Path::new(DEFAULT_PATH).exists() => (
-            Some(read_file(Path::new(DEFAULT_PATH))?),
-            DEFAULT_PATH.to_string(),
-        ),
-        None => (None, "built-in defaults".to_string()),
+    let text = match file_read(path) {
+        Some(path) => Some(read_file(&path)?),
+        None => None,
     };
-    from_sources(text.as_deref(), env_overrides(std::env::vars()), &origin)
+    from_sources(
+        text.as_deref(),
+        env_overrides(std::env::vars()),
+        &origin(path),
+    )
+}
+
+/// The file [`load`] reads for `path` (the `--config` value): that one, [`DEFAULT_PATH`] if it
+/// exists, or none.
+fn file_read(path: Option<&Path>) -> Option<std::path::PathBuf> {
+    match path {
+        Some(path) => Some(path.to_path_buf()),
+        None if Path::new(DEFAULT_PATH).exists() => Some(DEFAULT_PATH.into()),
+        None => None,
+    }
+}
+
+/// Where [`load`] takes the configuration from, for messages: the file it reads (as an
+/// absolute path when it can tell), or "built-in defaults".
+pub fn origin(path: Option<&Path>) -> String {
+    match file_read(path) {
+        Some(file) => std::path::absolute(&file)
+            .unwrap_or(file)
+            .display()
+            .to_string(),
+        None => "built-in defaults".to_string(),
+    }
 }
 
 /// Builds the configuration from TOML text and environment overrides; the testable core of

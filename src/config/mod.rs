@@ -11,7 +11,7 @@ mod secret;
 mod sink;
 mod validate;
 
-pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load};
+pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
 pub use logical::LogicalConfig;
 pub use secret::{DbUrl, MASK, Secret, mask_connection_string};
 pub use sink::{
