@@ -276,3 +276,139 @@ fn the_release_binary_ships_stripped_and_profiling_keeps_debug_info() {
     assert_eq!(profiles["profiling"]["inherits"].as_str(), Some("release"));
     assert_eq!(profiles["profiling"]["debug"].as_integer(), Some(1));
 }
+
+/// A compose service's environment as a map.
+fn environment(service: &Yaml) -> HashMap<String, String> {
+    service["environment"]
+        .as_hash()
+        .map(|env| {
+            env.iter()
+                .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The strings of a YAML list (empty if absent).
+fn strings(list: &Yaml) -> Vec<String> {
+    list.as_vec()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn each_sink_profile_wires_one_outboxd_to_its_broker_with_a_healthcheck() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_hash().unwrap();
+    let in_profile = |profile: &str| -> Vec<(String, Yaml)> {
+        services
+            .iter()
+            .filter(|(_, s)| strings(&s["profiles"]).iter().any(|p| p == profile))
+            .map(|(name, s)| (name.as_str().unwrap().to_string(), s.clone()))
+            .collect()
+    };
+    for (profile, sink) in [("log", "log"), ("kafka", "kafka"), ("amqp", "amqp")] {
+        // Given the services of the profile: exactly one outboxd (built from this repository)
+        let members = in_profile(profile);
+        let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        let relays: Vec<&(String, Yaml)> = members
+            .iter()
+            .filter(|(_, s)| s["build"].as_str() == Some("."))
+            .collect();
+        assert_eq!(relays.len(), 1, "profile {profile}: {names:?}");
+        let (name, relay) = relays[0];
+        let env = environment(relay);
+
+        // Then its settings are a valid configuration for that sink
+        let config = outboxd::config::from_sources(None, env.clone(), "docker-compose.yml")
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(
+            env.get("OUTBOXD_SINK__TYPE").map(String::as_str),
+            Some(sink)
+        );
+        assert_eq!(config.http.listen, "0.0.0.0:9187", "{name}");
+
+        // And it waits for PostgreSQL and its broker, and reports its health from /readyz
+        let depends: Vec<String> = relay["depends_on"]
+            .as_hash()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            depends.contains(&"postgres".to_string()),
+            "{name}: {depends:?}"
+        );
+        let check = strings(&relay["healthcheck"]["test"]).join(" ");
+        assert!(
+            check.contains("9187") && check.contains("/readyz"),
+            "{name}: {check}"
+        );
+        assert!(strings(&relay["networks"]["default"]["aliases"]).contains(&"outboxd".into()));
+
+        match sink {
+            "kafka" => {
+                // The broker address is one the broker advertises to containers, and a
+                // listener for the host is advertised and published too
+                let kafka = &compose["services"]["kafka"];
+                assert!(names.contains(&"kafka"), "{names:?}");
+                assert!(depends.contains(&"kafka".to_string()), "{depends:?}");
+                let kafka_env = environment(kafka);
+                let advertised = &kafka_env["KAFKA_ADVERTISED_LISTENERS"];
+                let servers = &config.sink.kafka.bootstrap_servers;
+                assert!(
+                    advertised
+                        .split(',')
+                        .any(|l| l.ends_with(&format!("//{servers}"))),
+                    "outboxd uses {servers}, Kafka advertises {advertised}"
+                );
+                let host = advertised
+                    .split(',')
+                    .find_map(|l| {
+                        l.split_once("//localhost:")
+                            .map(|(_, port)| port.to_string())
+                    })
+                    .expect("a listener advertised as localhost for the host");
+                assert!(ports(kafka).contains(&host), "port {host} not published");
+                assert!(
+                    !kafka["healthcheck"].is_badvalue(),
+                    "kafka has no healthcheck"
+                );
+            }
+            "amqp" => {
+                // The URL names the broker of the profile, and the exchange it publishes to is
+                // the one the setup declares, with a queue bound to it
+                assert!(names.contains(&"rabbitmq"), "{names:?}");
+                let url = config.sink.amqp.url.expose();
+                assert!(url.contains("@rabbitmq:5672/"), "{url}");
+                let setup = strings(&compose["services"]["rabbitmq-setup"]["command"]).join(" ");
+                let exchange = &config.sink.amqp.exchange;
+                assert!(
+                    setup.contains(&format!("/exchanges/%2f/{exchange}")),
+                    "{setup}"
+                );
+                assert!(
+                    setup.contains(&format!("/bindings/%2f/e/{exchange}/q/")),
+                    "{setup}"
+                );
+                assert!(
+                    depends.contains(&"rabbitmq-setup".to_string()),
+                    "{depends:?}"
+                );
+            }
+            _ => {
+                let dir = config.sink.log.dir.display().to_string();
+                let volumes = strings(&relay["volumes"]).join(" ");
+                assert!(
+                    volumes.contains(":/var/lib/outboxd") && dir.starts_with("/var/lib/outboxd"),
+                    "the log ({dir}) is not on the volume ({volumes})"
+                );
+            }
+        }
+    }
+}
