@@ -111,3 +111,38 @@ async fn the_start_up_line_names_config_database_log_directory_mode_and_sink() {
     }
     assert!(!line.contains("hunter2"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_sink_without_a_broker_logs_a_few_lines_not_hundreds() {
+    // Given a Kafka sink whose only broker address refuses connections
+    let db = common::pg::test_db().await;
+    let brokers = format!("127.0.0.1:{}", closed_port());
+
+    // When `outboxd run` starts and gives up on the brokers (after about 10 s)
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        outboxd(
+            &["run"],
+            &[
+                ("OUTBOXD_SOURCE__URL", db.url.as_str()),
+                ("OUTBOXD_HTTP__ENABLED", "false"),
+                ("OUTBOXD_SINK__TYPE", "kafka"),
+                ("OUTBOXD_SINK__KAFKA__BOOTSTRAP_SERVERS", brokers.as_str()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+
+    // Then librdkafka's complaints are a few lines, through the log, and the error says it all
+    assert_eq!(code, 1, "{stderr}");
+    let lines = stderr.lines().count();
+    assert!(lines <= 15, "{lines} lines:\n{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("error: connecting to Kafka at"),
+        "{stderr}"
+    );
+}
