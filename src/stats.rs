@@ -103,22 +103,33 @@ async fn count_blocked(client: &Client, table: &OutboxTable) -> Result<i64> {
 }
 
 /// Samples every `interval` into the metrics until `shutdown`, on a connection of its own so a
-/// slow count never delays the relay. Failures are logged and retried at the next tick.
+/// slow count never delays the relay, and logs progress while a backlog drains into `sink`
+/// (see [`crate::progress`]). Failures are logged and retried at the next tick.
 pub fn spawn_sampler(
     source: SourceConfig,
     interval: Duration,
     shutdown: CancellationToken,
+    sink: &'static str,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let table = OutboxTable::new(&source);
         let mut session = None;
+        let mut progress = crate::progress::Progress::default();
         loop {
             if session.as_ref().is_none_or(crate::pg::Session::is_closed) {
                 session = crate::pg::connect(&source).await.ok();
             }
             if let Some(open) = &session {
                 match sample(&open.client, &table, false).await {
-                    Ok(stats) => record(&stats),
+                    Ok(stats) => {
+                        record(&stats);
+                        let delivered = crate::progress::delivered(sink);
+                        let lag = stats.oldest_pending_age_seconds.unwrap_or(0.0);
+                        let now = std::time::Instant::now();
+                        if let Some(report) = progress.observe(now, delivered, stats.pending, lag) {
+                            crate::progress::log(&report);
+                        }
+                    }
                     Err(err) => {
                         tracing::debug!(error = %err.chain(), "sampling outbox stats failed")
                     }

@@ -33,14 +33,16 @@ pub async fn run(config: &Config, origin: &str) -> Result<()> {
         && config.source.on_sent == crate::config::OnSent::Mark
         && config.source.retention_ms > 0)
         .then(|| crate::cleanup::spawn(config.source.clone(), shutdown.clone()));
+    let sink_name = crate::sink::Sink::name(&sink);
     let sampler = polling.then(|| {
         crate::stats::spawn_sampler(
             config.source.clone(),
             std::time::Duration::from_millis(config.relay.stats_interval_ms),
             shutdown.clone(),
+            sink_name,
         )
     });
-    started(config, origin, crate::sink::Sink::name(&sink));
+    started(config, origin, sink_name);
     let result = crate::relay::run(&mut source, sink, &config.relay, shutdown.clone()).await;
     // The relay may stop on an error without a signal: stop the helpers either way.
     shutdown.cancel();
