@@ -18,12 +18,12 @@ pub fn explain(
 ) -> String {
     let mut reason = one_line(&err.to_string());
     let key = between(&reason, "for key `", "`").map(str::to_string);
-    if let Some(variant) = between(&reason, "does not have variant constructor ", " ") {
-        if let Some(valid) = valid_values(built, variant) {
-            let start = reason.find("enum ").unwrap_or(0);
-            let end = reason.find(" for key `").unwrap_or(reason.len());
-            reason.replace_range(start..end, &format!("unknown value \"{variant}\", {valid}"));
-        }
+    if let Some(variant) = between(&reason, "does not have variant constructor ", " ")
+        && let Some(valid) = valid_values(built, variant)
+    {
+        let start = reason.find("enum ").unwrap_or(0);
+        let end = reason.find(" for key `").unwrap_or(reason.len());
+        reason.replace_range(start..end, &format!("unknown value \"{variant}\", {valid}"));
     }
     let field = between(&reason, "unknown field `", "`");
     let variable = key.as_deref().and_then(|key| env_variable(env, key, field));

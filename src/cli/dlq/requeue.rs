@@ -85,7 +85,9 @@ async fn in_chunks(client: &Client, sql: &str, value: &str, done: &str) -> Resul
         let moved = client
             .execute(sql, &[&value, &CHUNK])
             .await
-            .map_err(|err| classify(format!("{done} dead letters"), err))?;
+            .map_err(|err| {
+                unrepaired(err).unwrap_or_else(|err| classify(format!("{done} dead letters"), err))
+            })?;
         total += moved;
         if moved > 0 && total > CHUNK as u64 {
             eprintln!("{done} {total} so far…");
@@ -94,6 +96,26 @@ async fn in_chunks(client: &Client, sql: &str, value: &str, done: &str) -> Resul
             return Ok(total);
         }
     }
+}
+
+/// The error for a retry refused by a constraint of the table (migration 6: a NULL payload may
+/// only sit in a dead letter), saying what to do; any other error is handed back.
+fn unrepaired(err: tokio_postgres::Error) -> std::result::Result<Error, tokio_postgres::Error> {
+    let Some(db) = err.as_db_error() else {
+        return Err(err);
+    };
+    if db.code() != &tokio_postgres::error::SqlState::CHECK_VIOLATION {
+        return Err(err);
+    }
+    Ok(Error::new(
+        ErrorKind::Database,
+        format!(
+            "stopped at a dead letter that still breaks constraint {} (its payload is NULL): \
+             repair the row, e.g. UPDATE <outbox> SET payload = '{{}}' WHERE id = '<id>' (see \
+             `outboxd dlq list`), then retry again",
+            db.constraint().unwrap_or("?")
+        ),
+    ))
 }
 
 /// Fails if retrying `which` could deliver an event after a later event of its aggregate: one
