@@ -56,11 +56,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building (release)..." >&2
-cargo build --release --quiet --bin outboxd --example bench_latency --example bench_broker
-outboxd=${BENCH_OUTBOXD:-$PWD/target/release/outboxd}
-helper=$PWD/target/release/examples/bench_broker
-latency=$PWD/target/release/examples/bench_latency
+# The release profile ships stripped; profiles need symbols, which the `profiling` profile
+# (release plus debug info, Cargo.toml) keeps.
+profile=release
+[ "$PERF" != 0 ] && profile=profiling
+echo "building ($profile)..." >&2
+cargo build --profile "$profile" --quiet --bin outboxd --example bench_latency --example bench_broker
+outboxd=${BENCH_OUTBOXD:-$PWD/target/$profile/outboxd}
+helper=$PWD/target/$profile/examples/bench_broker
+latency=$PWD/target/$profile/examples/bench_latency
 
 as_pg "$bin/initdb" -D "$root/data" -A trust -U postgres --no-sync >/dev/null
 as_pg "$bin/pg_ctl" -D "$root/data" -l "$root/server.log" -w start -o \

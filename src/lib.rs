@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod outbox;
 pub mod pg;
+pub mod progress;
 pub mod relay;
 pub mod retry;
 pub mod shutdown;

@@ -19,8 +19,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err.chain(), "outboxd stopped");
-            eprintln!("error: {}", err.chain());
+            outboxd::telemetry::report_fatal(&err.chain());
             ExitCode::FAILURE
         }
     }

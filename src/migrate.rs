@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letter_hash_index",
         template: include_str!("../migrations/0005_dead_letter_hash_index.sql"),
     },
+    Migration {
+        version: 6,
+        name: "payload_not_null",
+        template: include_str!("../migrations/0006_payload_not_null.sql"),
+    },
 ];
 
 /// The migration that installs the trigger; re-applied whenever the channel changes.

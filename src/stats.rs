@@ -18,17 +18,25 @@ use tokio_util::sync::CancellationToken;
 pub struct OutboxStats {
     /// Events waiting to be delivered.
     pub pending: i64,
+    /// Of [`Self::pending`], the events waiting behind a dead letter of their aggregate (which
+    /// hold back nothing else); they flow once an operator retries or skips it.
+    pub pending_blocked: i64,
     /// Age of the oldest pending event in seconds, if any is pending.
     pub oldest_pending_age_seconds: Option<f64>,
-    /// Events marked failed (dead letters).
+    /// Dead letters still in force: failed and not skipped by an operator.
     pub dead_letters: i64,
+    /// Dead letters an operator skipped (kept for the record, no longer counted above).
+    pub skipped_dead_letters: i64,
     /// When the most recently written sent event was confirmed (none in `delete` mode).
     pub last_sent_at: Option<DateTime<Utc>>,
 }
 
 /// Reads the current numbers. Each query is answered from a partial or unique index, so this
-/// stays cheap however many sent rows the table keeps.
-pub async fn sample(client: &Client, table: &OutboxTable) -> Result<OutboxStats> {
+/// stays cheap however many sent rows the table keeps. `blocking` says whether dead letters hold
+/// back their aggregate (`on_dead_letter = "block_aggregate"`); only then are events behind them
+/// counted, which costs a pass over the pending rows when there is a dead letter (so `status`
+/// does it, the periodic sampler does not).
+pub async fn sample(client: &Client, table: &OutboxTable, blocking: bool) -> Result<OutboxStats> {
     let pending = client
         .query_one(
             &table.render(
@@ -39,14 +47,24 @@ pub async fn sample(client: &Client, table: &OutboxTable) -> Result<OutboxStats>
         )
         .await
         .map_err(|err| classify("counting pending events", err))?;
-    let dead_letters: i64 = client
+    // A skipped dead letter no longer blocks anything: counting it would keep an alert on
+    // `outboxd_dead_letters_current` firing after the operator dealt with it.
+    let dead = client
         .query_one(
-            &table.render("SELECT count(*) FROM {table} WHERE {failed_at} IS NOT NULL"),
+            &table.render(
+                "SELECT count(*) FILTER (WHERE {skipped_at} IS NULL), \
+                 count(*) FILTER (WHERE {skipped_at} IS NOT NULL) \
+                 FROM {table} WHERE {failed_at} IS NOT NULL",
+            ),
             &[],
         )
         .await
-        .map_err(|err| classify("counting failed events", err))?
-        .get(0);
+        .map_err(|err| classify("counting failed events", err))?;
+    let dead_letters: i64 = dead.get(0);
+    let pending_blocked = match blocking && dead_letters > 0 {
+        true => count_blocked(client, table).await?,
+        false => 0,
+    };
     let last_sent_at = client
         .query_opt(
             &table.render(
@@ -60,29 +78,58 @@ pub async fn sample(client: &Client, table: &OutboxTable) -> Result<OutboxStats>
         .map(|row| row.get(0));
     Ok(OutboxStats {
         pending: pending.get(0),
+        pending_blocked,
         oldest_pending_age_seconds: pending.get::<_, Option<f64>>(1).map(|age| age.max(0.0)),
         dead_letters,
+        skipped_dead_letters: dead.get(1),
         last_sent_at,
     })
 }
 
+/// Pending events behind a dead letter (not skipped) of their aggregate. Driven from the dead
+/// letters, which are few, so it costs one pass over the pending rows at most.
+async fn count_blocked(client: &Client, table: &OutboxTable) -> Result<i64> {
+    let sql = table.render(
+        "SELECT count(*) FROM (SELECT {aggregate_id} AS aggregate, min({position}) AS first \
+         FROM {table} WHERE {failed_at} IS NOT NULL AND {skipped_at} IS NULL GROUP BY 1) AS d \
+         JOIN {table} AS o ON o.{aggregate_id} = d.aggregate AND o.{position} > d.first \
+         WHERE o.{sent_at} IS NULL AND o.{failed_at} IS NULL",
+    );
+    Ok(client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|err| classify("counting events behind dead letters", err))?
+        .get(0))
+}
+
 /// Samples every `interval` into the metrics until `shutdown`, on a connection of its own so a
-/// slow count never delays the relay. Failures are logged and retried at the next tick.
+/// slow count never delays the relay, and logs progress while a backlog drains into `sink`
+/// (see [`crate::progress`]). Failures are logged and retried at the next tick.
 pub fn spawn_sampler(
     source: SourceConfig,
     interval: Duration,
     shutdown: CancellationToken,
+    sink: &'static str,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let table = OutboxTable::new(&source);
         let mut session = None;
+        let mut progress = crate::progress::Progress::default();
         loop {
             if session.as_ref().is_none_or(crate::pg::Session::is_closed) {
                 session = crate::pg::connect(&source).await.ok();
             }
             if let Some(open) = &session {
-                match sample(&open.client, &table).await {
-                    Ok(stats) => record(&stats),
+                match sample(&open.client, &table, false).await {
+                    Ok(stats) => {
+                        record(&stats);
+                        let delivered = crate::progress::delivered(sink);
+                        let lag = stats.oldest_pending_age_seconds.unwrap_or(0.0);
+                        let now = std::time::Instant::now();
+                        if let Some(report) = progress.observe(now, delivered, stats.pending, lag) {
+                            crate::progress::log(&report);
+                        }
+                    }
                     Err(err) => {
                         tracing::debug!(error = %err.chain(), "sampling outbox stats failed")
                     }

@@ -137,3 +137,51 @@ fn an_unreadable_file_is_one_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn errors_from_environment_variables_name_the_variable_not_the_file() {
+    // Given a valid file and a bad value in an OUTBOXD_* variable
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outboxd.toml");
+    std::fs::write(&path, "[source]\nbatch_size = 10\n").unwrap();
+    for (variable, value, expected) in [
+        ("OUTBOXD_SOURCE__BATCH_SIZE", "many", "expected an integer"),
+        ("OUTBOXD_SOURCE__URLL", "x", "unknown field `urll`"),
+        ("OUTBOXD_SINK__TYPE", "kafak", "unknown value \"kafak\""),
+        (
+            "OUTBOXD_SOURCE__BATCH_SIZE",
+            "0",
+            "must be between 1 and 100000",
+        ),
+    ] {
+        // When outboxd reads its configuration
+        let (code, stderr) = check(&path, &[(variable, value)]);
+
+        // Then the one error line names the variable and the problem, not the file
+        assert_eq!(code, 1, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(variable), "{variable}: {stderr}");
+        assert!(stderr.contains(expected), "{variable}: {stderr}");
+        assert!(!stderr.contains("outboxd.toml"), "{variable}: {stderr}");
+    }
+}
+
+#[test]
+fn a_value_outside_a_fixed_set_lists_the_valid_values() {
+    refused("[sink]\ntype = \"kafak\"\n", &[], "sink.type");
+    refused(
+        "[sink]\ntype = \"kafak\"\n",
+        &[],
+        "unknown value \"kafak\", expected one of `log`, `amqp`, `kafka`",
+    );
+    refused(
+        "[relay]\non_dead_letter = \"block\"\n",
+        &[],
+        "expected `block_aggregate` or `skip`",
+    );
+    refused(
+        "",
+        &[("OUTBOXD_SOURCE__TLS__MODE", "sometimes")],
+        "expected one of `disable`, `require`, `verify-ca`, `verify-full`",
+    );
+}

@@ -2,6 +2,8 @@
 //! parse them and check the services, ports and settings they promise.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Parses a YAML file of the repository.
@@ -149,4 +151,264 @@ fn dockerfile_builds_in_stages_and_runs_as_a_user() {
         .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER line");
     assert_ne!(user.trim(), "root");
+}
+
+/// Copies `from` (a file or a directory, recursively) to `to`.
+fn copy_path(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_path(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap_or_else(|err| panic!("{}: {err}", from.display()));
+    }
+}
+
+/// The `COPY` instructions of the Dockerfile's build stage (the first), and those of the other
+/// stages that copy from the build context: (sources, destination).
+fn dockerfile_copies() -> (Vec<(Vec<String>, String)>, Vec<String>) {
+    let text = std::fs::read_to_string("Dockerfile").unwrap();
+    let (mut build, mut context, mut stage) = (Vec::new(), Vec::new(), 0);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("FROM ") {
+            stage += 1;
+        }
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        if args.starts_with("--from") {
+            continue;
+        }
+        let mut words: Vec<String> = args.split_whitespace().map(String::from).collect();
+        let destination = words.pop().unwrap();
+        context.extend(words.iter().cloned());
+        if stage == 1 {
+            build.push((words, destination));
+        }
+    }
+    (build, context)
+}
+
+#[test]
+fn the_dockerfile_build_stage_copies_everything_the_manifest_needs() {
+    // Given exactly what the build stage copies, laid out as it lays it out
+    let (build, _) = dockerfile_copies();
+    let dir = tempfile::tempdir().unwrap();
+    for (sources, destination) in &build {
+        for source in sources {
+            let target = match destination.ends_with('/') {
+                true => dir.path().join(destination).join(source),
+                false => dir.path().join(destination),
+            };
+            copy_path(Path::new(source), &target);
+        }
+    }
+
+    // When cargo resolves the manifest and its locked dependencies there (offline; `fetch`
+    // discovers every target the manifest declares, as the build does)
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let rustc = Command::new("rustc").arg("-vV").output().unwrap();
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(String::from))
+        .unwrap();
+    let output = Command::new(cargo)
+        .args(["fetch", "--offline", "--locked", "--target", &host])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+
+    // Then it succeeds
+    assert!(
+        output.status.success(),
+        "the Dockerfile's build stage misses something: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_image_has_the_libraries_the_binary_links_and_the_context_is_small() {
+    let text = std::fs::read_to_string("Dockerfile").unwrap();
+    let runtime = text.rsplit("\nFROM ").next().unwrap();
+    for package in ["libssl3", "zlib1g", "ca-certificates"] {
+        assert!(
+            runtime.contains(package),
+            "the runtime image lacks {package}"
+        );
+    }
+    let ignore = std::fs::read_to_string(".dockerignore").expect("a .dockerignore");
+    let ignored: Vec<&str> = ignore
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.trim().trim_end_matches('/'))
+        .collect();
+    for heavy in ["target", "data"] {
+        assert!(
+            ignored.contains(&heavy),
+            "{heavy}/ goes into the build context"
+        );
+    }
+    let (_, context) = dockerfile_copies();
+    for source in context {
+        assert!(Path::new(&source).exists(), "COPY {source}: no such path");
+        assert!(
+            !ignored.iter().any(|i| source.trim_end_matches('/') == *i),
+            "COPY {source} is excluded by .dockerignore"
+        );
+    }
+}
+
+#[test]
+fn the_release_binary_ships_stripped_and_profiling_keeps_debug_info() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string("Cargo.toml").unwrap()).unwrap();
+    let profiles = &manifest["profile"];
+    assert_eq!(profiles["release"]["strip"].as_bool(), Some(true));
+    assert_ne!(
+        profiles["release"]
+            .get("debug")
+            .and_then(|d| d.as_integer()),
+        Some(1)
+    );
+    assert_eq!(profiles["profiling"]["inherits"].as_str(), Some("release"));
+    assert_eq!(profiles["profiling"]["debug"].as_integer(), Some(1));
+}
+
+/// A compose service's environment as a map.
+fn environment(service: &Yaml) -> HashMap<String, String> {
+    service["environment"]
+        .as_hash()
+        .map(|env| {
+            env.iter()
+                .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The strings of a YAML list (empty if absent).
+fn strings(list: &Yaml) -> Vec<String> {
+    list.as_vec()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn each_sink_profile_wires_one_outboxd_to_its_broker_with_a_healthcheck() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_hash().unwrap();
+    let in_profile = |profile: &str| -> Vec<(String, Yaml)> {
+        services
+            .iter()
+            .filter(|(_, s)| strings(&s["profiles"]).iter().any(|p| p == profile))
+            .map(|(name, s)| (name.as_str().unwrap().to_string(), s.clone()))
+            .collect()
+    };
+    for (profile, sink) in [("log", "log"), ("kafka", "kafka"), ("amqp", "amqp")] {
+        // Given the services of the profile: exactly one outboxd (built from this repository)
+        let members = in_profile(profile);
+        let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        let relays: Vec<&(String, Yaml)> = members
+            .iter()
+            .filter(|(_, s)| s["build"].as_str() == Some("."))
+            .collect();
+        assert_eq!(relays.len(), 1, "profile {profile}: {names:?}");
+        let (name, relay) = relays[0];
+        let env = environment(relay);
+
+        // Then its settings are a valid configuration for that sink
+        let config = outboxd::config::from_sources(None, env.clone(), "docker-compose.yml")
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(
+            env.get("OUTBOXD_SINK__TYPE").map(String::as_str),
+            Some(sink)
+        );
+        assert_eq!(config.http.listen, "0.0.0.0:9187", "{name}");
+
+        // And it waits for PostgreSQL and its broker, and reports its health from /readyz
+        let depends: Vec<String> = relay["depends_on"]
+            .as_hash()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            depends.contains(&"postgres".to_string()),
+            "{name}: {depends:?}"
+        );
+        let check = strings(&relay["healthcheck"]["test"]).join(" ");
+        assert!(
+            check.contains("9187") && check.contains("/readyz"),
+            "{name}: {check}"
+        );
+        assert!(strings(&relay["networks"]["default"]["aliases"]).contains(&"outboxd".into()));
+
+        match sink {
+            "kafka" => {
+                // The broker address is one the broker advertises to containers, and a
+                // listener for the host is advertised and published too
+                let kafka = &compose["services"]["kafka"];
+                assert!(names.contains(&"kafka"), "{names:?}");
+                assert!(depends.contains(&"kafka".to_string()), "{depends:?}");
+                let kafka_env = environment(kafka);
+                let advertised = &kafka_env["KAFKA_ADVERTISED_LISTENERS"];
+                let servers = &config.sink.kafka.bootstrap_servers;
+                assert!(
+                    advertised
+                        .split(',')
+                        .any(|l| l.ends_with(&format!("//{servers}"))),
+                    "outboxd uses {servers}, Kafka advertises {advertised}"
+                );
+                let host = advertised
+                    .split(',')
+                    .find_map(|l| {
+                        l.split_once("//localhost:")
+                            .map(|(_, port)| port.to_string())
+                    })
+                    .expect("a listener advertised as localhost for the host");
+                assert!(ports(kafka).contains(&host), "port {host} not published");
+                assert!(
+                    !kafka["healthcheck"].is_badvalue(),
+                    "kafka has no healthcheck"
+                );
+            }
+            "amqp" => {
+                // The URL names the broker of the profile, and the exchange it publishes to is
+                // the one the setup declares, with a queue bound to it
+                assert!(names.contains(&"rabbitmq"), "{names:?}");
+                let url = config.sink.amqp.url.expose();
+                assert!(url.contains("@rabbitmq:5672/"), "{url}");
+                let setup = strings(&compose["services"]["rabbitmq-setup"]["command"]).join(" ");
+                let exchange = &config.sink.amqp.exchange;
+                assert!(
+                    setup.contains(&format!("/exchanges/%2f/{exchange}")),
+                    "{setup}"
+                );
+                assert!(
+                    setup.contains(&format!("/bindings/%2f/e/{exchange}/q/")),
+                    "{setup}"
+                );
+                assert!(
+                    depends.contains(&"rabbitmq-setup".to_string()),
+                    "{depends:?}"
+                );
+            }
+            _ => {
+                let dir = config.sink.log.dir.display().to_string();
+                let volumes = strings(&relay["volumes"]).join(" ");
+                assert!(
+                    volumes.contains(":/var/lib/outboxd") && dir.starts_with("/var/lib/outboxd"),
+                    "the log ({dir}) is not on the volume ({volumes})"
+                );
+            }
+        }
+    }
 }

@@ -168,7 +168,7 @@ async fn status_reports_pending_dead_letters_and_last_publish() {
     relay.stop().await;
     client
         .execute(
-            "INSERT INTO outbox (aggregatetype, aggregateid, type) VALUES ('t','b','W')",
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('t','b','W','{}')",
             &[],
         )
         .await

@@ -55,7 +55,10 @@ pub enum Command {
 pub async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run => run::run(&load(&cli.config, true)?).await,
+        Command::Run => {
+            let origin = config::origin(cli.config.as_deref());
+            run::run(&load(&cli.config, true)?, &origin).await
+        }
         Command::Migrate => run::migrate(&load(&cli.config, true)?).await,
         Command::CheckConfig => check_config(&load(&cli.config, false)?),
         Command::Status { json } => status::run(&load(&cli.config, false)?, json).await,

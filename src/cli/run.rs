@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 /// How often a relay standing by for the embedded log's writer lock tries to take it.
 const LOG_LOCK_RETRY: Duration = Duration::from_millis(200);
 
-/// Runs the relay until a signal asks it to stop.
+/// Runs the relay until a signal asks it to stop. `origin` names where the configuration came
+/// from (a file, or built-in defaults), for the start-up line.
 ///
 /// Start-up order matters for standbys. With the embedded log, the log's writer lock is taken
 /// (waiting while another relay on this host holds it) before the leader lock in PostgreSQL,
 /// which the first fetch takes: a relay waiting for the log holds nothing in PostgreSQL, so two
 /// relays can never each hold one of the two locks and wait for the other.
-pub async fn run(config: &Config) -> Result<()> {
+pub async fn run(config: &Config, origin: &str) -> Result<()> {
     let shutdown = crate::shutdown::on_signals().map_err(|err| {
         Error::with_source(ErrorKind::Internal, "installing signal handlers", err)
     })?;
@@ -37,7 +38,7 @@ pub async fn run(config: &Config) -> Result<()> {
         false => None,
     };
     let result = match open_sink(config, &shutdown).await {
-        Ok(Some(sink)) => relay(config, &mut source, sink, &shutdown).await,
+        Ok(Some(sink)) => relay(config, origin, &mut source, sink, &shutdown).await,
         Ok(None) => Ok(()),
         Err(err) => Err(err),
     };
@@ -81,6 +82,7 @@ async fn open_sink(config: &Config, shutdown: &CancellationToken) -> Result<Opti
 /// Relays from `source` to `sink` with the helper tasks until shutdown or a fatal error.
 async fn relay(
     config: &Config,
+    origin: &str,
     source: &mut AnySource,
     sink: AnySink,
     shutdown: &CancellationToken,
@@ -92,18 +94,16 @@ async fn relay(
         && config.source.on_sent == crate::config::OnSent::Mark
         && config.source.retention_ms > 0)
         .then(|| crate::cleanup::spawn(config.source.clone(), shutdown.clone()));
+    let sink_name = crate::sink::Sink::name(&sink);
     let sampler = polling.then(|| {
         crate::stats::spawn_sampler(
             config.source.clone(),
             std::time::Duration::from_millis(config.relay.stats_interval_ms),
             shutdown.clone(),
+            sink_name,
         )
     });
-    tracing::info!(
-        table = %OutboxTable::new(&config.source).qualified,
-        sink = crate::sink::Sink::name(&sink),
-        "outboxd started"
-    );
+    started(config, origin, sink_name);
     let result = crate::relay::run(source, sink, &config.relay, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(sampler) = sampler {
@@ -113,6 +113,33 @@ async fn relay(
         let _ = cleanup.await;
     }
     result
+}
+
+/// Logs what this relay uses, so an operator can check it at a glance: the configuration's
+/// origin, the database (password masked), table, capture mode, sink and, for the embedded log,
+/// its directory as an absolute path.
+fn started(config: &Config, origin: &str, sink: &str) {
+    let database = config.source.url.masked();
+    let table = OutboxTable::new(&config.source).qualified;
+    let mode = match config.source.mode {
+        SourceMode::Poll => "poll",
+        SourceMode::Logical => "logical",
+    };
+    if config.sink.kind == crate::config::SinkKind::Log {
+        let dir = &config.sink.log.dir;
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        let log_dir = dir.display().to_string();
+        tracing::info!(config = origin, %database, %table, mode, sink, %log_dir, "outboxd started");
+    } else {
+        tracing::info!(
+            config = origin,
+            %database,
+            %table,
+            mode,
+            sink,
+            "outboxd started"
+        );
+    }
 }
 
 /// Most events stored in the sink but not yet acknowledged: a batch per lane, one more

@@ -1,8 +1,9 @@
 //! `outboxd status`: the outbox at a glance, for a person or (`--json`) a script.
 
-use crate::config::Config;
+use crate::config::{Config, OnDeadLetter};
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
+use crate::source::leader::{ActiveRelay, who_leads};
 use crate::stats::{OutboxStats, sample};
 use chrono::Utc;
 use serde::Serialize;
@@ -10,8 +11,10 @@ use serde::Serialize;
 /// What `status --json` prints.
 #[derive(Serialize)]
 struct Status<'a> {
-    /// The outbox table, qualified.
-    outbox: &'a str,
+    /// The outbox table's schema, unquoted.
+    schema: &'a str,
+    /// The outbox table's name, unquoted.
+    table: &'a str,
     /// Capture mode.
     mode: &'a str,
     /// The table's numbers.
@@ -19,6 +22,12 @@ struct Status<'a> {
     stats: &'a OutboxStats,
     /// Replication slot lag in bytes (logical mode only).
     slot_lag_bytes: Option<i64>,
+    /// Whether a relay holds the table's leader lock.
+    relay_active: bool,
+    /// The relay holding it, as PostgreSQL sees its session.
+    active_relay: Option<ActiveRelay>,
+    /// Relays waiting for the lock (hot standbys).
+    standby_relays: i64,
 }
 
 /// Prints the status of the configured outbox.
@@ -26,7 +35,8 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
     let table = OutboxTable::new(&config.source);
     let session = crate::pg::connect(&config.source).await?;
     crate::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;
-    let stats = sample(&session.client, &table).await?;
+    let blocking = config.relay.on_dead_letter == OnDeadLetter::BlockAggregate;
+    let stats = sample(&session.client, &table, blocking).await?;
     let logical = config.source.mode == crate::config::SourceMode::Logical;
     let slot_lag_bytes = match logical {
         true => crate::source::logical::slot::lag(&session.client, &config.source.logical.slot)
@@ -34,12 +44,17 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
             .map(|(lag, _)| lag),
         false => None,
     };
+    let (active_relay, standby_relays) = who_leads(&session.client, &table).await?;
     let mode = if logical { "logical" } else { "poll" };
     let status = Status {
-        outbox: &table.qualified,
+        schema: &table.schema,
+        table: &table.name,
         mode,
         stats: &stats,
         slot_lag_bytes,
+        relay_active: active_relay.is_some(),
+        active_relay,
+        standby_relays,
     };
     if json {
         let text = serde_json::to_string_pretty(&status)
@@ -54,11 +69,20 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
         let ago = (Utc::now() - at).num_milliseconds() as f64 / 1000.0;
         format!("{} ({ago:.1} s ago)", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
     });
-    println!("{:<16}{}", "outbox", status.outbox);
+    println!("{:<16}{}", "outbox", table.qualified);
     println!("{:<16}{}", "mode", status.mode);
-    println!("{:<16}{}", "pending", stats.pending);
+    println!("{:<16}{}", "relay", relay_line(&status));
+    let pending = match stats.pending_blocked {
+        0 => stats.pending.to_string(),
+        blocked => format!("{} ({blocked} waiting behind dead letters)", stats.pending),
+    };
+    println!("{:<16}{pending}", "pending");
     println!("{:<16}{}", "oldest pending", age);
-    println!("{:<16}{}", "dead letters", stats.dead_letters);
+    let dead = match stats.skipped_dead_letters {
+        0 => stats.dead_letters.to_string(),
+        skipped => format!("{} (and {skipped} skipped)", stats.dead_letters),
+    };
+    println!("{:<16}{dead}", "dead letters");
     let lag = match (logical, slot_lag_bytes) {
         (false, _) => "n/a (poll mode)".to_string(),
         (true, None) => format!("slot {:?} does not exist", config.source.logical.slot),
@@ -67,4 +91,28 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
     println!("{:<16}{lag}", "slot lag");
     println!("{:<16}{}", "last publish", last);
     Ok(())
+}
+
+/// "active: outboxd at 10.0.0.5 (pid 123) since …, 1 standing by", or "none active".
+fn relay_line(status: &Status<'_>) -> String {
+    let standby = match status.standby_relays {
+        0 => String::new(),
+        n => format!(", {n} standing by"),
+    };
+    let Some(relay) = &status.active_relay else {
+        return format!("none active{standby}");
+    };
+    let name = relay.application_name.as_deref().unwrap_or("?");
+    let host = relay
+        .client_hostname
+        .as_deref()
+        .or(relay.client_addr.as_deref())
+        .unwrap_or("local socket");
+    let since = relay.session_started_at.map_or(String::new(), |at| {
+        format!(" session since {}", at.format("%Y-%m-%dT%H:%M:%SZ"))
+    });
+    format!(
+        "active: {name} at {host} (pid {}){since}{standby}",
+        relay.pid
+    )
 }

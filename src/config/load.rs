@@ -1,5 +1,6 @@
 //! Reading the TOML file, overlaying `OUTBOXD_*` environment variables, and resolving secrets.
 
+use super::explain::{explain, name_variable, one_line};
 use super::{Config, Secret};
 use crate::error::{Error, ErrorKind, Result};
 use std::collections::HashMap;
@@ -20,15 +21,37 @@ const NOT_KEYS: &[&str] = &["OUTBOXD_CONFIG", "OUTBOXD_TEST_"];
 /// present, and built-in defaults are used otherwise. Environment variables override the file,
 /// `password_file` is read, and the result is validated.
 pub fn load(path: Option<&Path>) -> Result<Config> {
-    let (text, origin) = match path {
-        Some(path) => (Some(read_file(path)?), path.display().to_string()),
-        None if Path::new(DEFAULT_PATH).exists() => (
-            Some(read_file(Path::new(DEFAULT_PATH))?),
-            DEFAULT_PATH.to_string(),
-        ),
-        None => (None, "built-in defaults".to_string()),
+    let text = match file_read(path) {
+        Some(path) => Some(read_file(&path)?),
+        None => None,
     };
-    from_sources(text.as_deref(), env_overrides(std::env::vars()), &origin)
+    from_sources(
+        text.as_deref(),
+        env_overrides(std::env::vars()),
+        &origin(path),
+    )
+}
+
+/// The file [`load`] reads for `path` (the `--config` value): that one, [`DEFAULT_PATH`] if it
+/// exists, or none.
+fn file_read(path: Option<&Path>) -> Option<std::path::PathBuf> {
+    match path {
+        Some(path) => Some(path.to_path_buf()),
+        None if Path::new(DEFAULT_PATH).exists() => Some(DEFAULT_PATH.into()),
+        None => None,
+    }
+}
+
+/// Where [`load`] takes the configuration from, for messages: the file it reads (as an
+/// absolute path when it can tell), or "built-in defaults".
+pub fn origin(path: Option<&Path>) -> String {
+    match file_read(path) {
+        Some(file) => std::path::absolute(&file)
+            .unwrap_or(file)
+            .display()
+            .to_string(),
+        None => "built-in defaults".to_string(),
+    }
 }
 
 /// Builds the configuration from TOML text and environment overrides; the testable core of
@@ -47,35 +70,24 @@ pub fn from_sources(
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true)
-            .source(Some(env.into_iter().collect())),
+            .source(Some(env.clone().into_iter().collect())),
     );
-    let mut cfg: Config = builder
-        .build()
-        .and_then(|built| built.try_deserialize())
-        .map_err(|err| {
-            let reason = one_line(&err.to_string());
-            Error::new(
-                ErrorKind::Config,
-                format!("invalid configuration ({origin}): {reason}"),
-            )
-        })?;
+    let invalid = |reason: String| Error::new(ErrorKind::Config, reason);
+    let built = builder.build().map_err(|err| {
+        invalid(format!(
+            "invalid configuration ({origin}): {}",
+            one_line(&err.to_string())
+        ))
+    })?;
+    let mut cfg: Config = built
+        .clone()
+        .try_deserialize()
+        .map_err(|err| invalid(explain(&err, &built, &env, origin)))?;
     resolve_password_file(&mut cfg)?;
     // The Kafka topic template's {table} is the outbox table's name.
     cfg.sink.kafka.table = cfg.source.table.name.clone();
-    cfg.validate()?;
+    cfg.validate().map_err(|err| name_variable(err, &env))?;
     Ok(cfg)
-}
-
-/// Folds a multi-line parser message (TOML errors quote the offending line and mark it with a
-/// caret) into one line, so every configuration error is a single line on stderr.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('|'))
-        .filter(|line| !(line.starts_with(|c: char| c.is_ascii_digit()) && line.contains(" | ")))
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 /// The `OUTBOXD_*` variables that are configuration keys.

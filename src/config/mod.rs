@@ -5,6 +5,7 @@
 //! `outboxd check-config`.
 
 mod conninfo;
+mod explain;
 mod load;
 mod logical;
 mod secret;
@@ -12,7 +13,7 @@ mod sink;
 mod validate;
 
 pub use conninfo::Conninfo;
-pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load};
+pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
 pub use logical::LogicalConfig;
 pub use secret::{DbUrl, MASK, Secret, mask_connection_string};
 pub use sink::{

@@ -130,8 +130,13 @@ pub(super) fn decode(row: PendingRow) -> Result<Event, Rejected> {
     let aggregate_id = required(row.aggregate_id, "aggregate id")?;
     let aggregate_type = required(row.aggregate_type, "aggregate type")?;
     let event_type = required(row.event_type, "event type")?;
-    let payload = RawValue::from_string(row.payload.unwrap_or_else(|| "null".into()))
-        .map_err(|err| reject(format!("payload is not valid JSON: {err}")))?;
+    // A NULL payload is not JSON `null`: consumers expect a body, and relaying one the
+    // application never wrote would hide the bug that left it out. Migration 6 refuses new ones.
+    let payload = RawValue::from_string(
+        row.payload
+            .ok_or_else(|| reject("payload is NULL".into()))?,
+    )
+    .map_err(|err| reject(format!("payload is not valid JSON: {err}")))?;
     let headers = match row.headers {
         None => None,
         Some(text) => {
@@ -237,9 +242,13 @@ mod tests {
     }
 
     #[test]
-    fn null_payload_is_json_null() {
-        let mut r = row(1, "a", true);
-        r.payload = None;
-        assert_eq!(select(vec![r], true).events[0].payload.get(), "null");
+    fn a_null_payload_is_rejected_and_a_json_null_is_not() {
+        let mut missing = row(1, "a", true);
+        missing.payload = None;
+        let mut json_null = row(2, "b", true);
+        json_null.payload = Some("null".into());
+        let selection = select(vec![missing, json_null], true);
+        assert_eq!(selection.rejected[0].reason, "payload is NULL");
+        assert_eq!(positions(&selection), vec![2]);
     }
 }

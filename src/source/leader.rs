@@ -108,3 +108,54 @@ pub async fn become_leader(
     crate::metrics::get().relay_active.set(1);
     Ok(Some((session, pid)))
 }
+
+/// The relay holding a table's leader lock, as PostgreSQL sees its session.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ActiveRelay {
+    /// The session's `application_name` (`source.application_name` unless the URL sets one).
+    pub application_name: Option<String>,
+    /// The client's address; `None` over a Unix socket.
+    pub client_addr: Option<String>,
+    /// The client's host name, if the server resolves names (`log_hostname`).
+    pub client_hostname: Option<String>,
+    /// The server process id of the leader session.
+    pub pid: i32,
+    /// When the leader session connected: the relay became active at or after this time.
+    pub session_started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Which relay holds `table`'s leader lock, if any, and how many stand by waiting for it.
+///
+/// Reads `pg_locks` joined to `pg_stat_activity`; a role that is neither superuser nor member of
+/// `pg_read_all_stats` sees other roles' sessions without application name or address.
+pub async fn who_leads(
+    client: &tokio_postgres::Client,
+    table: &OutboxTable,
+) -> Result<(Option<ActiveRelay>, i64)> {
+    let rows = client
+        .query(
+            "SELECT l.granted, a.application_name::text, host(a.client_addr), \
+             a.client_hostname::text, l.pid, a.backend_start \
+             FROM pg_catalog.pg_locks AS l \
+             LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.objsubid = 1 \
+             AND l.database = (SELECT oid FROM pg_catalog.pg_database \
+                               WHERE datname = current_database()) \
+             AND ((l.classid::int8 << 32) | l.objid::int8) = $1",
+            &[&table.leader_lock_key()],
+        )
+        .await
+        .map_err(|err| classify("looking up the active relay", err))?;
+    let waiting = rows.iter().filter(|row| !row.get::<_, bool>(0)).count() as i64;
+    let active = rows
+        .iter()
+        .find(|row| row.get::<_, bool>(0))
+        .map(|row| ActiveRelay {
+            application_name: row.get(1),
+            client_addr: row.get(2),
+            client_hostname: row.get(3),
+            pid: row.get(4),
+            session_started_at: row.get(5),
+        });
+    Ok((active, waiting))
+}

@@ -10,7 +10,7 @@
 mod acker;
 mod any;
 mod decode;
-mod leader;
+pub mod leader;
 mod lease;
 pub mod logical;
 pub mod pgoutput;

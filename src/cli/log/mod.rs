@@ -200,15 +200,26 @@ fn read(
         Some(group) => group.offset()?,
         None => None,
     };
+    let end = reader.bounds()?.1;
     match (start, resume) {
         (Some(Start::Time(time)), _) => reader.seek_time(time)?,
-        (Some(Start::Offset(offset)), _) => reader.seek(offset)?,
+        (Some(Start::Offset(offset)), _) => {
+            // Not an error (a consumer may poll ahead), but an empty answer must not look like
+            // an empty log.
+            if offset > end {
+                eprintln!(
+                    "offset {offset} is past the end of the log: the next record will have \
+                     offset {end}"
+                );
+            }
+            reader.seek(offset)?
+        }
         (None, Some(offset)) => reader.seek(offset)?,
         (None, None) => reader.seek(0)?,
     }
     let mut out = Output::new();
     let mut printed = 0;
-    let mut progress = Progress::new(reader.bounds()?.1);
+    let mut progress = Progress::new(end);
     while limit.is_none_or(|limit| printed < limit) {
         let Some(record) = reader.next()? else { break };
         progress.at(record.offset);
@@ -297,9 +308,25 @@ fn tail(config: &Config, lines: usize, follow: bool, common: &CommonArgs) -> Res
                 }
             }
             Some(_) => {}
+            // Nothing is written while waiting, so a closed pipe would go unnoticed until the
+            // next record: look for it.
+            None if reader_gone() => return Ok(()),
             None => std::thread::sleep(FOLLOW_INTERVAL),
         }
     }
+}
+
+/// Whether stdout is a pipe whose reading end was closed (`tail -f | head -n 3` after three
+/// lines): `poll` reports an error condition on the writing end then.
+fn reader_gone() -> bool {
+    let mut stdout = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid, initialised pollfd and its count; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut stdout, 1, 0) };
+    ready > 0 && stdout.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// Whether `record` passes the filters.

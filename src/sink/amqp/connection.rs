@@ -5,6 +5,7 @@ use super::config::{AmqpSinkConfig, ExchangeType};
 use crate::error::{Error, ErrorKind};
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::tcp::OwnedTLSConfig;
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind};
 use std::time::Duration;
@@ -51,7 +52,45 @@ pub async fn connect(config: &AmqpSinkConfig, at_startup: bool) -> Result<Link, 
     } else {
         ErrorKind::SinkUnavailable
     };
-    Err(Error::with_source(kind, context, err))
+    // A refusal an operator can fix gets a sentence saying what to do, without lapin's frames.
+    match refusal(config, &err) {
+        Some(message) => Err(Error::new(kind, format!("{context}: {message}"))),
+        None => Err(Error::with_source(kind, context, err)),
+    }
+}
+
+/// What to tell an operator about a refusal by the broker that configuration can fix: a
+/// missing exchange, rejected credentials, a missing vhost. `None` for anything else.
+fn refusal(config: &AmqpSinkConfig, err: &lapin::Error) -> Option<String> {
+    let lapin::ErrorKind::ProtocolError(amqp) = err.kind() else {
+        return None;
+    };
+    let uri = config.uri().ok()?;
+    let text = amqp.get_message().as_str();
+    match amqp.kind() {
+        AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) if text.contains("exchange") => Some(format!(
+            "exchange {:?} does not exist in vhost {:?}; create it or set \
+             sink.amqp.declare = true",
+            config.exchange, uri.vhost
+        )),
+        AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) if text.contains("Login was refused") => {
+            Some(format!(
+                "authentication failed for user {:?}; check the user and password in \
+                 sink.amqp.url",
+                uri.authority.userinfo.username
+            ))
+        }
+        AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Some(format!(
+            "user {:?} is not allowed to use vhost {:?} or exchange {:?} (the broker said: \
+             {text})",
+            uri.authority.userinfo.username, uri.vhost, config.exchange
+        )),
+        AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) if text.contains("vhost") => Some(format!(
+            "vhost {:?} does not exist or user {:?} may not use it (the broker said: {text})",
+            uri.vhost, uri.authority.userinfo.username
+        )),
+        _ => None,
+    }
 }
 
 /// The steps of [`connect`], without the timeout and error mapping.

@@ -42,6 +42,9 @@ pub struct AmqpSink {
     /// The open connection and channel; `None` after a failure until the next publish
     /// reconnects.
     link: Option<Link>,
+    /// Whether a link of this handle was lost (so the next connect is a reconnection, worth
+    /// a log line); a fresh handle's first connect is not.
+    lost: bool,
 }
 
 impl AmqpSink {
@@ -58,6 +61,7 @@ impl AmqpSink {
             routing_key,
             confirm_timeout: Duration::from_millis(config.confirm_timeout_ms),
             link: Some(link),
+            lost: false,
         })
     }
 
@@ -65,9 +69,13 @@ impl AmqpSink {
     async fn link(&mut self) -> Result<&Link> {
         if !Sink::is_healthy(self) {
             // Dropping the old link closes what is left of it.
-            self.link = None;
+            self.lost |= self.link.take().is_some();
             let link = connect(&self.config, false).await?;
-            tracing::info!(url = %self.config.url, "reconnected to RabbitMQ");
+            if std::mem::take(&mut self.lost) {
+                tracing::info!(url = %self.config.url, "reconnected to RabbitMQ");
+            } else {
+                tracing::debug!(url = %self.config.url, "opened a RabbitMQ connection for a lane");
+            }
             self.link = Some(link);
         }
         self.link
@@ -155,7 +163,7 @@ impl Sink for AmqpSink {
         if result.is_err() {
             // Confirms still owed on this channel can no longer be matched to a publish call;
             // a fresh connection on the retry starts clean.
-            self.link = None;
+            self.lost |= self.link.take().is_some();
         }
         result
     }
@@ -169,6 +177,7 @@ impl Sink for AmqpSink {
             routing_key: self.routing_key.clone(),
             confirm_timeout: self.confirm_timeout,
             link: None,
+            lost: false,
         })
     }
 

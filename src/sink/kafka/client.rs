@@ -2,10 +2,10 @@
 //! (metadata, creation) it needs before the first send to a topic.
 
 use super::config::KafkaSinkConfig;
+use super::logging::KafkaContext;
 use crate::error::{Error, ErrorKind, Result};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -25,18 +25,23 @@ fn client_config(config: &KafkaSinkConfig) -> Result<ClientConfig> {
 
 /// Creates the producer. librdkafka connects lazily, so this fails only on settings it rejects
 /// (an unknown `librdkafka_options` key, a bad value); its message names the key, never a value.
-pub fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer> {
-    client_config(config)?.create().map_err(|err| {
-        Error::with_source(
-            ErrorKind::Config,
-            "sink.kafka: librdkafka refused the settings",
-            err,
-        )
-    })
+pub fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer<KafkaContext>> {
+    client_config(config)?
+        .create_with_context(KafkaContext::default())
+        .map_err(|err| {
+            Error::with_source(
+                ErrorKind::Config,
+                "sink.kafka: librdkafka refused the settings",
+                err,
+            )
+        })
 }
 
 /// Checks that the brokers answer, by fetching the cluster's metadata.
-pub async fn check_reachable(producer: &FutureProducer, bootstrap: &str) -> Result<()> {
+pub async fn check_reachable(
+    producer: &FutureProducer<KafkaContext>,
+    bootstrap: &str,
+) -> Result<()> {
     let producer = producer.clone();
     let found = tokio::task::spawn_blocking(move || {
         producer
@@ -61,7 +66,7 @@ pub async fn check_reachable(producer: &FutureProducer, bootstrap: &str) -> Resu
 }
 
 /// Whether `topic` exists, by its metadata. An unreachable cluster is a retryable error.
-pub async fn topic_exists(producer: &FutureProducer, topic: &str) -> Result<bool> {
+pub async fn topic_exists(producer: &FutureProducer<KafkaContext>, topic: &str) -> Result<bool> {
     let producer = producer.clone();
     let name = topic.to_string();
     let answer = tokio::task::spawn_blocking(move || {
@@ -103,8 +108,8 @@ pub async fn topic_exists(producer: &FutureProducer, topic: &str) -> Result<bool
 /// Creates `topic` with the configured partitions and replication factor; a topic created
 /// meanwhile by someone else is fine.
 pub async fn create_topic(config: &KafkaSinkConfig, topic: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config)?
-        .create()
+    let admin: AdminClient<KafkaContext> = client_config(config)?
+        .create_with_context(KafkaContext::default())
         .map_err(|err| Error::with_source(ErrorKind::Config, "sink.kafka: admin client", err))?;
     let new = NewTopic::new(
         topic,

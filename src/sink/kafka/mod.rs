@@ -16,6 +16,7 @@
 
 mod client;
 mod config;
+mod logging;
 mod message;
 mod options;
 mod topic;
@@ -49,7 +50,7 @@ pub struct KafkaSink {
     /// The parsed `topic` template.
     topic: TopicTemplate,
     /// The producer; replaced after a fatal (idempotence) error.
-    producer: FutureProducer,
+    producer: FutureProducer<logging::KafkaContext>,
     /// Topics seen to exist (or created), so metadata is checked once per topic.
     known_topics: HashSet<String>,
     /// Whether the last batch was delivered (for readiness checks).
