@@ -4,8 +4,8 @@
 use super::config::{AmqpSinkConfig, ExchangeType};
 use crate::error::{Error, ErrorKind};
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::tcp::OwnedTLSConfig;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind};
 use std::time::Duration;
