@@ -109,8 +109,16 @@ impl LogReader {
                     if !bases.iter().any(|&base| base > cursor.base) {
                         // The tail of the newest segment: maybe a write in progress, unless a
                         // valid record follows (a write in progress is never followed by one).
-                        if let Some(reason) = damage(&frame) {
-                            cursor.check_nothing_valid_follows(at, &reason)?;
+                        if let Some(reason) = damage(&frame)
+                            && let Err(err) = cursor.check_nothing_valid_follows(at, &reason)
+                        {
+                            // The scan saw the segment later than the read did: a write in
+                            // progress then may have completed the frame since. Only a frame
+                            // that is still not valid, with a valid record after it, is damage.
+                            if cursor.frame_is_valid_now(at)? {
+                                continue;
+                            }
+                            return Err(err);
                         }
                         return Ok(None);
                     }
@@ -251,6 +259,16 @@ impl Cursor {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Whether the frame at byte `at` reads as valid from the file as it is now (the cursor's
+    /// own position is left alone).
+    fn frame_is_valid_now(&self, at: u64) -> Result<bool> {
+        let io_error = |err| Error::io(format!("reading log segment {}", self.path.display()), err);
+        let mut file = File::open(&self.path).map_err(io_error)?;
+        file.seek(SeekFrom::Start(at)).map_err(io_error)?;
+        let frame = record::read_frame(&mut std::io::BufReader::new(file)).map_err(io_error)?;
+        Ok(matches!(frame, Frame::Valid(_)))
     }
 
     /// Reads the frame at `pos`, moving past it only if it is valid.
