@@ -7,7 +7,7 @@
 //! keys; `key=value`: whitespace-separated, values optionally quoted with backslash escapes), so
 //! what is taken out or printed is what the driver would have used.
 
-use super::secret::MASK;
+use super::mask::MASK;
 use super::{SourceConfig, TlsMode};
 use crate::error::{Error, Result};
 use std::fmt::Write;

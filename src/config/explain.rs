@@ -3,9 +3,11 @@
 //! fixed set, lists the valid values instead of a Rust type name.
 
 use super::Config;
-use super::load::ENV_PREFIX;
 use crate::error::{Error, ErrorKind};
 use std::collections::HashMap;
+
+/// Prefix of environment overrides: `OUTBOXD_SOURCE__URL` sets `source.url`.
+pub const ENV_PREFIX: &str = "OUTBOXD_";
 
 /// The message for `err`, raised while deserializing `built` (the merged file and environment)
 /// into a [`Config`]. `env` holds the `OUTBOXD_*` variables; `file` names the file (or "built-in

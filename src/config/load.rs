@@ -9,8 +9,7 @@ use std::path::Path;
 /// The config file read when `--config` is not given.
 pub const DEFAULT_PATH: &str = "config/outboxd.toml";
 
-/// Prefix of environment overrides: `OUTBOXD_SOURCE__URL` sets `source.url`.
-pub const ENV_PREFIX: &str = "OUTBOXD_";
+pub use super::explain::ENV_PREFIX;
 
 /// Environment variables with the prefix that are not configuration keys.
 const NOT_KEYS: &[&str] = &["OUTBOXD_CONFIG", "OUTBOXD_TEST_"];

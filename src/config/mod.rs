@@ -8,6 +8,7 @@ mod conninfo;
 mod explain;
 mod load;
 mod logical;
+mod mask;
 mod secret;
 mod sink;
 mod validate;

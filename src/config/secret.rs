@@ -1,10 +1,8 @@
 //! Values that must never be printed: passwords and connection strings that may carry one.
 
+pub use super::mask::MASK;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
-
-/// What a masked secret prints as.
-pub const MASK: &str = "********";
 
 /// A secret string (a password). `Debug`, `Display` and `Serialize` print only [`MASK`], so a
 /// secret cannot reach a log line, an error message or `check-config` by accident.

@@ -128,7 +128,7 @@ pub(crate) fn decode_body(body: &[u8]) -> std::result::Result<Record, String> {
 }
 
 /// Fills `buf` as far as `src` has bytes, returning how many it read.
-fn read_up_to(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_up_to(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match src.read(&mut buf[filled..]) {

@@ -10,7 +10,7 @@
 use super::codec::{VERSION_BINARY, VERSION_JSON};
 use super::record::{self, HEADER_LEN, MAX_BODY_LEN};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 
 /// Bytes read per step of the scan.
 const WINDOW: usize = 1 << 20;
@@ -104,16 +104,7 @@ fn check(file: &File, pos: u64, len: usize, crc: u32, min_offset: u64) -> io::Re
 /// Fills `buf` from byte `pos` of `file` as far as the file goes; returns the bytes read.
 fn read_at(mut file: &File, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
     file.seek(SeekFrom::Start(pos))?;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(filled)
+    record::read_up_to(&mut file, buf)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! anything any more (fencing); at worst it delivers its in-flight batch a second time, never
 //! out of order with a newer leader's acks.
 
+use super::lease::lock_held;
 use crate::config::SourceConfig;
 use crate::error::Result;
 use crate::outbox::OutboxTable;
@@ -14,20 +15,10 @@ use crate::pg::{Session, classify, connect, quote_ident};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The condition of [`FENCE`]: whether the session of server process `$2` holds the leader
-/// lock `$3`. A macro, so that [`FENCE`] and [`fenced_acknowledgement`] share one text.
-macro_rules! fence_held {
-    () => {
-        "EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l \
-         WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $2 AND l.objsubid = 1 \
-         AND ((l.classid::int8 << 32) | l.objid::int8) = $3)"
-    };
-}
-
 /// Appended to an acknowledging statement's `WHERE` clause: it changes rows only while the
 /// session of server process `$2` holds the leader lock `$3`. Acknowledgements run on sessions
 /// other than the leader's, and must not land once that session lost the lock.
-pub const FENCE: &str = concat!(" AND ", fence_held!());
+pub const FENCE: &str = concat!(" AND ", lock_held!("$2", "$3"));
 
 /// Wraps an acknowledging statement (`UPDATE`/`DELETE … WHERE …`, `$1` its positions) so that
 /// it changes rows only under the fence, and reports what it did: one row with whether the
@@ -42,7 +33,7 @@ pub fn fenced_acknowledgement(statement: &str, position: &str) -> String {
          done AS ({statement} AND (SELECT held FROM fence) RETURNING {position}) \
          SELECT (SELECT held FROM fence), \
          coalesce(array_agg(done.{position}), '{{}}'::int8[]) FROM done",
-        held = fence_held!(),
+        held = lock_held!("$2", "$3"),
     )
 }
 

@@ -23,6 +23,23 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+/// Whether the session of server process `$pid` holds the leader lock `$key` (statement
+/// placeholders such as `"$2"`). A macro, so that [`FENCE`], [`fenced_acknowledgement`] and the
+/// lease's leadership check share one text, each with its own placeholders.
+macro_rules! lock_held {
+    ($pid:literal, $key:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.pid = ",
+            $pid,
+            " AND l.objsubid = 1 AND ((l.classid::int8 << 32) | l.objid::int8) = ",
+            $key,
+            ")"
+        )
+    };
+}
+pub(crate) use lock_held;
+
 /// The lock holder's session in this database, its process id and how long it has been idle.
 const HOLDER: &str = "SELECT l.pid, a.state = 'idle' AND a.state_change IS NOT NULL, \
     (extract(epoch FROM clock_timestamp() - a.state_change) * 1000)::int8 \
@@ -32,9 +49,7 @@ const HOLDER: &str = "SELECT l.pid, a.state = 'idle' AND a.state_change IS NOT N
     AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
 
 /// Whether the session of process `$1` holds the lock `$2`.
-const HOLDS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks AS l \
-    WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1 AND l.objsubid = 1 \
-    AND ((l.classid::int8 << 32) | l.objid::int8) = $2)";
+const HOLDS: &str = concat!("SELECT ", lock_held!("$1", "$2"));
 
 /// The leader session's client, its server process id and the lock key.
 type Leader = (Arc<Client>, i32, i64);
