@@ -98,7 +98,12 @@ async fn half_sent_requests_are_closed_and_neither_readyz_nor_the_relay_starve()
     let path = write_config(&config, dir.path(), "c");
     let mut relay = spawn_limited(&path, dir.path(), FD_LIMIT, FD_LIMIT);
     let addr = relay.http_addr().await;
-    assert_eq!(try_readyz(addr).await, Some(200));
+    // (the endpoint listens before the relay is ready: /readyz says 503 until it is)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while try_readyz(addr).await != Some(200) {
+        assert!(Instant::now() < deadline, "/readyz never answered 200 at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // When 200 clients each send half a request and wait
     let mut held = Vec::new();
