@@ -95,7 +95,7 @@ async fn main() {
     let mut source = AnySource::start(&config.source, &config.relay)
         .await
         .expect("source");
-    let inner = AnySink::open(&config.sink, outboxd::cli::run::in_flight(&config))
+    let inner = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config))
         .await
         .expect("sink");
     let sink = TimedSink {

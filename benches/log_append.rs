@@ -40,7 +40,7 @@ fn main() {
     let records: Vec<NewRecord<'_>> = events
         .iter()
         .map(|event| NewRecord {
-            topic: &event.aggregate_type,
+            topic: &event.subject,
             event,
         })
         .collect();
@@ -115,8 +115,10 @@ fn make_events(count: usize) -> Vec<Event> {
             let filler = "x".repeat(PAYLOAD - 40);
             Event {
                 id: uuid::Uuid::new_v4().to_string(),
-                aggregate_type: "order".to_owned(),
-                aggregate_id: format!("order-{}", n % 97),
+                subject: "order".to_owned(),
+                key: format!("order-{}", n % 97),
+                op: outboxd::event::Operation::Insert,
+                origin: outboxd::event::Origin::Outbox,
                 event_type: "OrderPlaced".to_owned(),
                 payload: RawValue::from_string(format!(
                     r#"{{"order_id":{n},"total":"19.90","note":"{filler}"}}"#

@@ -176,8 +176,10 @@ fn event(n: u64) -> Event {
     let payload = format!(r#"{{"n":{n},"items":[1,{{"x":null}}],"note":"caf\u00e9"}}"#);
     Event {
         id: format!("event-{n}"),
-        aggregate_type: "orders".to_owned(),
-        aggregate_id: format!("order-{}", n % 3),
+        subject: "orders".to_owned(),
+        key: format!("order-{}", n % 3),
+        op: outboxd::event::Operation::Insert,
+        origin: outboxd::event::Origin::Outbox,
         event_type: "OrderPlaced".to_owned(),
         payload: RawValue::from_string(payload).expect("valid JSON"),
         headers: n
@@ -241,7 +243,7 @@ fn write_log(dir: &Path, options: WriterOptions, numbers: std::ops::Range<u64>) 
         let batch: Vec<NewRecord<'_>> = pair
             .iter()
             .map(|event| NewRecord {
-                topic: &event.aggregate_type,
+                topic: &event.subject,
                 event,
             })
             .collect();

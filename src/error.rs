@@ -125,6 +125,17 @@ impl Error {
     }
 }
 
+/// A configuration error naming `key` unless `min <= value <= max`.
+pub fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<()> {
+    if value < min || value > max {
+        return Err(Error::config(
+            key,
+            format!("must be between {min} and {max} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

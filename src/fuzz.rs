@@ -11,7 +11,8 @@
 
 use crate::config::ColumnsConfig;
 use crate::event::{Event, Position};
-use crate::log::record::{self, Frame, HEADER_LEN, NewRecord};
+use crate::log::NewRecord;
+use crate::log::frame::{self, Frame, HEADER_LEN};
 use crate::log::{Durability, LogReader, LogWriter, WriterOptions, codec, index, segment};
 use crate::source::logical::event::{self as logical_event, Columns};
 use crate::source::pgoutput::{self, Message, Relation};
@@ -43,8 +44,13 @@ pub fn pgoutput_message(data: &[u8]) {
                 logical_event::from_row(&outbox, &values, Position(1), logical_event::pg_time(0));
         }
         Message::Message { lsn, content, .. } => {
-            let _ =
-                logical_event::from_message(content, lsn, Position(lsn), logical_event::pg_time(0));
+            let _ = logical_event::from_message(
+                "outboxd",
+                content,
+                lsn,
+                Position(lsn),
+                logical_event::pg_time(0),
+            );
         }
         Message::Other(_) => {}
     }
@@ -77,7 +83,7 @@ fn outbox_relation(names: &ColumnsConfig) -> Relation {
 pub fn log_record(data: &[u8]) {
     check_body(data);
     let mut src = Cursor::new(data);
-    while let Ok(Frame::Valid(body)) = record::read_frame(&mut src) {
+    while let Ok(Frame::Valid(body)) = frame::read_frame(&mut src) {
         check_body(&body);
     }
 }
@@ -85,7 +91,7 @@ pub fn log_record(data: &[u8]) {
 /// Decodes one body and checks it against its header and its re-encoding.
 fn check_body(body: &[u8]) {
     let header = codec::header(body);
-    let Ok(record) = record::decode_body(body) else {
+    let Ok(record) = frame::decode_body(body) else {
         return;
     };
     let expected = codec::Header {
@@ -102,10 +108,10 @@ fn check_body(body: &[u8]) {
         topic: &record.topic,
         event: &record.event,
     };
-    if record::encode_frame(&mut again, record.offset, record.appended_at, &new).is_err() {
+    if frame::encode_frame(&mut again, record.offset, record.appended_at, &new).is_err() {
         return;
     }
-    let decoded = record::decode_body(&again[HEADER_LEN..])
+    let decoded = frame::decode_body(&again[HEADER_LEN..])
         .expect("a decoded record must decode again after encoding");
     assert_eq!(
         serde_json::to_string(&decoded).ok(),
@@ -313,8 +319,10 @@ fn write(path: &Path, content: &[u8]) {
 fn sample_event() -> Event {
     Event {
         id: "fuzz-1".to_owned(),
-        aggregate_type: "fuzz".to_owned(),
-        aggregate_id: "1".to_owned(),
+        subject: "fuzz".to_owned(),
+        key: "1".to_owned(),
+        op: crate::event::Operation::Insert,
+        origin: crate::event::Origin::Outbox,
         event_type: "Appended".to_owned(),
         payload: RawValue::from_string("{}".to_owned()).expect("valid JSON"),
         headers: None,

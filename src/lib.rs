@@ -23,6 +23,7 @@ pub mod pg;
 pub mod progress;
 pub mod relay;
 pub mod retry;
+pub mod secret;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -266,7 +266,8 @@ async fn a_wrong_password_or_vhost_at_start_up_is_one_clear_error() {
 
     // Given a wrong password, when the sink opens, then a configuration error, password masked
     config.sink.amqp.url = DbUrl::new("amqp://guest:hunter2@127.0.0.1:5672/%2f");
-    let Err(err) = AnySink::open(&config.sink, config.source.batch_size).await else {
+    let Err(err) = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config)).await
+    else {
         panic!("a wrong password was accepted")
     };
     let line = err.chain();
@@ -297,7 +298,8 @@ async fn a_wrong_password_or_vhost_at_start_up_is_one_clear_error() {
 
     // Given a vhost that does not exist, the same: a configuration error that names it
     config.sink.amqp.url = DbUrl::new("amqp://guest:guest@127.0.0.1:5672/no-such-vhost");
-    let Err(err) = AnySink::open(&config.sink, config.source.batch_size).await else {
+    let Err(err) = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config)).await
+    else {
         panic!("an unknown vhost was accepted")
     };
     assert_eq!(err.kind(), ErrorKind::Config, "{}", err.chain());
@@ -315,7 +317,8 @@ async fn a_missing_exchange_stops_start_up_unless_declare_is_on() {
     config.sink.amqp.exchange = format!("outboxd-test-missing-{}", uuid::Uuid::new_v4().simple());
 
     // Given the default passive check, a missing exchange is a configuration error
-    let Err(err) = AnySink::open(&config.sink, config.source.batch_size).await else {
+    let Err(err) = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config)).await
+    else {
         panic!("a missing exchange was accepted")
     };
     assert_eq!(err.kind(), ErrorKind::Config, "{}", err.chain());
@@ -328,7 +331,7 @@ async fn a_missing_exchange_stops_start_up_unless_declare_is_on() {
 
     // With declare = true the sink creates it, and is healthy
     config.sink.amqp.declare = true;
-    let sink = AnySink::open(&config.sink, config.source.batch_size)
+    let sink = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config))
         .await
         .expect("declare exchange");
     assert!(sink.is_healthy());

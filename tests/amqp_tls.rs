@@ -133,7 +133,7 @@ async fn open_error(port: u16, ca: Option<&Path>) -> String {
     config.sink.amqp.url = DbUrl::new(format!("amqps://guest:guest@localhost:{port}/%2f"));
     config.sink.amqp.ca_file = ca.map(Path::to_path_buf);
     config.validate().expect("valid configuration");
-    match AnySink::open(&config.sink, 10).await {
+    match AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config)).await {
         Ok(_) => panic!("s_server is no AMQP broker"),
         Err(err) => err.chain(),
     }

@@ -187,16 +187,8 @@ async fn hostile_rows_are_relayed_intact_or_dead_lettered_and_never_stop_the_flo
         let event = &record.event;
         let name = &row.name;
         assert_eq!(event.id, row.id.to_string(), "{mode:?} {name}");
-        assert_eq!(
-            Some(&event.aggregate_type),
-            row.kind.as_ref(),
-            "{mode:?} {name}"
-        );
-        assert_eq!(
-            Some(&event.aggregate_id),
-            row.entity.as_ref(),
-            "{mode:?} {name}"
-        );
+        assert_eq!(Some(&event.subject), row.kind.as_ref(), "{mode:?} {name}");
+        assert_eq!(Some(&event.key), row.entity.as_ref(), "{mode:?} {name}");
         assert_eq!(&event.event_type, name, "{mode:?}");
         assert_eq!(
             Some(event.payload.get()),

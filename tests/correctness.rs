@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(60);
 fn names(records: &[Record]) -> Vec<String> {
     records
         .iter()
-        .map(|r| format!("{}:{}", r.event.aggregate_id, r.event.event_type))
+        .map(|r| format!("{}:{}", r.event.key, r.event.event_type))
         .collect()
 }
 
@@ -204,7 +204,7 @@ async fn an_acknowledgement_fenced_out_by_a_killed_leader_session_delivers_nothi
     let twice: Vec<String> = records
         .iter()
         .filter(|r| counts[r.event.id.as_str()] > 1)
-        .map(|r| r.event.aggregate_id.clone())
+        .map(|r| r.event.key.clone())
         .collect();
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
     assert_eq!(records.len(), 7, "{:?}", names(&records));

@@ -37,7 +37,7 @@ async fn insert(db_url: &str, events: &[(&str, &str, i32)]) {
 fn names(records: &[Record]) -> Vec<String> {
     records
         .iter()
-        .map(|r| format!("{}:{}", r.event.aggregate_id, r.event.event_type))
+        .map(|r| format!("{}:{}", r.event.key, r.event.event_type))
         .collect()
 }
 
@@ -66,13 +66,10 @@ async fn a_failing_aggregate_holds_back_only_itself_and_then_arrives_complete_in
     let logs = wait_for_events(&[&log], 60, WAIT).await;
     relay.stop().await;
     assert_eq!(assert_in_order(&logs[0]), 0);
-    let first_a = logs[0]
-        .iter()
-        .position(|r| r.event.aggregate_id == "a")
-        .unwrap();
+    let first_a = logs[0].iter().position(|r| r.event.key == "a").unwrap();
     let others_before = logs[0][..first_a]
         .iter()
-        .filter(|r| r.event.aggregate_id != "a")
+        .filter(|r| r.event.key != "a")
         .count();
     assert!(
         others_before >= 20,
@@ -347,7 +344,7 @@ async fn a_slow_aggregate_holds_up_only_its_own_lane() {
         waited < slow * 3 / 4,
         "the other lanes waited {waited:?} behind a {slow:?} publish"
     );
-    assert!(logs[0].iter().all(|r| r.event.aggregate_id != "slow"));
+    assert!(logs[0].iter().all(|r| r.event.key != "slow"));
 
     // And once it is no longer slow, "slow" arrives complete and in order
     faults.lock().unwrap().slow_aggregates.clear();
@@ -390,16 +387,11 @@ async fn in_logical_mode_a_failing_aggregate_is_retried_in_order_and_a_poisoned_
     // and p's poisoned event is dead-lettered after 4 attempts while its later events follow
     let logs = wait_for_events(&[&log], 29, WAIT).await;
     relay.stop().await;
-    let count = |aggregate: &str| {
-        logs[0]
-            .iter()
-            .filter(|r| r.event.aggregate_id == aggregate)
-            .count()
-    };
+    let count = |aggregate: &str| logs[0].iter().filter(|r| r.event.key == aggregate).count();
     assert_eq!((count("a"), count("b"), count("p")), (10, 10, 9));
     let seqs: Vec<i64> = logs[0]
         .iter()
-        .filter(|r| r.event.aggregate_id == "a")
+        .filter(|r| r.event.key == "a")
         .map(seq_of)
         .collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());

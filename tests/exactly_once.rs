@@ -68,7 +68,7 @@ async fn a_batch_appended_but_never_acknowledged_is_not_appended_again() {
         let mut source = PollSource::start(&config.source, &config.relay)
             .await
             .unwrap();
-        let mut sink = AnySink::open(&config.sink, config.source.batch_size)
+        let mut sink = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config))
             .await
             .unwrap();
         let wake = tokio::sync::Notify::new();
@@ -120,10 +120,7 @@ async fn log_records_of_a_recreated_outbox_never_mark_rows_with_reused_positions
 
     // Then every new event was appended (none marked sent by a stale record), once each
     let records = read_log(&log);
-    let new: Vec<_> = records
-        .iter()
-        .filter(|r| r.event.aggregate_id == "new")
-        .collect();
+    let new: Vec<_> = records.iter().filter(|r| r.event.key == "new").collect();
     assert_eq!(new.len(), 20);
     assert_eq!(records.len(), 40);
     assert_eq!(id_counts(&records).len(), 40);

@@ -281,7 +281,8 @@ async fn a_missing_topic_is_an_error_naming_it() {
     kafka.configure(&mut config, &topic);
 
     // When the sink opens, then it fails naming the topic and how to fix it
-    let Err(err) = AnySink::open(&config.sink, config.source.batch_size).await else {
+    let Err(err) = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config)).await
+    else {
         panic!("a missing topic was accepted")
     };
     let line = err.chain();
@@ -321,7 +322,7 @@ async fn create_topics_creates_a_missing_topic() {
     config.sink.kafka.create_topics = true;
     config.sink.kafka.topic_partitions = 3;
     config.sink.kafka.topic_replication_factor = 1;
-    let sink = AnySink::open(&config.sink, config.source.batch_size)
+    let sink = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config))
         .await
         .expect("open creates the topic");
     assert!(sink.is_healthy());
@@ -332,7 +333,8 @@ async fn an_unreachable_cluster_at_start_up_is_one_clear_error() {
     let mut config = outboxd::config::Config::default();
     config.sink.kind = SinkKind::Kafka;
     config.sink.kafka.bootstrap_servers = "127.0.0.1:1".into();
-    let Err(err) = AnySink::open(&config.sink, config.source.batch_size).await else {
+    let Err(err) = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config)).await
+    else {
         panic!("an unreachable cluster was accepted")
     };
     assert_eq!(err.kind(), ErrorKind::SinkUnavailable, "{}", err.chain());

@@ -93,7 +93,7 @@ async fn events_queued_behind_a_refused_event_of_their_aggregate_do_not_go_out()
     wait_sent_at_least(&db, 3).await;
     let logged: Vec<String> = read_log(&log)
         .iter()
-        .map(|r| format!("{}:{}", r.event.aggregate_id, r.event.event_type))
+        .map(|r| format!("{}:{}", r.event.key, r.event.event_type))
         .collect();
     relay.stop().await;
     assert_eq!(logged, vec!["a:One", "x:One", "x:Two"]);

@@ -61,8 +61,8 @@ async fn a_standby_deposes_a_paused_leader_which_publishes_nothing_stale_when_it
     a.wait_for_log_line(&["standing by"], WAIT).await;
     let stale: Vec<String> = read_log(&log_a)
         .iter()
-        .filter(|r| r.event.aggregate_id != "before")
-        .map(|r| r.event.aggregate_id.clone())
+        .filter(|r| r.event.key != "before")
+        .map(|r| r.event.key.clone())
         .collect();
     assert!(stale.is_empty(), "the deposed leader published {stale:?}");
     assert!(takeover < Duration::from_secs(30), "{takeover:?}");

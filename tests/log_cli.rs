@@ -13,8 +13,10 @@ fn append(writer: &mut LogWriter, topic: &str, numbers: std::ops::Range<u64>) {
     let events: Vec<Event> = numbers
         .map(|n| Event {
             id: format!("event-{n}"),
-            aggregate_type: topic.to_owned(),
-            aggregate_id: "agg".to_owned(),
+            subject: topic.to_owned(),
+            key: "agg".to_owned(),
+            op: outboxd::event::Operation::Insert,
+            origin: outboxd::event::Origin::Outbox,
             event_type: "Step".to_owned(),
             payload: RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap(),
             headers: None,

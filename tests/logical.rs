@@ -197,10 +197,7 @@ async fn logical_toasted_payload_deleted_rows_and_event_messages_arrive() {
 
     // Then all four events arrive intact, in commit order
     let logs = wait_for_events(&[&log], 4, WAIT).await;
-    let ids: Vec<&str> = logs[0]
-        .iter()
-        .map(|r| r.event.aggregate_id.as_str())
-        .collect();
+    let ids: Vec<&str> = logs[0].iter().map(|r| r.event.key.as_str()).collect();
     assert_eq!(ids, ["toast", "gone", "msg", "after"]);
     let payload: serde_json::Value = serde_json::from_str(logs[0][0].event.payload.get()).unwrap();
     assert_eq!(payload["blob"].as_str().unwrap(), big);
@@ -409,7 +406,7 @@ async fn logical_second_relay_on_the_slot_stands_by_and_takes_over() {
     assert!(!logs[1].is_empty());
     let mut last = std::collections::HashMap::new();
     for record in &logs[1] {
-        let previous = last.insert(record.event.aggregate_id.clone(), seq_of(record));
+        let previous = last.insert(record.event.key.clone(), seq_of(record));
         assert!(
             previous < Some(seq_of(record)),
             "aggregate out of order in the standby's log"

@@ -66,7 +66,7 @@ async fn metrics_count_what_was_relayed_and_readyz_follows_the_sink() {
     let mut source = PollSource::start(&config.source, &config.relay)
         .await
         .unwrap();
-    let inner = AnySink::open(&config.sink, outboxd::cli::run::in_flight(&config))
+    let inner = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(&config))
         .await
         .unwrap();
     let sink = FlakySink {

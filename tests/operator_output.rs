@@ -156,8 +156,10 @@ fn small_log(dir: &std::path::Path, count: u64) -> std::path::PathBuf {
     let events: Vec<Event> = (0..count)
         .map(|n| Event {
             id: format!("event-{n}"),
-            aggregate_type: "order".into(),
-            aggregate_id: "agg".into(),
+            subject: "order".into(),
+            key: "agg".into(),
+            op: outboxd::event::Operation::Insert,
+            origin: outboxd::event::Origin::Outbox,
             event_type: "Step".into(),
             payload: serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
             headers: None,

@@ -70,7 +70,7 @@ async fn a_committed_insert_is_relayed_in_milliseconds_through_notify() {
     relay.stop().await;
     let record = &logs[0][0];
     assert_eq!(record.topic, "user");
-    assert_eq!(record.event.aggregate_id, "u1");
+    assert_eq!(record.event.key, "u1");
     assert_eq!(record.event.event_type, "Created");
     assert_eq!(record.event.payload.get(), r#"{"name": "Ada"}"#);
 }

@@ -81,7 +81,7 @@ async fn one_nacked_key_holds_up_only_itself(mode: SourceMode) {
         .count();
     let records = wait_for_events(&[&log], flowing * 50, WAIT).await;
     assert!(
-        records[0].iter().all(|r| r.event.aggregate_id != "stuck"),
+        records[0].iter().all(|r| r.event.key != "stuck"),
         "a refused event was stored"
     );
 
@@ -102,7 +102,7 @@ fn assert_in_order_by_seq(records: &[outboxd::log::Record]) -> usize {
     for record in records {
         let seq: serde_json::Value = serde_json::from_str(record.event.payload.get()).unwrap();
         let seq = seq["seq"].as_i64().unwrap();
-        let previous = last.insert(record.event.aggregate_id.as_str(), seq);
+        let previous = last.insert(record.event.key.as_str(), seq);
         if previous.is_some_and(|p| p >= seq) {
             out_of_order += 1;
         }

@@ -2,9 +2,10 @@
 
 use crate::config::{Config, SinkKind, SourceMode};
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::TableName;
 use crate::outbox::OutboxTable;
 use crate::retry::sleep_or_shutdown;
-use crate::sink::AnySink;
+use crate::sink::{AnySink, SinkContext};
 use crate::source::AnySource;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -56,7 +57,7 @@ async fn open_sink(config: &Config, shutdown: &CancellationToken) -> Result<Opti
     let metrics = crate::metrics::get();
     let mut standing_by = false;
     let opened = loop {
-        match AnySink::open(&config.sink, in_flight(config)).await {
+        match AnySink::open(&config.sink, &sink_context(config)).await {
             Ok(sink) => break Ok(Some(sink)),
             Err(err) if err.kind() == ErrorKind::Locked && config.sink.kind == SinkKind::Log => {
                 if !standing_by {
@@ -148,6 +149,15 @@ fn started(config: &Config, origin: &str, sink: &str) {
 pub fn in_flight(config: &Config) -> usize {
     let batches = config.relay.lanes.max(1) + 1 + crate::source::ACKS_UNDER_WAY;
     config.source.batch_size * batches
+}
+
+/// What the sink is told when it opens: how much can be in flight, and the outbox table its
+/// templates' `{schema}` and `{table}` stand for.
+pub fn sink_context(config: &Config) -> SinkContext {
+    SinkContext {
+        in_flight: in_flight(config),
+        outbox: TableName::new(&config.source.table.schema, &config.source.table.name),
+    }
 }
 
 /// Applies pending migrations and reports what was done.

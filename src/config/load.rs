@@ -83,8 +83,6 @@ pub fn from_sources(
         .try_deserialize()
         .map_err(|err| invalid(explain(&err, &built, &env, origin)))?;
     resolve_password_file(&mut cfg)?;
-    // The Kafka topic template's {table} is the outbox table's name.
-    cfg.sink.kafka.table = cfg.source.table.name.clone();
     cfg.validate().map_err(|err| name_variable(err, &env))?;
     Ok(cfg)
 }

@@ -4,22 +4,18 @@
 //! setting that silently does nothing. Defaults are documented on each field and shown in full by
 //! `outboxd check-config`.
 
-mod conninfo;
 mod explain;
 mod load;
 mod logical;
-mod mask;
-mod secret;
-mod sink;
+mod source_url;
 mod validate;
 
-pub use conninfo::Conninfo;
-pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
-pub use logical::LogicalConfig;
-pub use secret::{DbUrl, MASK, Secret, mask_connection_string};
-pub use sink::{
+pub use crate::secret::{Conninfo, DbUrl, MASK, Secret, mask_connection_string};
+pub use crate::sink::{
     AmqpSinkConfig, ExchangeType, KafkaSinkConfig, LogSinkConfig, SinkConfig, SinkKind,
 };
+pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
+pub use logical::LogicalConfig;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

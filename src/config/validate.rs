@@ -1,7 +1,7 @@
 //! Checks that no type can express: ranges, identifier rules, settings that exclude each other.
 
 use super::{Config, TlsMode};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check_range as range};
 
 /// PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -52,62 +52,7 @@ impl Config {
             ));
         }
 
-        let log = &self.sink.log;
-        if log.dir.as_os_str().is_empty() {
-            return Err(Error::config("sink.log.dir", "must not be empty"));
-        }
-        range("sink.log.segment_bytes", log.segment_bytes, 4096, 1 << 40)?;
-        if log.dir_mode_bits().is_none() {
-            return Err(Error::config(
-                "sink.log.dir_mode",
-                format!(
-                    "\"{}\" is not an octal mode of at most 0777 that gives the owner rwx \
-                     (e.g. \"0700\" or \"0750\")",
-                    log.dir_mode
-                ),
-            ));
-        }
-        range(
-            "sink.log.max_record_bytes",
-            log.max_record_bytes as u64,
-            1024,
-            256 << 20,
-        )?;
-        range(
-            "sink.log.fsync_interval_ms",
-            log.fsync_interval_ms,
-            1,
-            60_000,
-        )?;
-        range(
-            "sink.log.index_interval_bytes",
-            log.index_interval_bytes,
-            64,
-            64 << 20,
-        )?;
-        if let Some(age) = log.segment_max_age_ms {
-            range("sink.log.segment_max_age_ms", age, 1_000, u64::MAX >> 1)?;
-        }
-        if let Some(bytes) = log.retention_bytes {
-            range(
-                "sink.log.retention_bytes",
-                bytes,
-                log.segment_bytes,
-                u64::MAX,
-            )
-            .map_err(|_| {
-                Error::config(
-                    "sink.log.retention_bytes",
-                    "must be at least sink.log.segment_bytes (a smaller limit would delete \
-                         every closed segment at once)",
-                )
-            })?;
-        }
-        if let Some(age) = log.retention_ms {
-            range("sink.log.retention_ms", age, 1_000, u64::MAX >> 1)?;
-        }
-        self.sink.amqp.validate()?;
-        self.sink.kafka.validate()?;
+        self.sink.validate()?;
 
         range(
             "relay.retry_initial_ms",
@@ -166,6 +111,7 @@ impl Config {
             1 << 10,
             1 << 30,
         )?;
+        let log = &self.sink.log;
         if self.sink.kind == super::SinkKind::Log
             && log.durability == crate::log::Durability::Interval
             && self.relay.publish_timeout_ms <= 2 * log.fsync_interval_ms
@@ -223,17 +169,6 @@ impl Config {
 
 /// `value`, a signed setting, must lie in `min..=max`; the message shows it as given.
 fn signed_range(key: &str, value: i64, min: i64, max: i64) -> Result<()> {
-    if value < min || value > max {
-        return Err(Error::config(
-            key,
-            format!("must be between {min} and {max} (got {value})"),
-        ));
-    }
-    Ok(())
-}
-
-/// `value` must lie in `min..=max`.
-fn range(key: &str, value: u64, min: u64, max: u64) -> Result<()> {
     if value < min || value > max {
         return Err(Error::config(
             key,

@@ -1,38 +1,53 @@
 //! Record bodies: the bytes inside a frame, after the frame's length and checksum.
 //!
-//! Version 2 (written now) is a compact binary layout; version 1 (serde_json of the record)
-//! is still read, so logs written by earlier releases stay readable.
+//! Version 3 (written now) is a compact binary layout that stores the whole change event;
+//! versions 2 (the same layout for outbox events only) and 1 (serde_json of the record) are
+//! still read, so logs written by earlier releases stay readable.
 //!
 //! ```text
-//! version 2:
-//!   u8  version = 2
+//! version 3:
+//!   u8  version = 3
 //!   u64 offset                 | fixed header: recovery and the index read only this part
-//!   i64 appended_at seconds    |
+//!   i64 appended_at seconds    | (the same in versions 2 and 3)
 //!   u32 appended_at nanos      |
 //!   u64 position
 //!   i64 created_at seconds, u32 created_at nanos
-//!   then six fields, each u32 length + bytes: topic, id, aggregatetype, aggregateid, type,
-//!   payload; then headers as u32 length + bytes, or u32::MAX when absent.
+//!   u8  operation (see Operation::to_byte), u8 origin: 0 outbox, 1 table, 2 message
+//!   then each u32 length + bytes: topic, id, subject (aggregatetype), key (aggregateid), type;
+//!   the origin's names (table: schema, table; message: prefix; outbox: none); payload;
+//!   then headers as u32 length + bytes, or u32::MAX when absent.
+//! version 2: as version 3 without the two bytes after created_at and without origin names
+//!   (every event is an insert into the outbox).
 //! ```
 //!
 //! All integers are little-endian. The payload and headers are stored exactly as received.
 
 use super::record::Record;
-use crate::event::{Event, Position};
+use crate::event::{Event, Operation, Origin, Position};
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
 /// The JSON body of the first format.
 pub(crate) const VERSION_JSON: u8 = 1;
 
-/// The binary body written now.
-pub(crate) const VERSION_BINARY: u8 = 2;
+/// The binary body of outbox events only.
+pub(crate) const VERSION_OUTBOX: u8 = 2;
 
-/// Bytes of the version-2 fixed header: version, offset, appended_at.
+/// The binary body of change events, written now.
+pub(crate) const VERSION_BINARY: u8 = 3;
+
+/// Bytes of the binary fixed header: version, offset, appended_at.
 const FIXED_HEADER: usize = 1 + 8 + 8 + 4;
 
 /// Length marker of absent headers.
 const ABSENT: u32 = u32::MAX;
+
+/// Origin byte of the outbox table.
+const ORIGIN_OUTBOX: u8 = 0;
+/// Origin byte of a captured table.
+const ORIGIN_TABLE: u8 = 1;
+/// Origin byte of a logical decoding message.
+const ORIGIN_MESSAGE: u8 = 2;
 
 /// What the index and recovery need from a body, without decoding the event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,38 +58,53 @@ pub(crate) struct Header {
     pub(crate) appended_at: DateTime<Utc>,
 }
 
-/// Exact length of the version-2 body of a record with this topic and event.
-pub(crate) fn body_len(topic: &str, event: &Event) -> usize {
-    FIXED_HEADER + 8 + 12 + 4 * 7 + topic.len() + event.content_len()
+/// Whether a body of this version starts with the binary fixed header.
+pub(crate) fn is_binary(version: u8) -> bool {
+    version == VERSION_OUTBOX || version == VERSION_BINARY
 }
 
-/// Appends the version-2 body of a record to `buf`.
+/// The origin's byte and the names stored after the event's type.
+fn origin_parts(origin: &Origin) -> (u8, [&str; 2], usize) {
+    match origin {
+        Origin::Outbox => (ORIGIN_OUTBOX, ["", ""], 0),
+        Origin::Table { schema, table } => (ORIGIN_TABLE, [schema, table], 2),
+        Origin::Message { prefix } => (ORIGIN_MESSAGE, [prefix, ""], 1),
+    }
+}
+
+/// Exact length of the current body of a record with this topic and event.
+pub(crate) fn body_len(topic: &str, event: &Event) -> usize {
+    let (_, _, names) = origin_parts(&event.origin);
+    FIXED_HEADER + 8 + 12 + 2 + 4 * (7 + names) + topic.len() + event.content_len()
+}
+
+/// Appends the current body of a record to `buf`.
 pub(crate) fn encode(buf: &mut Vec<u8>, offset: u64, at: DateTime<Utc>, topic: &str, e: &Event) {
     buf.push(VERSION_BINARY);
     buf.extend_from_slice(&offset.to_le_bytes());
     put_time(buf, at);
     buf.extend_from_slice(&e.position.0.to_le_bytes());
     put_time(buf, e.created_at);
-    for field in [
-        topic,
-        &e.id,
-        &e.aggregate_type,
-        &e.aggregate_id,
-        &e.event_type,
-        e.payload.get(),
-    ] {
+    let (origin, names, count) = origin_parts(&e.origin);
+    buf.push(e.op.to_byte());
+    buf.push(origin);
+    for field in [topic, &e.id, &e.subject, &e.key, &e.event_type] {
         put_bytes(buf, field.as_bytes());
     }
+    for name in &names[..count] {
+        put_bytes(buf, name.as_bytes());
+    }
+    put_bytes(buf, e.payload.get().as_bytes());
     match &e.headers {
         Some(headers) => put_bytes(buf, headers.get().as_bytes()),
         None => buf.extend_from_slice(&ABSENT.to_le_bytes()),
     }
 }
 
-/// Reads the offset and append time of a body of either version.
+/// Reads the offset and append time of a body of any version.
 pub(crate) fn header(body: &[u8]) -> Result<Header, String> {
     match body.first() {
-        Some(&VERSION_BINARY) => {
+        Some(&version) if is_binary(version) => {
             let mut src = Src { rest: &body[1..] };
             Ok(Header {
                 offset: src.u64()?,
@@ -92,30 +122,48 @@ pub(crate) fn header(body: &[u8]) -> Result<Header, String> {
     }
 }
 
-/// Decodes a body of either version; the error says what is wrong with it.
+/// Decodes a body of any version; the error says what is wrong with it.
 pub(crate) fn decode(body: &[u8]) -> Result<Record, String> {
     match body.split_first() {
         Some((&VERSION_JSON, json)) => {
             serde_json::from_slice(json).map_err(|err| format!("undecodable record: {err}"))
         }
-        Some((&VERSION_BINARY, rest)) => decode_binary(rest),
+        Some((&version, rest)) if is_binary(version) => decode_binary(version, rest),
         Some((version, _)) => Err(format!("unknown format version {version}")),
         None => Err("empty body".to_owned()),
     }
 }
 
-/// Decodes a version-2 body after its version byte.
-fn decode_binary(rest: &[u8]) -> Result<Record, String> {
+/// Decodes a binary body of `version` after its version byte.
+fn decode_binary(version: u8, rest: &[u8]) -> Result<Record, String> {
     let mut src = Src { rest };
     let offset = src.u64()?;
     let appended_at = src.time()?;
     let position = Position(src.u64()?);
     let created_at = src.time()?;
+    let (op, origin) = if version == VERSION_BINARY {
+        let op = src.byte()?;
+        let op = Operation::from_byte(op).ok_or_else(|| format!("unknown operation {op}"))?;
+        (op, src.byte()?)
+    } else {
+        (Operation::Insert, ORIGIN_OUTBOX)
+    };
     let topic = src.string()?;
     let id = src.string()?;
-    let aggregate_type = src.string()?;
-    let aggregate_id = src.string()?;
+    let subject = src.string()?;
+    let key = src.string()?;
     let event_type = src.string()?;
+    let origin = match origin {
+        ORIGIN_OUTBOX => Origin::Outbox,
+        ORIGIN_TABLE => Origin::Table {
+            schema: src.string()?,
+            table: src.string()?,
+        },
+        ORIGIN_MESSAGE => Origin::Message {
+            prefix: src.string()?,
+        },
+        other => return Err(format!("unknown origin {other}")),
+    };
     let payload = raw_json(src.string()?)?;
     let headers = match src.len()? {
         ABSENT => None,
@@ -133,9 +181,11 @@ fn decode_binary(rest: &[u8]) -> Result<Record, String> {
         appended_at,
         event: Event {
             id,
-            aggregate_type,
-            aggregate_id,
+            subject,
+            key,
             event_type,
+            op,
+            origin,
             payload,
             headers,
             created_at,
@@ -176,6 +226,11 @@ impl<'a> Src<'a> {
         let (head, tail) = self.rest.split_at(n);
         self.rest = tail;
         Ok(head)
+    }
+
+    /// One byte.
+    fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
     }
 
     /// A little-endian `u64`.
@@ -232,7 +287,8 @@ mod tests {
         assert_eq!((record.offset, record.appended_at), (41, at));
         assert_eq!(record.topic, "orders");
         assert_eq!(record.event.id, sent.id);
-        assert_eq!(record.event.aggregate_id, sent.aggregate_id);
+        assert_eq!(record.event.key, sent.key);
+        assert_eq!(record.event.subject, sent.subject);
         assert_eq!(record.event.event_type, sent.event_type);
         assert_eq!(record.event.payload.get(), sent.payload.get());
         assert_eq!(record.event.headers.unwrap().get(), r#"{"trace":"x"}"#);

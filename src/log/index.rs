@@ -12,7 +12,7 @@
 //! ```
 
 use super::codec;
-use super::record::{self, Frame};
+use super::frame::{self, Frame};
 use super::segment;
 use crate::error::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
@@ -133,7 +133,7 @@ pub(crate) fn scan(dir: &Path, base: u64, interval: u64, sealed: bool) -> Result
     let mut entries = Vec::new();
     let (mut pos, mut next_offset) = (0u64, base);
     loop {
-        let reason = match record::read_frame(&mut src).map_err(read_error)? {
+        let reason = match frame::read_frame(&mut src).map_err(read_error)? {
             Frame::End => return Ok(entries),
             Frame::Valid(body) => match codec::header(&body) {
                 Ok(header) if header.offset == next_offset => {

@@ -59,6 +59,7 @@
 
 pub(crate) mod codec;
 mod durability;
+pub(crate) mod frame;
 mod group;
 pub(crate) mod index;
 mod options;

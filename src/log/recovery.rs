@@ -1,8 +1,8 @@
 //! Recovery of the last segment when a writer opens: keep every whole, valid record and cut off
 //! whatever a crash left half-written after them.
 
+use super::frame::{self, Frame};
 use super::index::{Entry, Sampler};
-use super::record::{self, Frame};
 use super::scan;
 use crate::error::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
@@ -59,13 +59,13 @@ pub(crate) fn recover(path: &Path, base: u64, interval: u64) -> Result<Recovered
         last_at: None,
     };
     let torn_reason = loop {
-        let body = match record::read_frame(&mut src).map_err(read_error)? {
+        let body = match frame::read_frame(&mut src).map_err(read_error)? {
             Frame::Valid(body) => body,
             Frame::End => break None,
             Frame::Incomplete => break Some("incomplete frame".to_owned()),
             Frame::Damaged(reason) => break Some(reason),
         };
-        let decoded = match record::decode_body(&body) {
+        let decoded = match frame::decode_body(&body) {
             Ok(decoded) => decoded,
             Err(reason) => break Some(format!("record does not decode: {reason}")),
         };
@@ -145,7 +145,7 @@ fn truncate(file: &File, path: &Path, len: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::record::HEADER_LEN;
+    use crate::log::frame::HEADER_LEN;
     use crate::log::testing::{
         append_range, copy_dir, flip_byte, frame_starts, read_all, segment_paths,
     };
@@ -163,7 +163,7 @@ mod tests {
             event: &event,
         };
         let mut frame = Vec::new();
-        record::encode_frame(&mut frame, offset, Utc::now(), &record).unwrap();
+        frame::encode_frame(&mut frame, offset, Utc::now(), &record).unwrap();
         let payload = frame
             .windows(5)
             .position(|w| w == br#"{"n":"#)
@@ -289,7 +289,7 @@ mod tests {
             topic: "orders",
             event: &event,
         };
-        record::encode_frame(&mut valid, N, Utc::now(), &record).unwrap();
+        frame::encode_frame(&mut valid, N, Utc::now(), &record).unwrap();
         append_bytes(segment, &valid);
         let len = std::fs::metadata(segment).unwrap().len();
 

@@ -7,8 +7,8 @@
 //! after the damaged one), then the checksum over the body, then a full decode, so scanning a
 //! torn tail of a few megabytes costs milliseconds.
 
-use super::codec::{VERSION_BINARY, VERSION_JSON};
-use super::record::{self, HEADER_LEN, MAX_BODY_LEN};
+use super::codec::{VERSION_JSON, is_binary};
+use super::frame::{self, HEADER_LEN, MAX_BODY_LEN};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 
@@ -78,7 +78,7 @@ fn plausible(bytes: &[u8], pos: u64, end: u64, min_offset: u64) -> Option<(usize
         return None;
     }
     match bytes[HEADER_LEN] {
-        VERSION_BINARY => {
+        version if is_binary(version) => {
             let offset = u64::from_le_bytes(bytes.get(HEADER_LEN + 1..PROBE)?.try_into().ok()?);
             // No segment holds more records than bytes.
             (offset >= min_offset && offset - min_offset <= end).then_some((len, crc))
@@ -95,7 +95,7 @@ fn check(file: &File, pos: u64, len: usize, crc: u32, min_offset: u64) -> io::Re
     if read_at(file, pos + HEADER_LEN as u64, &mut body)? < len || crc32c::crc32c(&body) != crc {
         return Ok(None);
     }
-    Ok(record::decode_body(&body)
+    Ok(frame::decode_body(&body)
         .ok()
         .map(|record| record.offset)
         .filter(|&offset| offset >= min_offset))
@@ -104,7 +104,7 @@ fn check(file: &File, pos: u64, len: usize, crc: u32, min_offset: u64) -> io::Re
 /// Fills `buf` from byte `pos` of `file` as far as the file goes; returns the bytes read.
 fn read_at(mut file: &File, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
     file.seek(SeekFrom::Start(pos))?;
-    record::read_up_to(&mut file, buf)
+    frame::read_up_to(&mut file, buf)
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //! is rebuilt in memory (readers never write to the log directory).
 
 use super::codec;
+use super::frame::{self, Frame};
 use super::index::{self, Entry};
-use super::record::{self, Frame};
 use super::segment;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -134,7 +134,7 @@ fn open_at(dir: &Path, base: u64, pos: u64) -> Result<BufReader<File>> {
 
 /// The next frame of segment `base`.
 fn read(dir: &Path, base: u64, src: &mut BufReader<File>) -> Result<Frame> {
-    record::read_frame(src).map_err(|err| {
+    frame::read_frame(src).map_err(|err| {
         let path = segment::path(dir, base);
         Error::io(format!("reading log segment {}", path.display()), err)
     })

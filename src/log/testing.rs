@@ -16,8 +16,10 @@ pub(crate) fn event(n: u64, payload_len: usize) -> Event {
     let payload = format!(r#"{{"n":{n},"filler":"{filler}","nested":[1,{{"x":null}}]}}"#);
     Event {
         id: format!("event-{n}"),
-        aggregate_type: "orders".to_owned(),
-        aggregate_id: format!("order-{}", n % 7),
+        subject: "orders".to_owned(),
+        key: format!("order-{}", n % 7),
+        op: crate::event::Operation::Insert,
+        origin: crate::event::Origin::Outbox,
         event_type: "OrderPlaced".to_owned(),
         payload: RawValue::from_string(payload).unwrap(),
         headers: None,
@@ -46,7 +48,7 @@ pub(crate) fn try_append_range(
     let batch: Vec<NewRecord<'_>> = events
         .iter()
         .map(|event| NewRecord {
-            topic: &event.aggregate_type,
+            topic: &event.subject,
             event,
         })
         .collect();
@@ -93,9 +95,9 @@ pub(crate) fn frame_starts(path: &Path) -> Vec<u64> {
     let mut src = std::io::Cursor::new(&bytes);
     let mut starts = Vec::new();
     let mut pos = 0;
-    while let super::record::Frame::Valid(body) = super::record::read_frame(&mut src).unwrap() {
+    while let super::frame::Frame::Valid(body) = super::frame::read_frame(&mut src).unwrap() {
         starts.push(pos);
-        pos += super::record::Frame::len_on_disk(&body);
+        pos += super::frame::Frame::len_on_disk(&body);
     }
     starts
 }

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The lane an aggregate's events always take, out of `lanes`: a stable hash (CRC32C) of the
-/// aggregate id, so the choice does not change between runs or builds.
-pub fn lane_of(aggregate_id: &str, lanes: usize) -> usize {
-    crc32c::crc32c(aggregate_id.as_bytes()) as usize % lanes.max(1)
+/// The lane the events of one ordering key always take, out of `lanes`: a stable hash (CRC32C) of
+/// the key, so the choice does not change between runs or builds.
+pub fn lane_of(key: &str, lanes: usize) -> usize {
+    crc32c::crc32c(key.as_bytes()) as usize % lanes.max(1)
 }
 
 /// What a lane hands back after publishing one run of events.
@@ -125,7 +125,7 @@ async fn settle<K: Sink>(
         let mut kept: HashSet<&str> = HashSet::new();
         let mut failed = 0;
         for (&i, outcome) in todo.iter().zip(results) {
-            let aggregate = events[i].aggregate_id.as_str();
+            let aggregate = events[i].key.as_str();
             let keep = match outcome {
                 Outcome::Busy(reason) => {
                     metrics::get()

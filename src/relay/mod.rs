@@ -1,5 +1,5 @@
 //! The relay: takes batches from the source, spreads their events over parallel lanes by a hash
-//! of the aggregate id, and acknowledges what the sink confirmed.
+//! of their ordering key, and acknowledges what the sink confirmed.
 //!
 //! # Ordering and isolation
 //! An aggregate always takes the same lane (see [`lane_of`]), and a lane publishes the events
@@ -269,7 +269,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
         self.in_flight_bytes += batch.events.iter().map(Event::content_len).sum::<usize>();
         let count = self.lanes.len();
         for event in batch.events {
-            let lane = lane_of(&event.aggregate_id, count);
+            let lane = lane_of(&event.key, count);
             self.lanes[lane].queue.push_back(event);
         }
         metrics::get().in_flight.set(self.in_flight as i64);
@@ -321,7 +321,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
                 Err(err) => {
                     fatal.get_or_insert(err);
                     settled.release(&done.events);
-                    let all = done.events.iter().map(|e| e.aggregate_id.clone()).collect();
+                    let all = done.events.iter().map(|e| e.key.clone()).collect();
                     self.hold_back(done.lane, &all, &mut settled);
                 }
             }
@@ -385,7 +385,7 @@ impl<S: Source, K: Sink + 'static> Relay<'_, S, K> {
                 Some(Outcome::Refused(_)) => !skip,
                 _ => true,
             })
-            .map(|(event, _)| event.aggregate_id.clone())
+            .map(|(event, _)| event.key.clone())
             .collect()
     }
 
@@ -401,7 +401,7 @@ impl<S: Source, K: Sink + 'static> Relay<'_, S, K> {
         let before = queue.len();
         let mut bytes = 0;
         queue.retain(|event| {
-            let keep = !stopped.contains(&event.aggregate_id);
+            let keep = !stopped.contains(&event.key);
             if !keep {
                 settled.released.push(event.position);
                 bytes += event.content_len();

@@ -18,13 +18,13 @@ pub mod kafka;
 pub mod log;
 pub mod template;
 
-pub use self::amqp::AmqpSink;
-pub use self::kafka::KafkaSink;
-pub use self::log::LogSink;
+pub use self::amqp::{AmqpSink, AmqpSinkConfig, ExchangeType};
+pub use self::kafka::{KafkaSink, KafkaSinkConfig};
+pub use self::log::{LogSink, LogSinkConfig};
 
-use crate::config::{SinkConfig, SinkKind};
 use crate::error::Result;
-use crate::event::{Event, Stored};
+use crate::event::{Event, Stored, TableName};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 /// What became of one event handed to [`Sink::publish`].
@@ -96,84 +96,137 @@ pub trait Sink: Send {
     }
 }
 
-/// The configured sink, dispatched by enum so the relay stays generic-free at the top level.
-pub enum AnySink {
-    /// The embedded log.
-    Log(LogSink),
-    /// RabbitMQ (boxed: it is much larger than the log sink).
-    Amqp(Box<AmqpSink>),
-    /// Kafka (boxed, like RabbitMQ).
-    Kafka(Box<KafkaSink>),
+/// What every sink is told when it opens, beside its own table of the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct SinkContext {
+    /// How many events can be stored but unacknowledged at once (the source's batch size times
+    /// the relay's lanes and the one being fetched); the embedded log reads back this many.
+    pub in_flight: usize,
+    /// The outbox table, which `{schema}` and `{table}` stand for in templates.
+    pub outbox: TableName,
 }
 
-impl AnySink {
-    /// Opens the sink chosen by `config`; `in_flight` bounds how many events can be stored but
-    /// unacknowledged (the source's batch size times the relay's lanes).
-    pub async fn open(config: &SinkConfig, in_flight: usize) -> Result<Self> {
-        match config.kind {
-            SinkKind::Log => Ok(AnySink::Log(LogSink::open(&config.log, in_flight).await?)),
-            SinkKind::Amqp => Ok(AnySink::Amqp(Box::new(AmqpSink::open(&config.amqp).await?))),
-            SinkKind::Kafka => Ok(AnySink::Kafka(Box::new(
-                KafkaSink::open(&config.kafka).await?,
-            ))),
-        }
-    }
+/// A sink that can be chosen by configuration.
+pub trait OpenSink: Sink + Sized {
+    /// Its table of the configuration, `[sink.<name>]`.
+    type Config: Clone + std::fmt::Debug + Default + Serialize + for<'de> Deserialize<'de>;
+
+    /// Connects (or opens) the sink. Failing here is final: a misconfigured relay says so at
+    /// once instead of retrying.
+    fn open(
+        config: &Self::Config,
+        context: &SinkContext,
+    ) -> impl Future<Output = Result<Self>> + Send;
+
+    /// Checks every key of `config` against its constraint; the error names the key.
+    fn validate(config: &Self::Config) -> Result<()>;
 }
 
-impl Sink for AnySink {
-    async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
-        match self {
-            AnySink::Log(sink) => sink.publish(events).await,
-            AnySink::Amqp(sink) => sink.publish(events).await,
-            AnySink::Kafka(sink) => sink.publish(events).await,
+/// Declares the sinks, once: the `sink.type` names ([`SinkKind`]), the `[sink]` section with
+/// one table per sink ([`SinkConfig`]), and [`AnySink`], which opens the configured one and
+/// forwards every [`Sink`] call to it. Adding a sink adds one line to the invocation below.
+macro_rules! sinks {
+    ($($(#[$attr:meta])* $variant:ident($field:ident: $sink:ty),)+) => {
+        /// Which sink receives events: `sink.type`.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum SinkKind {
+            $($(#[$attr])* $variant,)+
         }
-    }
 
-    fn already_delivered(&mut self) -> Vec<Stored> {
-        match self {
-            AnySink::Log(sink) => sink.already_delivered(),
-            AnySink::Amqp(sink) => sink.already_delivered(),
-            AnySink::Kafka(sink) => sink.already_delivered(),
+        /// The `[sink]` section: which sink, and each sink's own table.
+        #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct SinkConfig {
+            /// Which sink. Default `log`.
+            #[serde(rename = "type")]
+            pub kind: SinkKind,
+            $(
+                #[doc = concat!("`[sink.", stringify!($field), "]`.")]
+                pub $field: <$sink as OpenSink>::Config,
+            )+
         }
-    }
 
-    async fn fork(&self) -> Result<Self> {
-        Ok(match self {
-            AnySink::Log(sink) => AnySink::Log(sink.fork().await?),
-            AnySink::Amqp(sink) => AnySink::Amqp(Box::new(sink.fork().await?)),
-            AnySink::Kafka(sink) => AnySink::Kafka(Box::new(sink.fork().await?)),
-        })
-    }
-
-    fn max_lanes(&self) -> usize {
-        match self {
-            AnySink::Log(sink) => sink.max_lanes(),
-            AnySink::Amqp(sink) => sink.max_lanes(),
-            AnySink::Kafka(sink) => sink.max_lanes(),
+        impl SinkConfig {
+            /// Validates every sink's table, the unused ones too: a typo there is still a typo.
+            pub fn validate(&self) -> Result<()> {
+                $(<$sink as OpenSink>::validate(&self.$field)?;)+
+                Ok(())
+            }
         }
-    }
 
-    fn name(&self) -> &'static str {
-        match self {
-            AnySink::Log(sink) => sink.name(),
-            AnySink::Amqp(sink) => sink.name(),
-            AnySink::Kafka(sink) => sink.name(),
+        /// The configured sink, dispatched by enum so the relay stays generic-free at the top
+        /// level (each sink boxed: they differ much in size).
+        pub enum AnySink {
+            $(
+                #[doc = concat!("The `", stringify!($field), "` sink.")]
+                $variant(Box<$sink>),
+            )+
         }
-    }
 
-    fn is_healthy(&self) -> bool {
-        match self {
-            AnySink::Log(sink) => sink.is_healthy(),
-            AnySink::Amqp(sink) => sink.is_healthy(),
-            AnySink::Kafka(sink) => sink.is_healthy(),
+        impl AnySink {
+            /// Opens the sink `config` chooses.
+            pub async fn open(config: &SinkConfig, context: &SinkContext) -> Result<Self> {
+                Ok(match config.kind {
+                    $(SinkKind::$variant => AnySink::$variant(Box::new(
+                        <$sink as OpenSink>::open(&config.$field, context).await?,
+                    )),)+
+                })
+            }
         }
-    }
 
-    async fn probe(&mut self) -> bool {
-        match self {
-            AnySink::Log(sink) => sink.probe().await,
-            AnySink::Amqp(sink) => sink.probe().await,
-            AnySink::Kafka(sink) => sink.probe().await,
+        impl Sink for AnySink {
+            async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+                match self {
+                    $(AnySink::$variant(sink) => sink.publish(events).await,)+
+                }
+            }
+
+            fn already_delivered(&mut self) -> Vec<Stored> {
+                match self {
+                    $(AnySink::$variant(sink) => sink.already_delivered(),)+
+                }
+            }
+
+            async fn fork(&self) -> Result<Self> {
+                Ok(match self {
+                    $(AnySink::$variant(sink) => AnySink::$variant(Box::new(sink.fork().await?)),)+
+                })
+            }
+
+            fn max_lanes(&self) -> usize {
+                match self {
+                    $(AnySink::$variant(sink) => sink.max_lanes(),)+
+                }
+            }
+
+            fn name(&self) -> &'static str {
+                match self {
+                    $(AnySink::$variant(sink) => sink.name(),)+
+                }
+            }
+
+            fn is_healthy(&self) -> bool {
+                match self {
+                    $(AnySink::$variant(sink) => sink.is_healthy(),)+
+                }
+            }
+
+            async fn probe(&mut self) -> bool {
+                match self {
+                    $(AnySink::$variant(sink) => sink.probe().await,)+
+                }
+            }
         }
-    }
+    };
+}
+
+sinks! {
+    /// The embedded on-disk log.
+    #[default]
+    Log(log: LogSink),
+    /// RabbitMQ (AMQP 0-9-1), with publisher confirms.
+    Amqp(amqp: AmqpSink),
+    /// Kafka, with an idempotent producer and delivery reports.
+    Kafka(kafka: KafkaSink),
 }

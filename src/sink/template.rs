@@ -1,7 +1,8 @@
-//! Name templates shared by the brokers' sinks (`outbox.event.{aggregatetype}`,
+//! Name templates shared by the sinks (`outbox.event.{aggregatetype}`, `{schema}.{table}`,
 //! `{aggregatetype}.{type}`): parsed once at start-up, rendered per event.
 
-use crate::event::Event;
+use crate::event::{Event, TableName};
+use std::borrow::Cow;
 
 /// A placeholder a template may contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,9 +13,28 @@ pub enum Field {
     AggregateId,
     /// `{type}`.
     EventType,
-    /// `{table}`: the outbox table's name.
+    /// `{table}`: the table the event comes from (the outbox's for outbox events; a logical
+    /// message's prefix).
     Table,
+    /// `{schema}`: the schema of the table the event comes from (empty for a logical message).
+    Schema,
+    /// `{op}`: the operation's name (`insert`, `update`, `delete`, `truncate`, `read`,
+    /// `message`).
+    Op,
+    /// `{key}`: the ordering key (for outbox events the same as `{aggregateid}`).
+    Key,
 }
+
+/// Every placeholder: templates of every sink accept them all.
+pub const ALL_FIELDS: &[Field] = &[
+    Field::AggregateType,
+    Field::AggregateId,
+    Field::EventType,
+    Field::Schema,
+    Field::Table,
+    Field::Op,
+    Field::Key,
+];
 
 impl Field {
     /// The placeholder as written in a template.
@@ -24,6 +44,9 @@ impl Field {
             Field::AggregateId => "{aggregateid}",
             Field::EventType => "{type}",
             Field::Table => "{table}",
+            Field::Schema => "{schema}",
+            Field::Op => "{op}",
+            Field::Key => "{key}",
         }
     }
 }
@@ -42,6 +65,8 @@ enum Part {
 pub struct Template {
     /// The pieces, in order.
     parts: Vec<Part>,
+    /// The outbox table, which `{schema}` and `{table}` stand for in its events.
+    outbox: TableName,
 }
 
 impl Template {
@@ -71,32 +96,63 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
-        Ok(Template { parts })
+        Ok(Template {
+            parts,
+            outbox: TableName::default(),
+        })
     }
 
-    /// The name for `event` from the outbox table `table`.
-    pub fn render(&self, event: &Event, table: &str) -> String {
+    /// This template for events of the outbox table `outbox` (which `{schema}` and `{table}`
+    /// stand for in them).
+    pub fn for_outbox(mut self, outbox: &TableName) -> Self {
+        self.outbox = outbox.clone();
+        self
+    }
+
+    /// The name for `event`.
+    pub fn render(&self, event: &Event) -> String {
+        self.render_cow(event).into_owned()
+    }
+
+    /// The name for `event`, borrowed from it when the template is one placeholder of the event
+    /// alone (the common `{aggregatetype}`), so the hot path allocates nothing.
+    pub fn render_cow<'a>(&self, event: &'a Event) -> Cow<'a, str> {
+        if let [Part::Field(field)] = self.parts.as_slice() {
+            match field {
+                Field::AggregateType => return Cow::Borrowed(&event.subject),
+                Field::AggregateId | Field::Key => return Cow::Borrowed(&event.key),
+                Field::EventType => return Cow::Borrowed(&event.event_type),
+                _ => {}
+            }
+        }
+        let (schema, table) = event.schema_and_table(&self.outbox);
         let mut name = String::new();
         for part in &self.parts {
             name.push_str(match part {
                 Part::Literal(text) => text,
-                Part::Field(Field::AggregateType) => &event.aggregate_type,
-                Part::Field(Field::AggregateId) => &event.aggregate_id,
+                Part::Field(Field::AggregateType) => &event.subject,
+                Part::Field(Field::AggregateId | Field::Key) => &event.key,
                 Part::Field(Field::EventType) => &event.event_type,
+                Part::Field(Field::Schema) => schema,
                 Part::Field(Field::Table) => table,
+                Part::Field(Field::Op) => event.op.name(),
             });
         }
-        name
+        Cow::Owned(name)
     }
 
-    /// The name, if the template has no per-event placeholder (`{table}` is replaced by
-    /// `table`).
-    pub fn fixed(&self, table: &str) -> Option<String> {
+    /// The name every outbox event gets, if the template has no placeholder that varies from
+    /// one outbox event to the next (`{schema}` and `{table}` are the outbox's, `{op}` is
+    /// `insert`).
+    pub fn fixed(&self) -> Option<String> {
+        let outbox = &self.outbox;
         self.parts
             .iter()
             .map(|part| match part {
                 Part::Literal(text) => Some(text.as_str()),
-                Part::Field(Field::Table) => Some(table),
+                Part::Field(Field::Schema) => Some(outbox.schema.as_str()),
+                Part::Field(Field::Table) => Some(outbox.table.as_str()),
+                Part::Field(Field::Op) => Some(crate::event::Operation::Insert.name()),
                 Part::Field(_) => None,
             })
             .collect()
@@ -110,5 +166,67 @@ fn one_of(fields: &[Field]) -> String {
         Some((last, [])) => last.to_string(),
         Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
         None => "no placeholder".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Operation, Origin, sample};
+
+    /// `template` parsed with every placeholder allowed, for the outbox `public.outbox`.
+    fn parse(template: &str) -> Template {
+        Template::parse(template, ALL_FIELDS)
+            .unwrap()
+            .for_outbox(&TableName::new("public", "outbox"))
+    }
+
+    #[test]
+    fn every_placeholder_renders_for_an_outbox_event() {
+        let template = parse("{schema}.{table}/{op}/{aggregatetype}.{type}/{aggregateid}={key}");
+        assert_eq!(
+            template.render(&sample(None)),
+            "public.outbox/insert/order.OrderPlaced/42=42"
+        );
+    }
+
+    #[test]
+    fn schema_table_and_op_follow_a_table_change_and_a_message() {
+        let template = parse("{schema}.{table}.{op}");
+        let mut event = sample(None);
+        event.op = Operation::Update;
+        event.origin = Origin::Table {
+            schema: "shop".into(),
+            table: "orders".into(),
+        };
+        assert_eq!(template.render(&event), "shop.orders.update");
+        assert_eq!(template.fixed().as_deref(), Some("public.outbox.insert"));
+        event.op = Operation::Message;
+        event.origin = Origin::Message {
+            prefix: "app".into(),
+        };
+        assert_eq!(template.render(&event), ".app.message");
+    }
+
+    #[test]
+    fn a_lone_event_field_is_borrowed_and_per_event_fields_are_not_fixed() {
+        let event = sample(None);
+        assert!(matches!(
+            parse("{aggregatetype}").render_cow(&event),
+            Cow::Borrowed("order")
+        ));
+        assert_eq!(parse("{key}").fixed(), None);
+        assert_eq!(parse("x.{table}").fixed().as_deref(), Some("x.outbox"));
+    }
+
+    #[test]
+    fn unknown_and_disallowed_placeholders_are_named() {
+        let err = Template::parse("{op}", &[Field::AggregateType]).unwrap_err();
+        assert!(
+            err.contains("unknown placeholder {op}; use {aggregatetype}"),
+            "{err}"
+        );
+        let err = Template::parse("{tabel}", ALL_FIELDS).unwrap_err();
+        assert!(err.contains("{schema}, {table}, {op} or {key}"), "{err}");
     }
 }

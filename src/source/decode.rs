@@ -1,6 +1,6 @@
 //! Turning fetched outbox rows into events, and holding back rows that could still be overtaken.
 
-use crate::event::{Event, Position, Rejected};
+use crate::event::{Event, Operation, Origin, Position, Rejected};
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use std::collections::HashSet;
@@ -150,9 +150,11 @@ pub(super) fn decode(row: PendingRow) -> Result<Event, Rejected> {
     };
     Ok(Event {
         id: id.clone(),
-        aggregate_type,
-        aggregate_id,
+        subject: aggregate_type,
+        key: aggregate_id,
         event_type,
+        op: Operation::Insert,
+        origin: Origin::Outbox,
         payload,
         headers,
         created_at: row.created_at.unwrap_or_else(Utc::now),

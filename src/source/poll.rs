@@ -214,11 +214,10 @@ impl PollSource {
     /// Records events as handed out.
     fn hand_out(&mut self, events: &[crate::event::Event]) {
         for event in events {
-            self.in_flight
-                .insert(event.position.0, event.aggregate_id.clone());
+            self.in_flight.insert(event.position.0, event.key.clone());
             *self
                 .aggregates_in_flight
-                .entry(event.aggregate_id.clone())
+                .entry(event.key.clone())
                 .or_default() += 1;
         }
     }

@@ -49,7 +49,7 @@ impl Sink for FaultSink {
             let mut faults = self.faults.lock().unwrap();
             let slow = events
                 .iter()
-                .filter_map(|event| faults.slow_aggregates.get(&event.aggregate_id))
+                .filter_map(|event| faults.slow_aggregates.get(&event.key))
                 .max()
                 .copied();
             faults.hang_once.take().max(slow)
@@ -63,7 +63,7 @@ impl Sink for FaultSink {
             let mut faults = self.faults.lock().unwrap();
             let mut failed: HashSet<String> = HashSet::new();
             for (i, event) in events.iter().enumerate() {
-                let aggregate = &event.aggregate_id;
+                let aggregate = &event.key;
                 if failed.contains(aggregate) {
                     outcomes[i] = Some(Outcome::Deferred);
                 } else if faults.refuse_types.contains(&event.event_type) {

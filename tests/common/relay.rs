@@ -82,7 +82,7 @@ impl InProcessRelay {
         let mut source = AnySource::start(&config.source, &config.relay)
             .await
             .expect("source");
-        let sink = AnySink::open(&config.sink, outboxd::cli::run::in_flight(config))
+        let sink = AnySink::open(&config.sink, &outboxd::cli::run::sink_context(config))
             .await
             .expect("sink");
         let sink = wrap(sink);
@@ -358,14 +358,12 @@ pub fn assert_in_order(records: &[Record]) -> usize {
             continue;
         }
         let seq = seq_of(record);
-        let previous = last
-            .insert(record.event.aggregate_id.as_str(), seq)
-            .unwrap_or(0);
+        let previous = last.insert(record.event.key.as_str(), seq).unwrap_or(0);
         assert_eq!(
             seq,
             previous + 1,
             "aggregate {} out of order at offset {}: seq {seq} after {previous}",
-            record.event.aggregate_id,
+            record.event.key,
             record.offset
         );
     }

@@ -1,8 +1,8 @@
 //! The `[sink.amqp]` table: where and how events are published to RabbitMQ.
 
 use super::routing::RoutingKeyTemplate;
-use crate::config::DbUrl;
 use crate::error::{Error, Result};
+use crate::secret::DbUrl;
 use lapin::uri::AMQPUri;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;

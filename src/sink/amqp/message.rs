@@ -55,14 +55,8 @@ pub fn headers(event: &Event) -> Result<FieldTable, String> {
             table.insert(ShortString::from(name), header_value(value));
         }
     }
-    table.insert(
-        "aggregatetype".into(),
-        long_string(event.aggregate_type.clone()),
-    );
-    table.insert(
-        "aggregateid".into(),
-        long_string(event.aggregate_id.clone()),
-    );
+    table.insert("aggregatetype".into(), long_string(event.subject.clone()));
+    table.insert("aggregateid".into(), long_string(event.key.clone()));
     table.insert(
         "position".into(),
         AMQPValue::LongLongInt(i64::try_from(event.position.0).unwrap_or(i64::MAX)),

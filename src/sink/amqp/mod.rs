@@ -20,7 +20,7 @@ pub use self::config::{AmqpSinkConfig, ExchangeType};
 pub use self::routing::RoutingKeyTemplate;
 
 use self::connection::{Link, connect};
-use super::{Outcome, Sink};
+use super::{OpenSink, Outcome, Sink, SinkContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use lapin::options::BasicPublishOptions;
@@ -47,13 +47,26 @@ pub struct AmqpSink {
     lost: bool,
 }
 
+impl OpenSink for AmqpSink {
+    type Config = AmqpSinkConfig;
+
+    async fn open(config: &AmqpSinkConfig, context: &SinkContext) -> Result<Self> {
+        AmqpSink::open(config, context).await
+    }
+
+    fn validate(config: &AmqpSinkConfig) -> Result<()> {
+        config.validate()
+    }
+}
+
 impl AmqpSink {
     /// Connects and checks the exchange. Failing here is final: a refusal (credentials, vhost,
     /// missing exchange) is a configuration error, and an unreachable broker stops start-up too,
     /// so a misconfigured relay says so at once instead of retrying forever.
-    pub async fn open(config: &AmqpSinkConfig) -> Result<Self> {
+    pub async fn open(config: &AmqpSinkConfig, context: &SinkContext) -> Result<Self> {
         let routing_key = RoutingKeyTemplate::parse(&config.routing_key)
-            .map_err(|reason| Error::config("sink.amqp.routing_key", reason))?;
+            .map_err(|reason| Error::config("sink.amqp.routing_key", reason))?
+            .for_outbox(&context.outbox);
         let link = connect(config, true).await?;
         tracing::info!(url = %config.url, exchange = %config.exchange, "connected to RabbitMQ");
         Ok(AmqpSink {
@@ -99,22 +112,20 @@ impl AmqpSink {
             // At most one unconfirmed message per aggregate: a nack does not stop the broker
             // from taking the messages sent after it, so a second one in flight could reach the
             // queue ahead of its rejected predecessor. Other aggregates stay pipelined.
-            while in_flight.len() >= max_in_flight
-                || aggregates.contains(event.aggregate_id.as_str())
-            {
+            while in_flight.len() >= max_in_flight || aggregates.contains(event.key.as_str()) {
                 let Some((done, sent)) = in_flight.pop_front() else {
                     break;
                 };
-                aggregates.remove(events[done].aggregate_id.as_str());
+                aggregates.remove(events[done].key.as_str());
                 let confirm = sent.confirm(&events[done], timeout).await?;
                 let outcome = settle(&events[done], confirm, timeout, &exchange).await?;
                 if outcome != Outcome::Delivered {
-                    stopped.insert(events[done].aggregate_id.as_str());
+                    stopped.insert(events[done].key.as_str());
                 }
                 outcomes[done] = Some(outcome);
             }
             // An earlier event of this aggregate was refused: do not let this one overtake it.
-            if stopped.contains(event.aggregate_id.as_str()) {
+            if stopped.contains(event.key.as_str()) {
                 outcomes[index] = Some(Outcome::Deferred);
                 continue;
             }
@@ -126,7 +137,7 @@ impl AmqpSink {
             let properties = match properties {
                 Ok(properties) => properties,
                 Err(reason) => {
-                    stopped.insert(event.aggregate_id.as_str());
+                    stopped.insert(event.key.as_str());
                     outcomes[index] = Some(Outcome::Refused(reason));
                     continue;
                 }
@@ -142,7 +153,7 @@ impl AmqpSink {
                 properties,
             );
             in_flight.push_back((index, Sent::start(send).await));
-            aggregates.insert(event.aggregate_id.as_str());
+            aggregates.insert(event.key.as_str());
         }
         for (done, sent) in in_flight {
             let confirm = sent.confirm(&events[done], timeout).await?;

@@ -1,10 +1,7 @@
 //! The routing-key template: `{aggregatetype}.{type}` and friends, parsed once at start-up.
 
-use crate::event::Event;
-use crate::sink::template::{Field, Template};
-
-/// The placeholders a routing key may use.
-const FIELDS: &[Field] = &[Field::AggregateType, Field::AggregateId, Field::EventType];
+use crate::event::{Event, TableName};
+use crate::sink::template::{ALL_FIELDS, Template};
 
 /// A routing key with placeholders for the event's fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,12 +10,17 @@ pub struct RoutingKeyTemplate(Template);
 impl RoutingKeyTemplate {
     /// Parses `template`; an unknown or unclosed placeholder is an error naming it.
     pub fn parse(template: &str) -> Result<Self, String> {
-        Template::parse(template, FIELDS).map(RoutingKeyTemplate)
+        Template::parse(template, ALL_FIELDS).map(RoutingKeyTemplate)
+    }
+
+    /// This template for events of the outbox table `outbox`.
+    pub fn for_outbox(self, outbox: &TableName) -> Self {
+        RoutingKeyTemplate(self.0.for_outbox(outbox))
     }
 
     /// The routing key for `event`.
     pub fn render(&self, event: &Event) -> String {
-        self.0.render(event, "")
+        self.0.render(event)
     }
 }
 

@@ -3,8 +3,8 @@
 
 use super::options::LibrdkafkaOptions;
 use super::topic::TopicTemplate;
-use crate::config::Secret;
 use crate::error::{Error, Result};
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -106,8 +106,10 @@ impl SaslMechanism {
 pub struct KafkaSinkConfig {
     /// Comma-separated `host:port` list of brokers to bootstrap from. Default `127.0.0.1:9092`.
     pub bootstrap_servers: String,
-    /// Topic per event; `{aggregatetype}`, `{type}` and `{table}` (the outbox table's name) are
-    /// replaced. Default `outbox.event.{aggregatetype}`, as Debezium's outbox event router.
+    /// Topic per event, with the placeholders of every sink's templates (`{aggregatetype}`,
+    /// `{aggregateid}`, `{type}`, `{schema}`, `{table}`, `{op}`, `{key}`; `{table}` is the outbox
+    /// table's name for outbox events). Default `outbox.event.{aggregatetype}`, as Debezium's
+    /// outbox event router. A topic per key is rarely wanted: Kafka keys partition already.
     pub topic: String,
     /// Add CloudEvents binary-mode headers (`ce_id`, `ce_type`, `ce_source`, `ce_specversion`,
     /// `ce_time`, `content-type`). Default `false`.
@@ -141,10 +143,6 @@ pub struct KafkaSinkConfig {
     /// or one outboxd fixes for at-least-once delivery, is refused. Values of keys that look
     /// secret (password, secret, jaas) are masked when printed.
     pub librdkafka_options: LibrdkafkaOptions,
-    /// The outbox table's name, for `{table}`; copied from `source.table.name` when the
-    /// configuration is loaded, never read from the `[sink.kafka]` table.
-    #[serde(skip)]
-    pub table: String,
 }
 
 impl Default for KafkaSinkConfig {
@@ -165,7 +163,6 @@ impl Default for KafkaSinkConfig {
             topic_partitions: 6,
             topic_replication_factor: -1,
             librdkafka_options: LibrdkafkaOptions::default(),
-            table: "outbox".into(),
         }
     }
 }
@@ -364,7 +361,7 @@ fn refuse_owned_key(key: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MASK;
+    use crate::secret::MASK;
 
     /// The default configuration with `key = value` in the passthrough table.
     fn with_option(key: &str, value: &str) -> KafkaSinkConfig {

@@ -22,8 +22,8 @@ pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Result<Vec<He
     let mut pairs: Vec<HeaderPair> = vec![
         ("id".into(), event.id.clone()),
         ("type".into(), event.event_type.clone()),
-        ("aggregatetype".into(), event.aggregate_type.clone()),
-        ("aggregateid".into(), event.aggregate_id.clone()),
+        ("aggregatetype".into(), event.subject.clone()),
+        ("aggregateid".into(), event.key.clone()),
         ("position".into(), event.position.to_string()),
     ];
     if let Some(source) = cloudevents_source {

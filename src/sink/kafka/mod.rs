@@ -25,7 +25,7 @@ pub use self::config::{Compression, KafkaSinkConfig, SaslMechanism, SecurityProt
 pub use self::options::LibrdkafkaOptions;
 pub use self::topic::TopicTemplate;
 
-use super::{Outcome, Sink};
+use super::{OpenSink, Outcome, Sink, SinkContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use rdkafka::error::KafkaError;
@@ -59,13 +59,26 @@ pub struct KafkaSink {
     failed_batches: u32,
 }
 
+impl OpenSink for KafkaSink {
+    type Config = KafkaSinkConfig;
+
+    async fn open(config: &KafkaSinkConfig, context: &SinkContext) -> Result<Self> {
+        KafkaSink::open(config, context).await
+    }
+
+    fn validate(config: &KafkaSinkConfig) -> Result<()> {
+        config.validate()
+    }
+}
+
 impl KafkaSink {
     /// Creates the producer and checks that the brokers answer, and that the topic exists
     /// (or creates it) when the template names one topic. Failing here is final, so a
     /// misconfigured relay says so at once instead of retrying forever.
-    pub async fn open(config: &KafkaSinkConfig) -> Result<Self> {
+    pub async fn open(config: &KafkaSinkConfig, context: &SinkContext) -> Result<Self> {
         let topic = TopicTemplate::parse(&config.topic)
-            .map_err(|reason| Error::config("sink.kafka.topic", reason))?;
+            .map_err(|reason| Error::config("sink.kafka.topic", reason))?
+            .for_outbox(&context.outbox);
         for (key, why) in config.insecure_settings() {
             tracing::warn!(key, "insecure Kafka setting: {why}");
         }
@@ -79,7 +92,7 @@ impl KafkaSink {
             healthy: true,
             failed_batches: 0,
         };
-        if let Some(fixed) = sink.topic.fixed(&config.table) {
+        if let Some(fixed) = sink.topic.fixed() {
             topic::check_name(&fixed)
                 .map_err(|reason| Error::config("sink.kafka.topic", reason))?;
             sink.ensure_topic(&fixed).await?;
@@ -120,14 +133,14 @@ impl KafkaSink {
         // are not sent at all (the ordering rule of `Outcome::Deferred`).
         let mut refused: HashSet<&str> = HashSet::new();
         for index in 0..events.len() {
-            if refused.contains(events[index].aggregate_id.as_str()) {
+            if refused.contains(events[index].key.as_str()) {
                 outcomes[index] = Some(Outcome::Deferred);
                 continue;
             }
             match self.send(events, index, &mut pending, &mut outcomes).await {
                 Ok(()) => {}
                 Err(Refusal::Permanent(reason)) => {
-                    refused.insert(events[index].aggregate_id.as_str());
+                    refused.insert(events[index].key.as_str());
                     outcomes[index] = Some(Outcome::Refused(reason));
                 }
                 Err(Refusal::Retry(err)) => {
@@ -168,7 +181,7 @@ impl KafkaSink {
         outcomes: &mut [Option<Outcome>],
     ) -> std::result::Result<(), Refusal> {
         let event = &events[index];
-        let topic = self.topic.render(event, &self.config.table);
+        let topic = self.topic.render(event);
         topic::check_name(&topic).map_err(Refusal::Permanent)?;
         self.ensure_topic(&topic).await.map_err(Refusal::Retry)?;
         let cloudevents_source = self
@@ -179,7 +192,7 @@ impl KafkaSink {
         let headers = message::owned_headers(&pairs);
         loop {
             let record = FutureRecord::to(&topic)
-                .key(event.aggregate_id.as_bytes())
+                .key(event.key.as_bytes())
                 .payload(event.payload.get().as_bytes())
                 .timestamp(event.created_at.timestamp_millis())
                 .headers(headers.clone());

@@ -1,6 +1,6 @@
 //! The `sink.kafka.librdkafka_options` pass-through table, and which of its values may be shown.
 
-use crate::config::MASK;
+use crate::secret::MASK;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;

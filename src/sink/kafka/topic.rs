@@ -1,13 +1,10 @@
 //! The topic template: `outbox.event.{aggregatetype}` and friends, parsed once at start-up.
 
-use crate::event::Event;
-use crate::sink::template::{Field, Template};
+use crate::event::{Event, TableName};
+use crate::sink::template::{ALL_FIELDS, Template};
 
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_BYTES: usize = 249;
-
-/// The placeholders a topic may use.
-const FIELDS: &[Field] = &[Field::AggregateType, Field::EventType, Field::Table];
 
 /// A topic name with placeholders for the event's fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,8 +14,8 @@ impl TopicTemplate {
     /// Parses `template`; an unknown or unclosed placeholder is an error naming it, and a
     /// template without per-event placeholders must be a legal topic name.
     pub fn parse(template: &str) -> Result<Self, String> {
-        let template = TopicTemplate(Template::parse(template, FIELDS)?);
-        if let Some(fixed) = template.fixed("") {
+        let template = TopicTemplate(Template::parse(template, ALL_FIELDS)?);
+        if let Some(fixed) = template.fixed() {
             // Only literal text is checked here; the table's name is checked with the rest
             // when the sink opens.
             check_name(&fixed)?;
@@ -26,15 +23,20 @@ impl TopicTemplate {
         Ok(template)
     }
 
-    /// The topic for `event` of the outbox table `table`.
-    pub fn render(&self, event: &Event, table: &str) -> String {
-        self.0.render(event, table)
+    /// This template for events of the outbox table `outbox`.
+    pub fn for_outbox(self, outbox: &TableName) -> Self {
+        TopicTemplate(self.0.for_outbox(outbox))
     }
 
-    /// The topic, if the template has no per-event placeholder (`{table}` is not one: it is
-    /// replaced by `table`).
-    pub fn fixed(&self, table: &str) -> Option<String> {
-        self.0.fixed(table)
+    /// The topic for `event`.
+    pub fn render(&self, event: &Event) -> String {
+        self.0.render(event)
+    }
+
+    /// The topic of every outbox event, if the template has no placeholder that varies between
+    /// them (see [`Template::fixed`]).
+    pub fn fixed(&self) -> Option<String> {
+        self.0.fixed()
     }
 }
 
@@ -60,33 +62,45 @@ mod tests {
     use super::*;
     use crate::sink::kafka::message::tests::event;
 
+    /// The outbox table `public.outbox`.
+    fn outbox() -> TableName {
+        TableName::new("public", "outbox")
+    }
+
     #[test]
     fn the_default_template_is_debeziums() {
-        let template = TopicTemplate::parse("outbox.event.{aggregatetype}").unwrap();
-        assert_eq!(
-            template.render(&event(None), "outbox"),
-            "outbox.event.order"
-        );
-        assert_eq!(template.fixed("outbox"), None);
+        let template = TopicTemplate::parse("outbox.event.{aggregatetype}")
+            .unwrap()
+            .for_outbox(&outbox());
+        assert_eq!(template.render(&event(None)), "outbox.event.order");
+        assert_eq!(template.fixed(), None);
     }
 
     #[test]
     fn every_placeholder_and_literal_text_is_rendered() {
-        let template = TopicTemplate::parse("{table}-{aggregatetype}.{type}_v1").unwrap();
-        assert_eq!(
-            template.render(&event(None), "outbox"),
-            "outbox-order.OrderPlaced_v1"
-        );
-        let fixed = TopicTemplate::parse("all-events").unwrap();
-        assert_eq!(fixed.fixed("outbox").as_deref(), Some("all-events"));
-        let per_table = TopicTemplate::parse("{table}.events").unwrap();
-        assert_eq!(per_table.fixed("outbox").as_deref(), Some("outbox.events"));
+        let template = TopicTemplate::parse("{table}-{aggregatetype}.{type}_v1")
+            .unwrap()
+            .for_outbox(&outbox());
+        assert_eq!(template.render(&event(None)), "outbox-order.OrderPlaced_v1");
+        let fixed = TopicTemplate::parse("all-events")
+            .unwrap()
+            .for_outbox(&outbox());
+        assert_eq!(fixed.fixed().as_deref(), Some("all-events"));
+        let per_table = TopicTemplate::parse("{schema}.{table}.{op}")
+            .unwrap()
+            .for_outbox(&outbox());
+        assert_eq!(per_table.fixed().as_deref(), Some("public.outbox.insert"));
+        let per_key = TopicTemplate::parse("k.{key}")
+            .unwrap()
+            .for_outbox(&outbox());
+        assert_eq!(per_key.fixed(), None);
+        assert_eq!(per_key.render(&event(None)), "k.42");
     }
 
     #[test]
     fn unknown_placeholders_and_illegal_fixed_names_are_errors() {
-        let err = TopicTemplate::parse("{aggregateid}").unwrap_err();
-        assert!(err.contains("unknown placeholder {aggregateid}"), "{err}");
+        let err = TopicTemplate::parse("{aggregate}").unwrap_err();
+        assert!(err.contains("unknown placeholder {aggregate}"), "{err}");
         assert!(
             TopicTemplate::parse("{type")
                 .unwrap_err()

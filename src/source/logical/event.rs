@@ -5,7 +5,7 @@
 
 use super::timestamp;
 use crate::config::ColumnsConfig;
-use crate::event::{Event, Position, Rejected};
+use crate::event::{Event, Operation, Origin, Position, Rejected};
 use crate::source::decode::{PendingRow, decode};
 use crate::source::pgoutput::{Relation, Value};
 use chrono::{DateTime, Utc};
@@ -133,6 +133,7 @@ struct MessageBody {
 /// Builds the event of an emitted message at `lsn` in the transaction committed at `position`,
 /// or says (in one sentence) why it is not one.
 pub fn from_message(
+    prefix: &str,
     content: &[u8],
     lsn: u64,
     position: Position,
@@ -161,9 +162,13 @@ pub fn from_message(
         .unwrap_or_else(|| uuid::Uuid::from_u64_pair(MESSAGE_ID_NAMESPACE, lsn).to_string());
     Ok(Event {
         id,
-        aggregate_type: body.aggregatetype,
-        aggregate_id: body.aggregateid,
+        subject: body.aggregatetype,
+        key: body.aggregateid,
         event_type: body.event_type,
+        op: Operation::Message,
+        origin: Origin::Message {
+            prefix: prefix.to_owned(),
+        },
         payload: body.payload,
         headers,
         created_at: commit_time,
@@ -215,10 +220,7 @@ mod tests {
         ];
         let event = from_row(&columns, &values, Position(u64::MAX - 1), pg_time(0)).unwrap();
         assert_eq!(event.position, Position(u64::MAX - 1));
-        assert_eq!(
-            (event.id.as_str(), event.aggregate_id.as_str()),
-            ("6f1c", "42")
-        );
+        assert_eq!((event.id.as_str(), event.key.as_str()), ("6f1c", "42"));
         assert_eq!(event.payload.get(), r#"{"a": 1}"#);
         assert_eq!(
             event.created_at.to_rfc3339(),
@@ -273,15 +275,21 @@ mod tests {
     #[test]
     fn message_event_gets_a_stable_id_from_its_lsn() {
         let body = br#"{"aggregatetype":"order","aggregateid":"1","type":"X","payload":[1]}"#;
-        let a = from_message(body, 500, Position(600), pg_time(0)).unwrap();
-        let b = from_message(body, 500, Position(600), pg_time(0)).unwrap();
+        let a = from_message("outboxd", body, 500, Position(600), pg_time(0)).unwrap();
+        let b = from_message("outboxd", body, 500, Position(600), pg_time(0)).unwrap();
         assert_eq!(a.id, b.id);
         assert_eq!(a.payload.get(), "[1]");
         assert!(a.headers.is_none());
-        let err = from_message(br#"{"aggregatetype":"order"}"#, 1, Position(2), pg_time(0));
+        let err = from_message(
+            "outboxd",
+            br#"{"aggregatetype":"order"}"#,
+            1,
+            Position(2),
+            pg_time(0),
+        );
         assert!(err.unwrap_err().contains("not a valid event object"));
         let bad_headers =
             br#"{"aggregatetype":"o","aggregateid":"1","type":"X","payload":1,"headers":[1]}"#;
-        assert!(from_message(bad_headers, 1, Position(2), pg_time(0)).is_err());
+        assert!(from_message("outboxd", bad_headers, 1, Position(2), pg_time(0)).is_err());
     }
 }

@@ -363,7 +363,7 @@ impl LogicalSource {
                 pg_logical_emit_message(true, ...))");
             return;
         };
-        match event::from_message(content, lsn, txn.position, txn.commit_time) {
+        match event::from_message(prefix, content, lsn, txn.position, txn.commit_time) {
             Ok(event) => self.push(Decoded::Event(event)),
             Err(reason) => {
                 tracing::error!(lsn = %at, reason, "invalid event message; dead-lettered");

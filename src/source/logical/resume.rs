@@ -28,7 +28,7 @@ impl Resume {
         let end = stored.iter().map(|s| s.position.0).max()?;
         let last = stored
             .iter()
-            .map(|s| (s.aggregate_id.clone(), Mark::new(s.position.0, &s.id)))
+            .map(|s| (s.key.clone(), Mark::new(s.position.0, &s.id)))
             .collect();
         Some(Resume {
             last,
@@ -39,16 +39,16 @@ impl Resume {
 
     /// Whether the sink already holds `event`. Call with the replay's events in stream order.
     pub fn holds(&mut self, event: &Event) -> bool {
-        if self.passed.contains(&event.aggregate_id) {
+        if self.passed.contains(&event.key) {
             return false;
         }
-        let Some(mark) = self.last.get(&event.aggregate_id) else {
+        let Some(mark) = self.last.get(&event.key) else {
             return false;
         };
         match mark.place(event.position.0, &event.id) {
             Place::Before => true,
             Place::At => {
-                self.passed.insert(event.aggregate_id.clone());
+                self.passed.insert(event.key.clone());
                 true
             }
             Place::After => false,
@@ -76,7 +76,7 @@ mod tests {
         Stored {
             position: Position(position),
             id: id.into(),
-            aggregate_id: aggregate.into(),
+            key: aggregate.into(),
         }
     }
 
@@ -85,7 +85,7 @@ mod tests {
         let mut event = crate::event::sample(None);
         event.position = Position(position);
         event.id = id.into();
-        event.aggregate_id = aggregate.into();
+        event.key = aggregate.into();
         event
     }
 

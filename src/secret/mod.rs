@@ -1,6 +1,13 @@
 //! Values that must never be printed: passwords and connection strings that may carry one.
+//!
+//! Below the configuration and the sinks, which both hold such values.
 
-pub use super::mask::MASK;
+mod conninfo;
+
+pub use self::conninfo::{Conninfo, UNPARSEABLE};
+
+/// What a masked secret prints as.
+pub const MASK: &str = "********";
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -107,7 +114,7 @@ pub fn mask_connection_string(conn: &str) -> String {
     if lower.starts_with("amqp://") || lower.starts_with("amqps://") {
         render_broker_url(conn)
     } else {
-        super::conninfo::render(conn)
+        conninfo::render(conn)
     }
 }
 

@@ -1,11 +1,16 @@
 //! The embedded log as a sink: events appended to local segment files, durable per
 //! `sink.log.durability` before `publish` returns.
 
-use super::{Outcome, Sink};
-use crate::config::LogSinkConfig;
+mod config;
+
+pub use self::config::LogSinkConfig;
+
+use super::template::Template;
+use super::{OpenSink, Outcome, Sink, SinkContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, Stored};
 use crate::log::{Durability, LogReader, LogWriter, NewRecord, Syncer, lock_writer};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::path::Path;
@@ -16,7 +21,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// Records at the end of the log always read back at open, whatever the batch size.
 const MIN_TAIL_RECORDS: usize = 10_000;
 
-/// Appends events to the embedded log. The topic is the aggregate type.
+/// Appends events to the embedded log, under the topic `sink.log.topic` names.
 pub struct LogSink {
     /// The writer, shared with the blocking thread that does the file I/O (and the syncer).
     writer: Arc<Mutex<LogWriter>>,
@@ -25,6 +30,8 @@ pub struct LogSink {
     syncer: Option<Arc<Syncer>>,
     /// Largest record accepted, in bytes.
     max_record_bytes: usize,
+    /// The parsed `topic` template.
+    topic: Template,
     /// (position, event id) of the records at the end of the log when it was opened, until
     /// the relay takes them (see [`Sink::already_delivered`]).
     tail: Vec<Stored>,
@@ -51,11 +58,25 @@ fn run_of(records: &[NewRecord<'_>]) -> Vec<(u64, String)> {
         .collect()
 }
 
+impl OpenSink for LogSink {
+    type Config = LogSinkConfig;
+
+    async fn open(config: &LogSinkConfig, context: &SinkContext) -> Result<Self> {
+        LogSink::open(config, context).await
+    }
+
+    fn validate(config: &LogSinkConfig) -> Result<()> {
+        config.validate()
+    }
+}
+
 impl LogSink {
     /// Opens (and recovers) the log directory, taking its writer lock, and reads back the last
     /// `max(10_000, 2 × in_flight)` records so the relay can acknowledge those its previous
     /// run appended but never acknowledged.
-    pub async fn open(config: &LogSinkConfig, in_flight: usize) -> Result<Self> {
+    pub async fn open(config: &LogSinkConfig, context: &SinkContext) -> Result<Self> {
+        let topic = config.topic_template()?.for_outbox(&context.outbox);
+        let in_flight = context.in_flight;
         let dir = config.dir.clone();
         let options = config.writer_options();
         let window = MIN_TAIL_RECORDS.max(in_flight.saturating_mul(2));
@@ -78,6 +99,7 @@ impl LogSink {
             writer,
             syncer,
             max_record_bytes: config.max_record_bytes,
+            topic,
             tail,
             unconfirmed: Arc::default(),
         })
@@ -100,7 +122,7 @@ fn read_tail(dir: &Path, window: usize) -> Result<Vec<Stored>> {
         tail.push(Stored {
             position: record.event.position,
             id: record.event.id,
-            aggregate_id: record.event.aggregate_id,
+            key: record.event.key,
         });
     }
     Ok(tail)
@@ -157,18 +179,19 @@ impl Sink for LogSink {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut accepted = Vec::with_capacity(events.len());
         let mut refused: HashSet<&str> = HashSet::new();
-        for event in events {
-            if refused.contains(event.aggregate_id.as_str()) {
+        let topics: Vec<Cow<'_, str>> = events.iter().map(|e| self.topic.render_cow(e)).collect();
+        for (event, topic) in events.iter().zip(&topics) {
+            if refused.contains(event.key.as_str()) {
                 outcomes.push(Outcome::Deferred);
                 continue;
             }
             let record = NewRecord {
-                topic: &event.aggregate_type,
+                topic: topic.as_ref(),
                 event,
             };
             let size = LogWriter::encoded_len(&record)?;
             if size > self.max_record_bytes {
-                refused.insert(&event.aggregate_id);
+                refused.insert(&event.key);
                 outcomes.push(Outcome::Refused(format!(
                     "record of {size} bytes exceeds sink.log.max_record_bytes ({})",
                     self.max_record_bytes
@@ -227,6 +250,7 @@ impl Sink for LogSink {
             writer: self.writer.clone(),
             syncer: self.syncer.clone(),
             max_record_bytes: self.max_record_bytes,
+            topic: self.topic.clone(),
             tail: Vec::new(),
             unconfirmed: self.unconfirmed.clone(),
         })
@@ -252,6 +276,14 @@ mod tests {
     use tokio::time::timeout;
 
     /// A log sink configuration in `dir` with the given durability.
+    /// What the relay tells a sink at open, with room for 10 events in flight.
+    fn context() -> SinkContext {
+        SinkContext {
+            in_flight: 10,
+            ..SinkContext::default()
+        }
+    }
+
     fn config(dir: &Path, durability: Durability, fsync_interval_ms: u64) -> LogSinkConfig {
         LogSinkConfig {
             dir: dir.to_owned(),
@@ -265,9 +297,12 @@ mod tests {
     async fn interval_mode_does_not_resolve_publish_before_an_fsync_covers_it() {
         // given a sink in interval mode whose syncer would wait a minute
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 60_000), 10)
-            .await
-            .unwrap();
+        let mut sink = LogSink::open(
+            &config(dir.path(), Durability::Interval, 60_000),
+            &context(),
+        )
+        .await
+        .unwrap();
         let probe = sink.syncer().unwrap().probe();
         let before = probe.fsyncs();
         let events = vec![event(0, 100), event(1, 100)];
@@ -299,9 +334,12 @@ mod tests {
     async fn a_publish_abandoned_while_waiting_for_the_fsync_is_not_appended_again() {
         // given a sink in interval mode whose syncer would wait a minute
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 60_000), 10)
-            .await
-            .unwrap();
+        let mut sink = LogSink::open(
+            &config(dir.path(), Durability::Interval, 60_000),
+            &context(),
+        )
+        .await
+        .unwrap();
         let probe = sink.syncer().unwrap().probe();
         let events = vec![event(0, 100), event(1, 100)];
 
@@ -337,7 +375,7 @@ mod tests {
     #[tokio::test]
     async fn interval_mode_resolves_within_an_interval_on_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 20), 10)
+        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 20), &context())
             .await
             .unwrap();
         let probe = sink.syncer().unwrap().probe();
@@ -354,14 +392,14 @@ mod tests {
         // given a log holding 30 events, in none mode (no fsync at all)
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), Durability::None, 50);
-        let mut sink = LogSink::open(&cfg, 10).await.unwrap();
+        let mut sink = LogSink::open(&cfg, &context()).await.unwrap();
         assert!(sink.already_delivered().is_empty());
         let events: Vec<Event> = (0..30).map(|n| event(n, 50)).collect();
         sink.publish(&events).await.unwrap();
         drop(sink);
 
         // when it is opened again, then it reports their positions and ids, once
-        let mut sink = LogSink::open(&cfg, 10).await.unwrap();
+        let mut sink = LogSink::open(&cfg, &context()).await.unwrap();
         let tail = sink.already_delivered();
         assert_eq!(tail.len(), 30);
         assert_eq!(tail[29].position, crate::event::Position(29));
@@ -373,9 +411,12 @@ mod tests {
     async fn after_a_failed_fsync_publish_fails_for_good_and_appends_nothing() {
         // given a sink in interval mode whose writer then sees an fsync fail
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = LogSink::open(&config(dir.path(), Durability::Interval, 60_000), 10)
-            .await
-            .unwrap();
+        let mut sink = LogSink::open(
+            &config(dir.path(), Durability::Interval, 60_000),
+            &context(),
+        )
+        .await
+        .unwrap();
         let probe = sink.syncer().unwrap().probe();
         let failure = std::io::Error::other("injected EIO");
         sink.writer

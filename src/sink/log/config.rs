@@ -1,39 +1,12 @@
-//! Sink configuration: which sink, and each sink's own table.
+//! The `[sink.log]` table: where the embedded log keeps its segments, how it syncs and what
+//! it retains.
 
+use crate::error::{Error, Result, check_range as range};
 use crate::log::{Durability, WriterOptions};
-pub use crate::sink::amqp::{AmqpSinkConfig, ExchangeType};
-pub use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::template::{ALL_FIELDS, Template};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Which sink receives events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    /// The embedded on-disk log.
-    #[default]
-    Log,
-    /// RabbitMQ (AMQP 0-9-1), with publisher confirms.
-    Amqp,
-    /// Kafka, with an idempotent producer and delivery reports.
-    Kafka,
-}
-
-/// The sink section.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinkConfig {
-    /// Which sink: `log`, `amqp` or `kafka`. Default `log`.
-    #[serde(rename = "type")]
-    pub kind: SinkKind,
-    /// Settings of the embedded log.
-    pub log: LogSinkConfig,
-    /// Settings of the RabbitMQ sink.
-    pub amqp: AmqpSinkConfig,
-    /// Settings of the Kafka sink.
-    pub kafka: KafkaSinkConfig,
-}
 
 /// The embedded log sink.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,6 +14,10 @@ pub struct SinkConfig {
 pub struct LogSinkConfig {
     /// Directory of the log's segment files. Default `./data/log`.
     pub dir: PathBuf,
+    /// The topic each record is appended under; the placeholders of every sink's templates
+    /// (`{aggregatetype}`, `{aggregateid}`, `{type}`, `{schema}`, `{table}`, `{op}`, `{key}`).
+    /// Default `{aggregatetype}`.
+    pub topic: String,
     /// A segment file is closed and a new one started past this size. Default 128 MiB.
     pub segment_bytes: u64,
     /// A segment whose first record is older than this is closed at the next append, so
@@ -73,6 +50,7 @@ impl Default for LogSinkConfig {
         let defaults = WriterOptions::DEFAULT;
         LogSinkConfig {
             dir: PathBuf::from("./data/log"),
+            topic: "{aggregatetype}".into(),
             segment_bytes: defaults.segment_bytes,
             segment_max_age_ms: None,
             max_record_bytes: 16 * 1024 * 1024,
@@ -107,5 +85,70 @@ impl LogSinkConfig {
         u32::from_str_radix(digits, 8)
             .ok()
             .filter(|mode| *mode <= 0o777 && mode & 0o700 == 0o700)
+    }
+
+    /// The parsed `topic` template.
+    pub fn topic_template(&self) -> Result<Template> {
+        Template::parse(&self.topic, ALL_FIELDS)
+            .map_err(|reason| Error::config("sink.log.topic", reason))
+    }
+
+    /// Checks every key against its constraint; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(Error::config("sink.log.dir", "must not be empty"));
+        }
+        self.topic_template()?;
+        range("sink.log.segment_bytes", self.segment_bytes, 4096, 1 << 40)?;
+        if self.dir_mode_bits().is_none() {
+            return Err(Error::config(
+                "sink.log.dir_mode",
+                format!(
+                    "\"{}\" is not an octal mode of at most 0777 that gives the owner rwx \
+                     (e.g. \"0700\" or \"0750\")",
+                    self.dir_mode
+                ),
+            ));
+        }
+        range(
+            "sink.log.max_record_bytes",
+            self.max_record_bytes as u64,
+            1024,
+            256 << 20,
+        )?;
+        range(
+            "sink.log.fsync_interval_ms",
+            self.fsync_interval_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            "sink.log.index_interval_bytes",
+            self.index_interval_bytes,
+            64,
+            64 << 20,
+        )?;
+        if let Some(age) = self.segment_max_age_ms {
+            range("sink.log.segment_max_age_ms", age, 1_000, u64::MAX >> 1)?;
+        }
+        if let Some(bytes) = self.retention_bytes {
+            range(
+                "sink.log.retention_bytes",
+                bytes,
+                self.segment_bytes,
+                u64::MAX,
+            )
+            .map_err(|_| {
+                Error::config(
+                    "sink.log.retention_bytes",
+                    "must be at least sink.log.segment_bytes (a smaller limit would delete \
+                     every closed segment at once)",
+                )
+            })?;
+        }
+        if let Some(age) = self.retention_ms {
+            range("sink.log.retention_ms", age, 1_000, u64::MAX >> 1)?;
+        }
+        Ok(())
     }
 }
