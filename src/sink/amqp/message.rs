@@ -1,7 +1,7 @@
 //! Turning an [`Event`] into an AMQP message: properties, headers and body.
 
 use crate::event::Event;
-use crate::sink::headers::row_headers;
+use crate::sink::headers::{HeaderValue, event_headers};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::Value;
@@ -44,23 +44,23 @@ pub fn unsendable(event: &Event, routing_key: &str) -> Option<String> {
     ))
 }
 
-/// The AMQP headers: every member of the row's `headers` object, then `aggregatetype`,
-/// `aggregateid` and `position`, which win over a row header of the same name so consumers can
-/// rely on them. Names longer than 255 bytes are left out (AMQP cannot carry them). An error
-/// names a header too deeply nested to read.
+/// The AMQP headers: the shared mapping ([`crate::sink::headers`]): outboxd's own (`id`,
+/// `type`, `aggregatetype`, `aggregateid`, `position`, …), which win over a row header of the
+/// same name so consumers can rely on them, and every member of the row's `headers` object.
+/// Names longer than 255 bytes are left out (AMQP cannot carry them). An error names a header
+/// too deeply nested to read.
 pub fn headers(event: &Event) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
-    for (name, value) in row_headers(event)? {
+    for (name, value) in event_headers(event, None)? {
         if name.len() <= MAX_SHORT_STRING_BYTES {
-            table.insert(ShortString::from(name), header_value(value));
+            let value = match value {
+                HeaderValue::Text(text) => long_string(text),
+                HeaderValue::Integer(n) => AMQPValue::LongLongInt(n),
+                HeaderValue::Json(value) => header_value(value),
+            };
+            table.insert(ShortString::from(name), value);
         }
     }
-    table.insert("aggregatetype".into(), long_string(event.subject.clone()));
-    table.insert("aggregateid".into(), long_string(event.key.clone()));
-    table.insert(
-        "position".into(),
-        AMQPValue::LongLongInt(i64::try_from(event.position.0).unwrap_or(i64::MAX)),
-    );
     Ok(table)
 }
 
@@ -130,7 +130,9 @@ pub(crate) mod tests {
         assert_eq!(get(&table, "aggregatetype"), &long_string("order".into()));
         assert_eq!(get(&table, "aggregateid"), &long_string("42".into()));
         assert_eq!(get(&table, "position"), &AMQPValue::LongLongInt(7));
-        assert_eq!(headers(&event(None)).unwrap().inner().len(), 3);
+        assert_eq!(get(&table, "id"), &long_string(event(None).id));
+        assert_eq!(get(&table, "type"), &long_string("OrderPlaced".into()));
+        assert_eq!(headers(&event(None)).unwrap().inner().len(), 5);
     }
 
     #[test]

@@ -1,14 +1,12 @@
-//! Turning an [`Event`] into a Kafka record's headers: outboxd's own, the row's, and optionally
-//! CloudEvents binary-mode attributes.
+//! Turning an [`Event`] into a Kafka record's headers: the shared mapping
+//! ([`crate::sink::headers`]) as text, with CloudEvents binary-mode attributes under `ce_`.
 
 use crate::event::Event;
-use crate::sink::headers::row_headers;
-use chrono::SecondsFormat;
+use crate::sink::headers::{CloudEvents, event_headers};
 use rdkafka::message::{Header, OwnedHeaders};
-use serde_json::Value;
 
-/// The CloudEvents version the `ce_*` headers follow.
-const CLOUDEVENTS_SPEC_VERSION: &str = "1.0";
+/// The prefix of CloudEvents attributes in Kafka's binary mode.
+const CLOUDEVENTS_PREFIX: &str = "ce_";
 
 /// One header, name and value, before it is handed to librdkafka.
 pub type HeaderPair = (String, String);
@@ -19,40 +17,14 @@ pub type HeaderPair = (String, String);
 /// already use (so consumers can rely on outboxd's), string values as-is, others as JSON text.
 /// An error (a header nested deeper than 128 levels) is the reason to refuse the event.
 pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Result<Vec<HeaderPair>, String> {
-    let mut pairs: Vec<HeaderPair> = vec![
-        ("id".into(), event.id.clone()),
-        ("type".into(), event.event_type.clone()),
-        ("aggregatetype".into(), event.subject.clone()),
-        ("aggregateid".into(), event.key.clone()),
-        ("position".into(), event.position.to_string()),
-    ];
-    if let Some(source) = cloudevents_source {
-        let time = event
-            .created_at
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true);
-        pairs.extend([
-            ("ce_id".into(), event.id.clone()),
-            ("ce_type".into(), event.event_type.clone()),
-            ("ce_source".into(), source.to_string()),
-            ("ce_specversion".into(), CLOUDEVENTS_SPEC_VERSION.into()),
-            ("ce_time".into(), time),
-            ("content-type".into(), "application/json".into()),
-        ]);
-    }
-    // Row header names are unique (an object's keys), so only outboxd's own few need checking:
-    // linear in the number of row headers.
-    let reserved = pairs.len();
-    for (name, value) in row_headers(event)? {
-        if pairs[..reserved].iter().any(|(taken, _)| *taken == name) {
-            continue;
-        }
-        let text = match value {
-            Value::String(text) => text,
-            other => other.to_string(),
-        };
-        pairs.push((name, text));
-    }
-    Ok(pairs)
+    let cloudevents = cloudevents_source.map(|source| CloudEvents {
+        source,
+        prefix: CLOUDEVENTS_PREFIX,
+    });
+    Ok(event_headers(event, cloudevents)?
+        .into_iter()
+        .map(|(name, value)| (name, value.into_text()))
+        .collect())
 }
 
 /// `pairs` as librdkafka headers.
