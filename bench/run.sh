@@ -62,9 +62,10 @@ profile=release
 [ "$PERF" != 0 ] && profile=profiling
 echo "building ($profile)..." >&2
 cargo build --profile "$profile" --quiet --bin outboxd --example bench_latency --example bench_broker
-outboxd=${BENCH_OUTBOXD:-$PWD/target/$profile/outboxd}
-helper=$PWD/target/$profile/examples/bench_broker
-latency=$PWD/target/$profile/examples/bench_latency
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+outboxd=${BENCH_OUTBOXD:-$target_dir/$profile/outboxd}
+helper=$target_dir/$profile/examples/bench_broker
+latency=$target_dir/$profile/examples/bench_latency
 
 as_pg "$bin/initdb" -D "$root/data" -A trust -U postgres --no-sync >/dev/null
 as_pg "$bin/pg_ctl" -D "$root/data" -l "$root/server.log" -w start -o \
