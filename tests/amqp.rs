@@ -16,31 +16,6 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_events_from_eight_writers_reach_the_queue_in_aggregate_order() {
-    let Some(url) = rabbit().await else { return };
-    // Given a relay publishing to an exchange with a queue bound to every routing key
-    let db = test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topology = Topology::declare(&url, "#").await;
-    let mut config = config_for(&db, &dir.path().join("log"));
-    topology.configure(&mut config);
-    let relay = InProcessRelay::start(&config).await;
-    create_aggregates(&db, 50).await;
-
-    // When 8 connections write 1,250 events each, concurrently
-    write_events(&db, 8, 1250, 50).await;
-
-    // Then every row is confirmed and sent, and the queue holds all 10,000 in aggregate order
-    wait_settled(&db, 10_000, WAIT).await;
-    relay.stop().await;
-    let messages = topology.consume_all(WAIT).await;
-    let (distinct, repeats) = assert_queue_order(&messages);
-    assert_eq!((distinct, repeats), (10_000, 0));
-    assert_eq!(failed_rows(&db).await, 0);
-    topology.delete().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_closed_connections_mid_stream_lose_nothing() {
     let Some(_) = rabbit().await else { return };
     // Given a relay publishing into a private vhost, and writers streaming events

@@ -17,36 +17,6 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_events_from_eight_writers_arrive_over_six_partitions_in_aggregate_order() {
-    // Given a relay producing to a six-partition topic named by the template
-    let kafka = TestKafka::start(3);
-    let prefix = TestKafka::unique_topic("bulk");
-    kafka.create_topic(&format!("{prefix}.order"), 6).await;
-    let db = test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config_for(&db, &dir.path().join("log"));
-    kafka.configure(&mut config, &format!("{prefix}.{{aggregatetype}}"));
-    let relay = InProcessRelay::start(&config).await;
-    create_aggregates(&db, 50).await;
-
-    // When 8 connections write 1,250 events each, concurrently
-    write_events(&db, 8, 1250, 50).await;
-
-    // Then every row is sent only once Kafka confirmed it, and the topic holds all 10,000 with
-    // each aggregate in order within one partition
-    wait_settled(&db, 10_000, WAIT).await;
-    relay.stop().await;
-    let records = kafka
-        .read_whole_topic(&format!("{prefix}.order"), WAIT)
-        .await;
-    let (distinct, repeats) = assert_partition_order(&records);
-    assert_eq!((distinct, repeats), (10_000, 0));
-    assert_eq!(failed_rows(&db).await, 0);
-    let partitions: std::collections::HashSet<i32> = records.iter().map(|r| r.partition).collect();
-    assert_eq!(partitions.len(), 6, "50 keys should reach all 6 partitions");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_carries_key_value_and_headers_and_cloudevents_attributes() {
     // Given a relay in CloudEvents mode producing to one fixed topic
     let kafka = TestKafka::start(1);
