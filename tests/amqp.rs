@@ -200,8 +200,9 @@ async fn nacked_events_stay_pending_and_are_republished_in_order() {
     write_events(&db, 1, 5, 1).await;
 
     // Then, while the queue is full, the nacked events stay pending (never failed), and only a
-    // prefix of the aggregate is marked sent
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // prefix of the aggregate is marked sent: checked once the broker has nacked the third
+    // event three times (one unconfirmed message per aggregate: the nacks are all its)
+    wait_nacked(3).await;
     let client = connect(&db.url).await;
     let sent: Vec<i32> = client
         .query(
@@ -350,4 +351,18 @@ async fn pending_rows(db: &common::pg::TestDb) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Waits until the RabbitMQ sink has counted `count` nacks in this process (only the test
+/// that fills a reject-publish queue makes any).
+async fn wait_nacked(count: u64) {
+    let labels = outboxd::metrics::SinkLabels { sink: "amqp" };
+    let deadline = std::time::Instant::now() + WAIT;
+    while outboxd::metrics::get().busy.get_or_create(&labels).get() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never nacked {count} times"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
