@@ -355,7 +355,7 @@ fn a_streamed_transaction_carries_its_xid_on_every_change_inside_a_block() {
     // Then the decoder reads it apart from the message
     assert_eq!(xids, (900..907).map(Some).collect::<Vec<_>>());
     assert_eq!(
-        decoder.decode(&[b'E']).unwrap().message,
+        decoder.decode(b"E").unwrap().message,
         Message::StreamStop
     );
     // And after the block, the same kinds carry none again
@@ -398,7 +398,7 @@ fn stream_abort_names_the_subtransaction_and_in_version_4_its_lsn_and_time() {
 fn stream_blocks_out_of_order_are_errors() {
     let start = Wire::tag(b'S').u32(900).u8(0).0;
     let mut decoder = Decoder::default();
-    let err = decoder.decode(&[b'E']).unwrap_err();
+    let err = decoder.decode(b"E").unwrap_err();
     assert!(err.to_string().contains("stream stop without"), "{err}");
     decoder.decode(&start).unwrap();
     let err = decoder.decode(&start).unwrap_err();
