@@ -106,7 +106,7 @@ impl SinkUnderTest for KafkaSink {
     /// Slow brokers behind a small local queue: librdkafka refuses new messages while its
     /// queue is full (`QueueFull`), which the sink waits out. Needs the mock cluster.
     fn prepare_backpressure(&self, config: &mut Config) -> Option<()> {
-        self.kafka.mock.as_ref()?;
+        self.kafka.mock_or_skip("the backpressure scenario")?;
         let options = &mut config.sink.kafka.librdkafka_options.0;
         options.insert(
             "queue.buffering.max.messages".into(),

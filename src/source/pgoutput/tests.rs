@@ -354,10 +354,7 @@ fn a_streamed_transaction_carries_its_xid_on_every_change_inside_a_block() {
         .collect();
     // Then the decoder reads it apart from the message
     assert_eq!(xids, (900..907).map(Some).collect::<Vec<_>>());
-    assert_eq!(
-        decoder.decode(b"E").unwrap().message,
-        Message::StreamStop
-    );
+    assert_eq!(decoder.decode(b"E").unwrap().message, Message::StreamStop);
     // And after the block, the same kinds carry none again
     let insert = Wire::tag(b'I').u32(1).u8(b'N').u16(0).0;
     assert_eq!(decoder.decode(&insert).unwrap().xid, None);
