@@ -11,7 +11,7 @@
 
 use chrono::DateTime;
 use outboxd::event::{Event, Position};
-use outboxd::fuzz::{FILE_MARK, FIX_FRAME_CHECKSUMS, FIX_INDEX_CHECKSUMS};
+use outboxd::fuzz::{FILE_MARK, FIX_FRAME_CHECKSUMS, FIX_INDEX_CHECKSUMS, MESSAGE_MARK};
 use outboxd::log::{LogWriter, NewRecord, WriterOptions};
 use serde_json::value::RawValue;
 use std::path::{Path, PathBuf};
@@ -88,7 +88,7 @@ const OUTBOX_COLUMNS: [&str; 7] = [
     "created_at",
 ];
 
-/// One message of every kind the decoder reads, plus a few it skips.
+/// One message of every kind the decoder reads (versions 1 and 2), and a streamed session.
 fn pgoutput_seeds() -> Vec<Vec<u8>> {
     let mut relation = Wire::default()
         .u8(b'R')
@@ -136,7 +136,7 @@ fn pgoutput_seeds() -> Vec<Vec<u8>> {
             .u32(731)
             .0,
         Wire::default().u8(b'C').u8(0).u64(16).u64(72).u64(9).0,
-        relation.0,
+        relation.0.clone(),
         insert(r#"{"order_id": 42, "total": "19.90"}"#, None),
         insert(
             r#"{"a": [1, 2, {"b": null}]}"#,
@@ -161,14 +161,96 @@ fn pgoutput_seeds() -> Vec<Vec<u8>> {
         ),
         message(r#"{"aggregatetype":"o","aggregateid":"","type":"X","payload":1,"headers":[1]}"#),
         Wire::default().u8(b'U').u32(16_384).u8(b'N').u16(0).0,
+        Wire::default()
+            .u8(b'U')
+            .u32(16_384)
+            .u8(b'K')
+            .u16(1)
+            .text("1")
+            .u8(b'N')
+            .u16(2)
+            .text("2")
+            .u8(b'u')
+            .0,
+        Wire::default()
+            .u8(b'U')
+            .u32(16_384)
+            .u8(b'O')
+            .u16(1)
+            .u8(b'n')
+            .u8(b'N')
+            .u16(1)
+            .text("2")
+            .0,
+        Wire::default()
+            .u8(b'D')
+            .u32(16_384)
+            .u8(b'K')
+            .u16(1)
+            .text("1")
+            .0,
+        Wire::default()
+            .u8(b'D')
+            .u32(16_384)
+            .u8(b'O')
+            .u16(1)
+            .u8(b'n')
+            .0,
         Wire::default().u8(b'T').u32(1).u8(0).u32(16_384).0,
+        Wire::default()
+            .u8(b'T')
+            .u32(2)
+            .u8(3)
+            .u32(16_384)
+            .u32(16_390)
+            .0,
         Wire::default()
             .u8(b'Y')
             .u32(25)
             .cstr("pg_catalog")
             .cstr("text")
             .0,
+        Wire::default().u8(b'O').u64(12).cstr("upstream").0,
+        Wire::default().u8(b'S').u32(900).u8(1).0,
+        Wire::default().u8(b'E').0,
+        Wire::default()
+            .u8(b'c')
+            .u32(900)
+            .u8(0)
+            .u64(40)
+            .u64(48)
+            .u64(7)
+            .0,
+        Wire::default().u8(b'A').u32(900).u32(901).0,
+        Wire::default().u8(b'A').u32(900).u32(900).u64(64).u64(3).0,
+        streamed_session(&relation.0, &insert(r#"{"n": 1}"#, None)),
     ]
+}
+
+/// A session with one stream block (start, a Relation and an Insert each with its xid, stop)
+/// and the stream's commit, joined with `MESSAGE_MARK`, so the fuzzer starts inside a stream.
+fn streamed_session(relation: &[u8], insert: &[u8]) -> Vec<u8> {
+    let with_xid = |message: &[u8]| {
+        let mut bytes = vec![message[0]];
+        bytes.extend(900u32.to_be_bytes());
+        bytes.extend(&message[1..]);
+        bytes
+    };
+    let messages = [
+        Wire::default().u8(b'S').u32(900).u8(1).0,
+        with_xid(relation),
+        with_xid(insert),
+        Wire::default().u8(b'E').0,
+        Wire::default()
+            .u8(b'c')
+            .u32(900)
+            .u8(0)
+            .u64(40)
+            .u64(48)
+            .u64(7)
+            .0,
+    ];
+    messages.join(MESSAGE_MARK)
 }
 
 /// The event numbered `n`, with headers on every third one.

@@ -2,7 +2,7 @@
 //! replays the inputs they found. Not a stable API.
 //!
 //! Each entry point takes arbitrary bytes and runs them through the code that handles bytes
-//! from outside the process: a `pgoutput` message from the replication stream, a record body
+//! from outside the process: `pgoutput` messages from the replication stream, a record body
 //! and its frame, a log directory left by a crash, a disk error or someone else's program.
 //! That code must answer every input with a value or an error, never with a panic, a hang or
 //! an allocation sized by a length field it has not checked. The entry points return nothing;
@@ -15,34 +15,62 @@ use crate::log::NewRecord;
 use crate::log::frame::{self, Frame, HEADER_LEN};
 use crate::log::{Durability, LogReader, LogWriter, WriterOptions, codec, index, segment};
 use crate::source::logical::event::{self as logical_event, Columns};
-use crate::source::pgoutput::{self, Message, Relation};
+use crate::source::pgoutput::{self, Column, Message, OldRow, Relation, ReplicaIdentity};
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use std::io::Cursor;
 use std::path::Path;
 
-/// Decodes `data` as the payload of one `XLogData` message and, where the relay would go on,
-/// turns the result into an event the way the logical source does.
+/// Separates the messages of a [`pgoutput_message`] input.
+pub const MESSAGE_MARK: &[u8] = b"\n@@msg@@";
+
+/// Most messages one input may hold, to keep one run short.
+const MAX_MESSAGES: usize = 64;
+
+/// Decodes `data` as the payloads of consecutive `XLogData` messages of one session (split at
+/// [`MESSAGE_MARK`]; an input without one is a single message) and, where the relay would go
+/// on, turns each result into an event the way the logical source does.
 ///
-/// An Insert is read as a row of an outbox table with the default column layout, and an
-/// emitted message as an event message, so the fuzzer reaches the row and message checks too.
+/// One [`pgoutput::Decoder`] reads them all, so a Stream Start lets the fuzzer reach the
+/// streamed forms of the change messages (with their leading xid). An Insert, the new row of
+/// an Update and the old row of a Delete are read as rows of an outbox table with the default
+/// column layout, and an emitted message as an event message, so the fuzzer reaches the row
+/// and message checks too.
 pub fn pgoutput_message(data: &[u8]) {
-    let Ok(message) = pgoutput::decode(data) else {
-        return;
-    };
+    let mut decoder = pgoutput::Decoder::default();
+    for payload in split(data, MESSAGE_MARK).take(MAX_MESSAGES) {
+        if let Ok(decoded) = decoder.decode(payload) {
+            map_message(decoded.message);
+        }
+    }
+}
+
+/// Runs one decoded message through the mapping the logical source applies to it.
+fn map_message(message: Message<'_>) {
     let columns = ColumnsConfig::default();
+    let outbox = Columns::of(&outbox_relation(&columns), &columns);
+    let row = |values: &[pgoutput::Value<'_>]| {
+        let _ = logical_event::from_row(&outbox, values, Position(1), logical_event::pg_time(0));
+    };
     match message {
-        Message::Begin { commit_time, .. } | Message::Commit { commit_time, .. } => {
+        Message::Begin { commit_time, .. }
+        | Message::Commit { commit_time, .. }
+        | Message::StreamCommit { commit_time, .. } => {
             logical_event::pg_time(commit_time);
+        }
+        Message::StreamAbort {
+            abort: Some((_, time)),
+            ..
+        } => {
+            logical_event::pg_time(time);
         }
         Message::Relation(relation) => {
             Columns::of(&relation, &columns);
         }
-        Message::Insert { values, .. } => {
-            let outbox = Columns::of(&outbox_relation(&columns), &columns);
-            let _ =
-                logical_event::from_row(&outbox, &values, Position(1), logical_event::pg_time(0));
-        }
+        Message::Insert { values, .. } | Message::Update { new: values, .. } => row(&values),
+        Message::Delete { old, .. } => match old {
+            OldRow::Key(values) | OldRow::Row(values) => row(&values),
+        },
         Message::Message { lsn, content, .. } => {
             let _ = logical_event::from_message(
                 "outboxd",
@@ -52,7 +80,13 @@ pub fn pgoutput_message(data: &[u8]) {
                 logical_event::pg_time(0),
             );
         }
-        Message::Other(_) => {}
+        Message::Origin { .. }
+        | Message::Type { .. }
+        | Message::Truncate { .. }
+        | Message::StreamStart { .. }
+        | Message::StreamStop
+        | Message::StreamAbort { abort: None, .. }
+        | Message::Other(_) => {}
     }
 }
 
@@ -71,7 +105,8 @@ fn outbox_relation(names: &ColumnsConfig) -> Relation {
         id: 1,
         namespace: "public".to_owned(),
         name: "outbox".to_owned(),
-        columns: columns.into_iter().cloned().collect(),
+        replica_identity: ReplicaIdentity::Default,
+        columns: columns.into_iter().map(Column::named).collect(),
     }
 }
 

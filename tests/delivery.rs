@@ -96,7 +96,9 @@ async fn a_dead_letter_blocks_its_aggregate_until_dlq_retry_redelivers_in_order(
     let db = test_db().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let config = config_for(&db, &log);
+    let mut config = config_for(&db, &log);
+    // One lane hands events to the sink in the order the source read them (see below).
+    config.relay.lanes = 1;
     let faults = Arc::new(Mutex::new(Faults::default()));
     faults.lock().unwrap().refuse_types.insert("Poison".into());
     let relay = start_faulty(&config, faults.clone()).await;
@@ -113,10 +115,13 @@ async fn a_dead_letter_blocks_its_aggregate_until_dlq_retry_redelivers_in_order(
     )
     .await;
 
-    // Then a1 and b1 arrive, a3 waits behind the dead letter, which `dlq list` shows
-    wait_for_events(&[&log], 2, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(names(&read_log(&log)), vec!["a:One", "b:One"]);
+    // Then a1 and b1 arrive, a3 waits behind the dead letter, which `dlq list` shows. Checked
+    // once c1, written after the dead letter, arrived: with one lane, a3 (read before c1)
+    // would have reached the sink before it
+    wait_failed_rows(&db, 1).await;
+    insert(&db.url, &[("c", "One", 1)]).await;
+    wait_for_events(&[&log], 3, WAIT).await;
+    assert_eq!(names(&read_log(&log)), vec!["a:One", "b:One", "c:One"]);
     let path = write_config(&config, dir.path(), "c");
     let (code, stdout, stderr) = run_cli(&path, &["dlq", "list", "--json"]);
     assert_eq!(code, 0, "{stderr}");
@@ -136,11 +141,11 @@ async fn a_dead_letter_blocks_its_aggregate_until_dlq_retry_redelivers_in_order(
     assert!(stdout.contains("re-queued 1"), "{stdout}");
 
     // Then a2 and a3 arrive, in order
-    let logs = wait_for_events(&[&log], 4, WAIT).await;
+    let logs = wait_for_events(&[&log], 5, WAIT).await;
     relay.stop().await;
     assert_eq!(
         names(&logs[0]),
-        vec!["a:One", "b:One", "a:Poison", "a:Three"]
+        vec!["a:One", "b:One", "c:One", "a:Poison", "a:Three"]
     );
     let (_, stdout, _) = run_cli(&path, &["dlq", "list"]);
     assert!(stdout.contains("no dead letters"), "{stdout}");
@@ -193,6 +198,7 @@ async fn an_event_failing_max_attempts_times_becomes_a_dead_letter_and_others_fl
     let log = dir.path().join("log");
     let mut config = config_for(&db, &log);
     config.relay.max_attempts = 3;
+    config.relay.lanes = 1;
     config.relay.retry_initial_ms = 10;
     config.relay.retry_max_ms = 50;
     let faults = Arc::new(Mutex::new(Faults::default()));
@@ -228,11 +234,14 @@ async fn an_event_failing_max_attempts_times_becomes_a_dead_letter_and_others_fl
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (x2 is checked once z1, written after the dead letter, arrived: with one lane, x2 (read
+    // before z1) would have reached the sink before it)
+    insert(&db.url, &[("z", "One", 1)]).await;
+    wait_for_events(&[&log], 2, WAIT).await;
     relay.stop().await;
     assert_eq!(row.get::<_, i32>(0), 3);
     assert_eq!(row.get::<_, String>(1), "injected: always fails");
-    assert_eq!(names(&read_log(&log)), vec!["y:One"]);
+    assert_eq!(names(&read_log(&log)), vec!["y:One", "z:One"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,4 +406,13 @@ async fn in_logical_mode_a_failing_aggregate_is_retried_in_order_and_a_poisoned_
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
     assert!(outboxd::metrics::get().dead_letters.get() > dead_before);
     drop_slot(&db).await;
+}
+
+/// Waits until `count` rows are marked failed.
+async fn wait_failed_rows(db: &common::pg::TestDb, count: i64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while failed_rows(db).await < count {
+        assert!(std::time::Instant::now() < deadline, "no row marked failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -9,40 +9,6 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_events_from_eight_writers_arrive_once_and_in_aggregate_order() {
-    // Given a relay on a fresh outbox, and 50 aggregates that writers serialize on
-    let db = test_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    let config = config_for(&db, &log);
-    let relay = InProcessRelay::start(&config).await;
-    create_aggregates(&db, 50).await;
-
-    // When 8 connections write 1,250 events each, concurrently
-    write_events(&db, 8, 1250, 50).await;
-
-    // Then all 10,000 arrive, none twice, each aggregate's sequence complete and increasing
-    let logs = wait_for_events(&[&log], 10_000, WAIT).await;
-    relay.stop().await;
-    let records = read_log(&log);
-    assert_eq!(records.len(), logs[0].len().max(records.len()));
-    assert_eq!(
-        assert_complete(&records.iter().collect::<Vec<_>>(), 10_000),
-        0,
-        "duplicates"
-    );
-    assert_eq!(assert_in_order(&records), 0);
-    // And every row is marked sent
-    let client = connect(&db.url).await;
-    let pending: i64 = client
-        .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(pending, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_insert_is_relayed_in_milliseconds_through_notify() {
     // Given a relay whose fallback poll is 10 minutes away
     let db = test_db().await;
@@ -51,7 +17,9 @@ async fn a_committed_insert_is_relayed_in_milliseconds_through_notify() {
     let mut config = config_for(&db, &log);
     config.source.poll_interval_ms = 600_000;
     let relay = InProcessRelay::start(&config).await;
-    // (the first fetch happens at start; give it a moment to go idle on the notification)
+    // (the first fetch happens at start; give it a moment to go idle on the notification. A
+    // fixed wait, and no assertion: a relay still busy with its first fetch would only make
+    // the test pass more easily, and nothing outside the relay shows it went idle)
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // When one event is committed
@@ -104,7 +72,9 @@ async fn a_late_commit_is_neither_skipped_nor_overtaken() {
     .await
     .unwrap();
 
-    // Then A2 waits while A1's transaction is open...
+    // Then A2 waits while A1's transaction is open... A fixed wait: what is checked is that
+    // nothing happens, and nothing outside the relay shows it looked at A2 and held it back;
+    // 700 ms is more than three poll intervals (200 ms), each a chance to publish it wrongly
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         read_log(&log).is_empty(),

@@ -12,6 +12,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind, message::Delivery};
 use outboxd::config::{Config, DbUrl, SinkKind};
 use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -319,4 +320,25 @@ pub fn assert_queue_order(messages: &[Delivery]) -> (usize, usize) {
         );
     }
     (seen.len(), repeats)
+}
+
+/// The `host:port` of an `amqp://user:password@host:port/vhost` URL, resolved.
+pub fn broker_addr(url: &str) -> SocketAddr {
+    let authority = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next());
+    let authority = authority.unwrap_or_else(|| panic!("no host:port in {url}"));
+    authority
+        .to_socket_addrs()
+        .expect("resolve broker")
+        .next()
+        .expect("a broker address")
+}
+
+/// `url` with its `host:port` replaced by `addr` (a [`super::proxy::Proxy`]'s).
+pub fn url_through(url: &str, addr: SocketAddr) -> String {
+    let (credentials, rest) = url.split_once('@').expect("credentials in URL");
+    let (_, vhost) = rest.split_once('/').expect("vhost in URL");
+    format!("{credentials}@{addr}/{vhost}")
 }

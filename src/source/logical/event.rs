@@ -38,7 +38,7 @@ pub struct Columns {
 impl Columns {
     /// Finds the configured columns in `relation`.
     pub fn of(relation: &Relation, names: &ColumnsConfig) -> Self {
-        let find = |name: &str| relation.columns.iter().position(|c| c == name);
+        let find = |name: &str| relation.columns.iter().position(|c| c.name == name);
         Columns {
             id: find(&names.id),
             aggregate_type: find(&names.aggregate_type),
@@ -186,12 +186,14 @@ pub fn pg_time(micros: i64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::pgoutput::{Column, ReplicaIdentity};
 
     fn outbox() -> Relation {
         Relation {
             id: 1,
             namespace: "public".into(),
             name: "outbox".into(),
+            replica_identity: ReplicaIdentity::Default,
             columns: [
                 "id",
                 "aggregatetype",
@@ -201,7 +203,7 @@ mod tests {
                 "headers",
                 "created_at",
             ]
-            .map(String::from)
+            .map(Column::named)
             .to_vec(),
         }
     }
