@@ -42,6 +42,10 @@ pub struct OutboxTable {
     pub delete_delivered: String,
     /// Marks rows failed; `$1` positions, `$2` reasons, as parallel arrays.
     pub mark_failed: String,
+    /// Whether the NOTIFY trigger belongs on the table: polling mode with `source.notify`.
+    /// Logical mode reads the WAL and needs no wake-up; the trigger would only make `PREPARE
+    /// TRANSACTION` fail for every transaction that writes an event.
+    pub notify: bool,
     /// Values substituted into the migration templates.
     pub template_vars: Vec<(&'static str, String)>,
 }
@@ -133,6 +137,7 @@ impl OutboxTable {
             mark_delivered,
             delete_delivered,
             mark_failed,
+            notify: source.notify && source.mode == crate::config::SourceMode::Poll,
             template_vars,
         };
         // Innermost: the pending rows, each body rendered at most once (the lateral subquery
