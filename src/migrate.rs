@@ -52,6 +52,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "payload_not_null",
         template: include_str!("../migrations/0006_payload_not_null.sql"),
     },
+    Migration {
+        version: 7,
+        name: "sent_index",
+        template: include_str!("../migrations/0007_sent_index.sql"),
+    },
 ];
 
 /// The migration that installs the trigger; re-applied whenever the channel changes, and

@@ -121,6 +121,7 @@ impl OutboxTable {
             ("failed_index", q(&derived_name(name, "failed_idx"))),
             ("dead_index", q(&derived_name(name, "dead_idx"))),
             ("dead_hash_index", q(&derived_name(name, "dead_hash_idx"))),
+            ("sent_index", q(&derived_name(name, "sent_idx"))),
             ("payload_check", q(&derived_name(name, "payload_check"))),
             ("trigger", q(&derived_name(name, "notify"))),
             ("channel", quote_literal(&source.channel())),
