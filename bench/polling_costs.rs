@@ -10,7 +10,7 @@
 //! Usage: `cargo run --release --example bench_polling_costs` with env `KEPT` (sent rows kept,
 //! not yet expired; default 1200000), `PARKED` (pending rows behind one dead letter of their
 //! aggregate; default 200000), `BACKLOG` (further pending rows for the stats sample; default
-//! 1000000), `ROUNDS` (default 20).
+//! 1000000), `ROUNDS` (default 20); `KEEP=1` keeps the database (to EXPLAIN what was timed).
 
 use outboxd::config::{Config, DbUrl};
 use outboxd::outbox::OutboxTable;
@@ -152,6 +152,10 @@ async fn main() {
     .await;
 
     drop(session);
+    if std::env::var_os("KEEP").is_some() {
+        println!("kept database {name}");
+        return;
+    }
     let _ = admin
         .client
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))

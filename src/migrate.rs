@@ -134,7 +134,9 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
         Trigger::Unwanted => {
             tx.batch_execute(&table.render("DROP TRIGGER IF EXISTS {trigger} ON {table}"))
                 .await
-                .map_err(db("removing the notify trigger (source.notify = false or logical mode)"))?;
+                .map_err(db(
+                    "removing the notify trigger (source.notify = false or logical mode)",
+                ))?;
             tracing::info!(table = %table.qualified, "notify trigger removed");
         }
         Trigger::Missing => {
@@ -144,7 +146,9 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
                 .expect("listed");
             tx.batch_execute(&table.render(trigger.template))
                 .await
-                .map_err(db("installing the notify trigger for the configured channel"))?;
+                .map_err(db(
+                    "installing the notify trigger for the configured channel",
+                ))?;
         }
     }
     tx.commit().await.map_err(db("commit"))?;

@@ -69,7 +69,10 @@ async fn an_open_transaction_holding_events_back_shows_in_metrics_status_and_log
     assert_eq!(status["holding_transaction"]["pid"], pid, "{stdout}");
     // And the log says it once the hold lasted a while
     relay
-        .wait_for_log_line(&["WARN", "holds 1 events back", &format!("pid {pid}")], WAIT)
+        .wait_for_log_line(
+            &["WARN", "holds 1 events back", &format!("pid {pid}")],
+            WAIT,
+        )
         .await;
     assert!(read_log(&log).is_empty(), "the guard let the event through");
 

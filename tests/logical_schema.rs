@@ -165,7 +165,9 @@ async fn logical_outbox_dropped_from_the_publication_stops_the_relay_and_its_res
     let publication = &config.source.logical.publication;
     connect(&db.url)
         .await
-        .batch_execute(&format!("ALTER PUBLICATION {publication} DROP TABLE outbox"))
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {publication} DROP TABLE outbox"
+        ))
         .await
         .unwrap();
     insert(&db, "unpublished").await;
@@ -257,7 +259,10 @@ async fn logical_publication_dropped_and_recreated_is_explained_not_recreated() 
     let text = run_until_it_stops(&config, dir.path(), "dropped");
 
     // Then it does not re-create the publication behind the user's back
-    assert!(text.contains("does not exist but replication slot"), "{text}");
+    assert!(
+        text.contains("does not exist but replication slot"),
+        "{text}"
+    );
     let exists: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
@@ -279,9 +284,15 @@ async fn logical_publication_dropped_and_recreated_is_explained_not_recreated() 
     let text = run_until_it_stops(&config, dir.path(), "recreated");
 
     // Then it says exactly what happened and what each way out loses
-    assert!(text.contains("dropped and re-created after the slot's position"), "{text}");
+    assert!(
+        text.contains("dropped and re-created after the slot's position"),
+        "{text}"
+    );
     assert!(text.contains("pg_replication_slot_advance"), "{text}");
-    assert!(text.contains("source.logical.recreate_lost_slot = true"), "{text}");
+    assert!(
+        text.contains("source.logical.recreate_lost_slot = true"),
+        "{text}"
+    );
     assert!(text.contains("are NOT delivered"), "{text}");
 
     // When the operator advances the slot as told, then new events flow
@@ -363,7 +374,8 @@ async fn logical_partitioned_outbox_under_a_publication_by_partition_names_the_f
         .await
         .unwrap_err()
         .to_string();
-    let fix = format!("ALTER PUBLICATION \"{publication}\" SET (publish_via_partition_root = true)");
+    let fix =
+        format!("ALTER PUBLICATION \"{publication}\" SET (publish_via_partition_root = true)");
     assert!(err.contains(&fix), "{err}");
     drop_slot(&db).await;
 }

@@ -38,7 +38,9 @@ async fn write_prepared(db: &TestDb, aggregate: &str) -> Result<(), String> {
         .await;
     if let Err(err) = prepared {
         let _ = client.batch_execute("ROLLBACK").await;
-        return Err(err.as_db_error().map_or(err.to_string(), |e| e.message().to_string()));
+        return Err(err
+            .as_db_error()
+            .map_or(err.to_string(), |e| e.message().to_string()));
     }
     client
         .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
@@ -64,7 +66,9 @@ async fn logical_mode_removes_the_trigger_and_a_prepared_transaction_is_delivere
     // When an event is written by a two-phase transaction, then it is prepared, committed and
     // delivered
     let relay = InProcessRelay::start(&config).await;
-    write_prepared(&db, "xa").await.expect("PREPARE TRANSACTION");
+    write_prepared(&db, "xa")
+        .await
+        .expect("PREPARE TRANSACTION");
     let logs = wait_for_events(&[&log], 1, WAIT).await;
     assert_eq!(logs[0][0].event.aggregate_id, "xa");
     relay.stop().await;
@@ -89,7 +93,9 @@ async fn polling_without_notify_removes_the_trigger_and_delivers_prepared_transa
 
     // Then the trigger is removed and a prepared transaction's event arrives by polling
     assert_eq!(triggers(&db).await, 0);
-    write_prepared(&db, "xa").await.expect("PREPARE TRANSACTION");
+    write_prepared(&db, "xa")
+        .await
+        .expect("PREPARE TRANSACTION");
     let logs = wait_for_events(&[&log], 1, WAIT).await;
     assert_eq!(logs[0][0].event.aggregate_id, "xa");
     relay.stop().await;

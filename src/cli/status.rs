@@ -96,7 +96,10 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
     println!("{:<16}{}", "oldest pending", age);
     if let Some(held) = held_back_events {
         let by = holding_transaction.map_or(String::new(), |h| {
-            format!(" by the transaction of pid {} (open {:.1} s)", h.pid, h.age_seconds)
+            format!(
+                " by the transaction of pid {} (open {:.1} s)",
+                h.pid, h.age_seconds
+            )
         });
         println!("{:<16}{held}{by}", "held back");
     }

@@ -84,10 +84,14 @@ impl Guard {
                 .holder
                 .as_ref()
                 .map_or((0, 0.0), |h| (h.pid, h.age_seconds));
-            tracing::warn!(held_back, holding_pid = pid, holding_age_seconds = age,
+            tracing::warn!(
+                held_back,
+                holding_pid = pid,
+                holding_age_seconds = age,
                 "the visibility guard holds {held_back} events back until the transaction of \
                  pid {pid}, open for {age:.0} s, ends (rows written after a transaction began \
-                 wait for it, so none is overtaken)");
+                 wait for it, so none is overtaken)"
+            );
         }
     }
 }

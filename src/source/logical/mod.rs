@@ -55,8 +55,8 @@ use crate::event::{Position, Rejected, Stored};
 use crate::outbox::OutboxTable;
 use crate::pg::Session;
 use crate::retry::{Backoff, sleep_or_shutdown};
-use chrono::{DateTime, Utc};
 use apply::Layout;
+use chrono::{DateTime, Utc};
 use pending::Pending;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use progress::Progress;
@@ -239,7 +239,9 @@ impl LogicalSource {
             if self.sql_session().await.is_ok()
                 && let Some(sql) = &self.sql
             {
-                return Err(publication::explain_stream_error(&sql.client, &self.config, err).await);
+                return Err(
+                    publication::explain_stream_error(&sql.client, &self.config, err).await,
+                );
             }
             return Err(err);
         }

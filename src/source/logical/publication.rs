@@ -185,4 +185,3 @@ async fn slot_choices(client: &Client, source: &SourceConfig) -> String {
          still holds the rows written in between; re-insert those that must be delivered"
     )
 }
-

@@ -16,8 +16,8 @@ use crate::migrate;
 use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify, quote_ident};
 use crate::retry::{Backoff, sleep_or_shutdown};
-use std::sync::Arc;
 use flight::Flight;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -238,7 +238,9 @@ impl Source for PollSource {
             self.flight.drop_unrecordable(&mut selection.rejected);
             let held_back = selection.held_back > 0;
             if let Some(session) = &self.session {
-                self.guard.observe(selection.held_back, &session.client).await;
+                self.guard
+                    .observe(selection.held_back, &session.client)
+                    .await;
             }
             if !selection.events.is_empty() || !selection.rejected.is_empty() {
                 self.recheck = FIRST_RECHECK;
