@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Deletes up to `cleanup_batch` sent rows older than the retention; returns how many.
+/// Deletes up to `cleanup_batch` sent rows older than the retention, oldest first; returns how
+/// many. Walks the sent-at index (migration 7) from its oldest entry, so a round costs what it
+/// deletes, not what is kept: a round that finds nothing expired reads one index entry.
 pub async fn delete_expired(
     session: &Session,
     table: &OutboxTable,
@@ -19,7 +21,7 @@ pub async fn delete_expired(
     let sql = table.render(
         "DELETE FROM {table} WHERE {position} IN (SELECT {position} FROM {table} \
          WHERE {sent_at} IS NOT NULL AND {sent_at} < now() - make_interval(secs => $1) \
-         ORDER BY {position} LIMIT $2 FOR UPDATE SKIP LOCKED)",
+         ORDER BY {sent_at} LIMIT $2 FOR UPDATE SKIP LOCKED)",
     );
     let seconds = source.retention_ms as f64 / 1000.0;
     session

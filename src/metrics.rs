@@ -33,6 +33,13 @@ pub const DEAD_LETTERS_CURRENT: &str = "outboxd_dead_letters_current";
 pub const PENDING: &str = "outboxd_pending_events";
 /// Age of the oldest pending event, seconds (sampled from the table; 0 when none).
 pub const OLDEST_PENDING_AGE: &str = "outboxd_oldest_pending_age_seconds";
+/// Events the visibility guard holds back in polling mode (among those of the last fetch):
+/// written after a transaction that is still open began.
+pub const HELD_BACK: &str = "outboxd_held_back_events";
+/// Age of the oldest open transaction while the guard holds events back, seconds (0 otherwise).
+pub const HOLDING_TRANSACTION_AGE: &str = "outboxd_holding_transaction_age_seconds";
+/// Server process id of that transaction (-1: a prepared transaction; 0: none or not visible).
+pub const HOLDING_TRANSACTION_PID: &str = "outboxd_holding_transaction_pid";
 /// Bytes of WAL the replication slot holds back (logical mode; 0 when polling).
 pub const SLOT_LAG: &str = "outboxd_replication_slot_lag_bytes";
 /// Events handed to the sink and not yet confirmed.
@@ -93,6 +100,12 @@ pub struct Metrics {
     pub pending: Gauge,
     /// See [`OLDEST_PENDING_AGE`].
     pub oldest_pending_age: Gauge<f64, AtomicU64>,
+    /// See [`HELD_BACK`].
+    pub held_back: Gauge,
+    /// See [`HOLDING_TRANSACTION_AGE`].
+    pub holding_transaction_age: Gauge<f64, AtomicU64>,
+    /// See [`HOLDING_TRANSACTION_PID`].
+    pub holding_transaction_pid: Gauge,
     /// See [`SLOT_LAG`].
     pub slot_lag: Gauge,
     /// See [`IN_FLIGHT`].
@@ -146,6 +159,9 @@ impl Metrics {
             dead_letters_current: Gauge::default(),
             pending: Gauge::default(),
             oldest_pending_age: Gauge::default(),
+            held_back: Gauge::default(),
+            holding_transaction_age: Gauge::default(),
+            holding_transaction_pid: Gauge::default(),
             slot_lag: Gauge::default(),
             in_flight: Gauge::default(),
             last_publish: Gauge::default(),
@@ -195,6 +211,21 @@ impl Metrics {
             OLDEST_PENDING_AGE,
             "Age of the oldest pending event in seconds",
             m.oldest_pending_age.clone(),
+        );
+        registry.register(
+            HELD_BACK,
+            "Events the visibility guard holds back (polling)",
+            m.held_back.clone(),
+        );
+        registry.register(
+            HOLDING_TRANSACTION_AGE,
+            "Age in seconds of the oldest open transaction while events are held back",
+            m.holding_transaction_age.clone(),
+        );
+        registry.register(
+            HOLDING_TRANSACTION_PID,
+            "Server process id of the oldest open transaction while events are held back",
+            m.holding_transaction_pid.clone(),
         );
         registry.register(
             SLOT_LAG,

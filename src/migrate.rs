@@ -52,9 +52,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "payload_not_null",
         template: include_str!("../migrations/0006_payload_not_null.sql"),
     },
+    Migration {
+        version: 7,
+        name: "sent_index",
+        template: include_str!("../migrations/0007_sent_index.sql"),
+    },
 ];
 
-/// The migration that installs the trigger; re-applied whenever the channel changes.
+/// The migration that installs the trigger; re-applied whenever the channel changes, and
+/// applied only where the trigger is wanted (see [`OutboxTable::notify`]).
 const TRIGGER_VERSION: i32 = 2;
 
 /// The oldest PostgreSQL with `xid8` and `pg_snapshot_xmin`, which the visibility guard needs.
@@ -105,12 +111,16 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
         .collect();
     let mut applied = Vec::new();
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        tx.batch_execute(&table.render(migration.template))
-            .await
-            .map_err(db(&format!(
-                "applying {:04}_{}",
-                migration.version, migration.name
-            )))?;
+        // The trigger follows `table.notify` (see below); its migration is recorded either way.
+        let skip = migration.version == TRIGGER_VERSION && !table.notify;
+        if !skip {
+            tx.batch_execute(&table.render(migration.template))
+                .await
+                .map_err(db(&format!(
+                    "applying {:04}_{}",
+                    migration.version, migration.name
+                )))?;
+        }
         tx.execute(
             &format!("INSERT INTO {history} (outbox, version, name) VALUES ($1, $2, $3)"),
             &[&table.name, &migration.version, &migration.name],
@@ -119,20 +129,33 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
         .map_err(db("recording the migration"))?;
         applied.push(migration.version);
     }
-    if !applied.contains(&TRIGGER_VERSION) && !trigger_is_current(&tx, table).await? {
-        let trigger = MIGRATIONS
-            .iter()
-            .find(|m| m.version == TRIGGER_VERSION)
-            .expect("listed");
-        tx.batch_execute(&table.render(trigger.template))
-            .await
-            .map_err(db("re-creating the notify trigger for a new channel"))?;
+    match trigger_state(&tx, table).await? {
+        Trigger::AsWanted => {}
+        Trigger::Unwanted => {
+            tx.batch_execute(&table.render("DROP TRIGGER IF EXISTS {trigger} ON {table}"))
+                .await
+                .map_err(db(
+                    "removing the notify trigger (source.notify = false or logical mode)",
+                ))?;
+            tracing::info!(table = %table.qualified, "notify trigger removed");
+        }
+        Trigger::Missing => {
+            let trigger = MIGRATIONS
+                .iter()
+                .find(|m| m.version == TRIGGER_VERSION)
+                .expect("listed");
+            tx.batch_execute(&table.render(trigger.template))
+                .await
+                .map_err(db(
+                    "installing the notify trigger for the configured channel",
+                ))?;
+        }
     }
     tx.commit().await.map_err(db("commit"))?;
     Ok(applied)
 }
 
-/// Whether every migration is recorded for `table` and its trigger is current.
+/// Whether every migration is recorded for `table` and its trigger is as wanted.
 async fn is_current(client: &Client, table: &OutboxTable) -> Result<bool> {
     let history = format!("{}.outboxd_migrations", quote_ident(&table.schema));
     let exists: Option<String> = client
@@ -156,11 +179,22 @@ async fn is_current(client: &Client, table: &OutboxTable) -> Result<bool> {
     if MIGRATIONS.iter().any(|m| !done.contains(&m.version)) {
         return Ok(false);
     }
-    trigger_is_current(client, table).await
+    Ok(trigger_state(client, table).await? == Trigger::AsWanted)
 }
 
-/// Whether the notify trigger exists and sends on the configured channel.
-async fn trigger_is_current(client: &impl GenericClient, table: &OutboxTable) -> Result<bool> {
+/// The notify trigger compared with what `table.notify` asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Trigger {
+    /// Present on the configured channel while wanted, or absent while not.
+    AsWanted,
+    /// Wanted, but absent or on another channel.
+    Missing,
+    /// Present although not wanted (logical mode, or `source.notify = false`).
+    Unwanted,
+}
+
+/// Whether the notify trigger is as `table.notify` asks.
+async fn trigger_state(client: &impl GenericClient, table: &OutboxTable) -> Result<Trigger> {
     let (trigger, channel) = (table.render("{trigger}"), table.render("{channel}"));
     // Rendered values are quoted; the catalog holds them bare.
     let bare = |quoted: &str, quote: char| {
@@ -175,7 +209,15 @@ async fn trigger_is_current(client: &impl GenericClient, table: &OutboxTable) ->
         .await
         .map_err(|err| classify("reading the notify trigger", err))?;
     let expected = format!("{}\0", bare(&channel, '\''));
-    Ok(row.is_some_and(|row| row.get::<_, Vec<u8>>(0) == expected.as_bytes()))
+    let current = row
+        .as_ref()
+        .is_some_and(|row| row.get::<_, Vec<u8>>(0) == expected.as_bytes());
+    Ok(match (table.notify, row.is_some()) {
+        (true, _) if current => Trigger::AsWanted,
+        (true, _) => Trigger::Missing,
+        (false, true) => Trigger::Unwanted,
+        (false, false) => Trigger::AsWanted,
+    })
 }
 
 /// Refuses servers older than PostgreSQL 13.

@@ -42,6 +42,10 @@ pub struct OutboxTable {
     pub delete_delivered: String,
     /// Marks rows failed; `$1` positions, `$2` reasons, as parallel arrays.
     pub mark_failed: String,
+    /// Whether the NOTIFY trigger belongs on the table: polling mode with `source.notify`.
+    /// Logical mode reads the WAL and needs no wake-up; the trigger would only make `PREPARE
+    /// TRANSACTION` fail for every transaction that writes an event.
+    pub notify: bool,
     /// Values substituted into the migration templates.
     pub template_vars: Vec<(&'static str, String)>,
 }
@@ -117,6 +121,7 @@ impl OutboxTable {
             ("failed_index", q(&derived_name(name, "failed_idx"))),
             ("dead_index", q(&derived_name(name, "dead_idx"))),
             ("dead_hash_index", q(&derived_name(name, "dead_hash_idx"))),
+            ("sent_index", q(&derived_name(name, "sent_idx"))),
             ("payload_check", q(&derived_name(name, "payload_check"))),
             ("trigger", q(&derived_name(name, "notify"))),
             ("channel", quote_literal(&source.channel())),
@@ -133,6 +138,7 @@ impl OutboxTable {
             mark_delivered,
             delete_delivered,
             mark_failed,
+            notify: source.notify && source.mode == crate::config::SourceMode::Poll,
             template_vars,
         };
         // Innermost: the pending rows, each body rendered at most once (the lateral subquery
@@ -150,12 +156,15 @@ impl OutboxTable {
              OFFSET 0) AS r \
              WHERE o.{sent_at} IS NULL AND o.{failed_at} IS NULL \
              AND (o.{aggregate_id} IS NULL OR o.{aggregate_id} <> ALL($2::text[]))";
-        // The hash comparison lets the dead-letter index (migration 5) find the aggregate's
-        // dead letters; the id comparison keeps ids that share a hash apart.
-        let blocked = " AND NOT EXISTS (SELECT 1 FROM {table} AS d \
-             WHERE md5(d.{aggregate_id}::text) = md5(o.{aggregate_id}::text) \
-             AND d.{aggregate_id} = o.{aggregate_id} AND d.{failed_at} IS NOT NULL \
-             AND d.{skipped_at} IS NULL AND d.{position} < o.{position})";
+        // Each aggregate's first dead letter in force, read once per fetch from the failed
+        // index (migration 3; dead letters are few), then probed per pending row by hash: a
+        // probe per row into the table's own index cost ~6 µs a row, and every row parked
+        // behind a dead letter is walked on every fetch (see docs/BENCHMARKS.md).
+        let dead = "WITH dead AS MATERIALIZED (SELECT {aggregate_id} AS aggregate, \
+             min({position}) AS first FROM {table} \
+             WHERE {failed_at} IS NOT NULL AND {skipped_at} IS NULL GROUP BY 1) ";
+        let blocked = " AND NOT EXISTS (SELECT 1 FROM dead AS d \
+             WHERE d.aggregate = o.{aggregate_id} AND d.first < o.{position})";
         let order = " ORDER BY o.{position} LIMIT $1";
         // Then: whether each fits, and the loaded bytes before it, to end the batch in budget.
         let bounded = |rows: String| {
@@ -171,7 +180,10 @@ impl OutboxTable {
             )
         };
         table.fetch_pending = table.render(&bounded(format!("{fetch}{order}")));
-        table.fetch_pending_blocking = table.render(&bounded(format!("{fetch}{blocked}{order}")));
+        table.fetch_pending_blocking = table.render(&format!(
+            "{dead}{}",
+            bounded(format!("{fetch}{blocked}{order}"))
+        ));
         table.mark_retry = table.render(
             "UPDATE {table} AS o SET {attempts} = o.{attempts} + 1, {last_error} = r.reason, \
              {failed_at} = CASE WHEN o.{attempts} + 1 >= $3 THEN now() END \

@@ -16,8 +16,12 @@ use tokio_util::sync::CancellationToken;
 /// A snapshot of the outbox's state.
 #[derive(Clone, Debug, Serialize)]
 pub struct OutboxStats {
-    /// Events waiting to be delivered.
+    /// Events waiting to be delivered: exact up to [`PENDING_COUNTED_UP_TO`], an estimate
+    /// beyond (see [`Self::pending_estimated`]).
     pub pending: i64,
+    /// Whether [`Self::pending`] is estimated: the span of positions from the oldest pending
+    /// event to the newest, an upper bound (sent rows and dead letters in between count too).
+    pub pending_estimated: bool,
     /// Of [`Self::pending`], the events waiting behind a dead letter of their aggregate (which
     /// hold back nothing else); they flow once an operator retries or skips it.
     pub pending_blocked: i64,
@@ -27,26 +31,40 @@ pub struct OutboxStats {
     pub dead_letters: i64,
     /// Dead letters an operator skipped (kept for the record, no longer counted above).
     pub skipped_dead_letters: i64,
-    /// When the most recently written sent event was confirmed (none in `delete` mode).
+    /// When the sink last confirmed an event (none in `delete` mode).
     pub last_sent_at: Option<DateTime<Utc>>,
 }
 
-/// Reads the current numbers. Each query is answered from a partial or unique index, so this
-/// stays cheap however many sent rows the table keeps. `blocking` says whether dead letters hold
+/// Pending events counted one by one; beyond this, [`sample`] estimates (see
+/// [`OutboxStats::pending_estimated`]), so a sample costs at most this many index entries
+/// however large the backlog.
+pub const PENDING_COUNTED_UP_TO: i64 = 100_000;
+
+/// Reads the current numbers. Each query is answered from a partial or unique index and reads
+/// at most [`PENDING_COUNTED_UP_TO`] pending rows, so this stays cheap however many sent rows
+/// the table keeps and however long the backlog. `blocking` says whether dead letters hold
 /// back their aggregate (`on_dead_letter = "block_aggregate"`); only then are events behind them
 /// counted, which costs a pass over the pending rows when there is a dead letter (so `status`
 /// does it, the periodic sampler does not).
 pub async fn sample(client: &Client, table: &OutboxTable, blocking: bool) -> Result<OutboxStats> {
+    // The oldest pending events, in position order, up to one past the cap.
     let pending = client
         .query_one(
             &table.render(
-                "SELECT count(*), extract(epoch FROM now() - min({created_at}))::float8 \
-                 FROM {table} WHERE {sent_at} IS NULL AND {failed_at} IS NULL",
+                "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 \
+                 FROM (SELECT {created_at} AS created_at FROM {table} \
+                       WHERE {sent_at} IS NULL AND {failed_at} IS NULL \
+                       ORDER BY {position} LIMIT $1) AS head",
             ),
-            &[],
+            &[&(PENDING_COUNTED_UP_TO + 1)],
         )
         .await
         .map_err(|err| classify("counting pending events", err))?;
+    let counted: i64 = pending.get(0);
+    let (pending_count, pending_estimated) = match counted > PENDING_COUNTED_UP_TO {
+        false => (counted, false),
+        true => (estimate_pending(client, table).await?.max(counted), true),
+    };
     // A skipped dead letter no longer blocks anything: counting it would keep an alert on
     // `outboxd_dead_letters_current` firing after the operator dealt with it.
     let dead = client
@@ -69,7 +87,7 @@ pub async fn sample(client: &Client, table: &OutboxTable, blocking: bool) -> Res
         .query_opt(
             &table.render(
                 "SELECT {sent_at} FROM {table} WHERE {sent_at} IS NOT NULL \
-                 ORDER BY {position} DESC LIMIT 1",
+                 ORDER BY {sent_at} DESC LIMIT 1",
             ),
             &[],
         )
@@ -77,13 +95,30 @@ pub async fn sample(client: &Client, table: &OutboxTable, blocking: bool) -> Res
         .map_err(|err| classify("reading the last publish", err))?
         .map(|row| row.get(0));
     Ok(OutboxStats {
-        pending: pending.get(0),
+        pending: pending_count,
+        pending_estimated,
         pending_blocked,
         oldest_pending_age_seconds: pending.get::<_, Option<f64>>(1).map(|age| age.max(0.0)),
         dead_letters,
         skipped_dead_letters: dead.get(1),
         last_sent_at,
     })
+}
+
+/// The span of positions from the oldest pending event to the newest: two index look-ups.
+async fn estimate_pending(client: &Client, table: &OutboxTable) -> Result<i64> {
+    let sql = table.render(
+        "SELECT coalesce((SELECT {position} FROM {table} \
+             WHERE {sent_at} IS NULL AND {failed_at} IS NULL ORDER BY {position} DESC LIMIT 1) \
+           - (SELECT {position} FROM {table} \
+             WHERE {sent_at} IS NULL AND {failed_at} IS NULL ORDER BY {position} LIMIT 1) + 1, 0)",
+    );
+    Ok(client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|err| classify("estimating pending events", err))?
+        .get::<_, Option<i64>>(0)
+        .unwrap_or(0))
 }
 
 /// Pending events behind a dead letter (not skipped) of their aggregate. Driven from the dead

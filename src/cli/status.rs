@@ -3,6 +3,7 @@
 use crate::config::{Config, OnDeadLetter};
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
+use crate::source::guard::{self, Holder};
 use crate::source::leader::{ActiveRelay, who_leads};
 use crate::stats::{OutboxStats, sample};
 use chrono::Utc;
@@ -22,6 +23,11 @@ struct Status<'a> {
     stats: &'a OutboxStats,
     /// Replication slot lag in bytes (logical mode only).
     slot_lag_bytes: Option<i64>,
+    /// Pending events the visibility guard holds back now (polling mode only): written after
+    /// a transaction that is still open began.
+    held_back_events: Option<i64>,
+    /// The oldest open transaction, which holds them (while any are held back).
+    holding_transaction: Option<Holder>,
     /// Whether a relay holds the table's leader lock.
     relay_active: bool,
     /// The relay holding it, as PostgreSQL sees its session.
@@ -44,6 +50,14 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
             .map(|(lag, _)| lag),
         false => None,
     };
+    let held_back_events = match logical {
+        true => None,
+        false => Some(guard::held_back(&session.client, &table).await?),
+    };
+    let holding_transaction = match held_back_events {
+        Some(held) if held > 0 => guard::oldest_holder(&session.client).await?,
+        _ => None,
+    };
     let (active_relay, standby_relays) = who_leads(&session.client, &table).await?;
     let mode = if logical { "logical" } else { "poll" };
     let status = Status {
@@ -52,6 +66,8 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
         mode,
         stats: &stats,
         slot_lag_bytes,
+        held_back_events,
+        holding_transaction: holding_transaction.clone(),
         relay_active: active_relay.is_some(),
         active_relay,
         standby_relays,
@@ -78,6 +94,15 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
     };
     println!("{:<16}{pending}", "pending");
     println!("{:<16}{}", "oldest pending", age);
+    if let Some(held) = held_back_events {
+        let by = holding_transaction.map_or(String::new(), |h| {
+            format!(
+                " by the transaction of pid {} (open {:.1} s)",
+                h.pid, h.age_seconds
+            )
+        });
+        println!("{:<16}{held}{by}", "held back");
+    }
     let dead = match stats.skipped_dead_letters {
         0 => stats.dead_letters.to_string(),
         skipped => format!("{} (and {skipped} skipped)", stats.dead_letters),

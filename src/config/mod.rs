@@ -129,6 +129,11 @@ pub struct SourceConfig {
     pub application_name: String,
     /// LISTEN/NOTIFY channel. Default: `outboxd_` followed by the table name.
     pub channel: Option<String>,
+    /// Polling mode: install the trigger that wakes the relay on commit (NOTIFY). A
+    /// transaction that ran NOTIFY cannot `PREPARE TRANSACTION`, so with two-phase commit
+    /// (XA/JTA) set `false`: the trigger is removed and new rows wait for the poll interval.
+    /// Logical mode never installs it. Default `true`.
+    pub notify: bool,
     /// Keep or delete rows once sent. Default `mark`.
     pub on_sent: OnSent,
     /// With `on_sent = "mark"`, sent rows older than this are deleted in the background, in
@@ -165,6 +170,7 @@ impl Default for SourceConfig {
             connect_timeout_ms: 5000,
             application_name: "outboxd".into(),
             channel: None,
+            notify: true,
             on_sent: OnSent::Mark,
             retention_ms: 7 * 24 * 3600 * 1000,
             cleanup_batch: 1000,

@@ -64,8 +64,9 @@ pub struct Selection {
     pub events: Vec<Event>,
     /// Rows that can never become events.
     pub rejected: Vec<Rejected>,
-    /// Whether some row was held back by the visibility guard (so a re-check is due soon).
-    pub held_back: bool,
+    /// How many rows the visibility guard held back, itself or behind such a row of their
+    /// aggregate (a re-check is due soon while there are any).
+    pub held_back: usize,
 }
 
 /// Selects deliverable rows from `rows` (all pending rows up to the fetch limit, by position).
@@ -90,7 +91,7 @@ pub fn select(rows: Vec<PendingRow>, hold_after_rejected: bool) -> Selection {
         }
         if !row.ready || blocked.contains(&row.aggregate_id) {
             blocked.insert(row.aggregate_id.clone());
-            selection.held_back = true;
+            selection.held_back += 1;
             continue;
         }
         let aggregate = row.aggregate_id.clone();
@@ -196,7 +197,7 @@ mod tests {
         ];
         let selection = select(rows, true);
         assert_eq!(positions(&selection), vec![1, 3]);
-        assert!(selection.held_back);
+        assert_eq!(selection.held_back, 2, "b2 and b4 behind it");
     }
 
     #[test]
@@ -224,7 +225,7 @@ mod tests {
             reasons[1]
         );
         assert_eq!(reasons[2], "headers must be a JSON object");
-        assert!(!selection.held_back);
+        assert_eq!(selection.held_back, 0);
     }
 
     #[test]

@@ -90,11 +90,14 @@ pub async fn become_leader(
         }
         stop_checking.cancel();
     }
-    session
-        .client
-        .batch_execute(&format!("LISTEN {}", quote_ident(&source.channel())))
-        .await
-        .map_err(|err| classify("subscribing to the outbox channel", err))?;
+    // Without the trigger (`source.notify = false`) nothing is sent on the channel.
+    if table.notify {
+        session
+            .client
+            .batch_execute(&format!("LISTEN {}", quote_ident(&source.channel())))
+            .await
+            .map_err(|err| classify("subscribing to the outbox channel", err))?;
+    }
     tracing::info!(table = %table.qualified, channel = %source.channel(), "active relay for table");
     crate::metrics::get().relay_active.set(1);
     Ok(Some((session, pid)))

@@ -10,6 +10,7 @@
 mod acker;
 mod any;
 mod decode;
+pub mod guard;
 pub mod leader;
 mod lease;
 pub mod logical;

@@ -28,7 +28,8 @@ const CLUSTER_DIR_PREFIX: &str = "outboxd-test-pg-";
 
 /// Settings appended to `postgresql.conf`. Durability is traded for speed (the cluster dies with
 /// the process) except `synchronous_commit`, which crash tests rely on to keep acknowledged
-/// commits across an immediate restart.
+/// commits across an immediate restart. Prepared transactions are enabled for the two-phase
+/// commit tests.
 const SERVER_SETTINGS: &str = "\
 wal_level = logical
 max_replication_slots = 20
@@ -38,6 +39,7 @@ fsync = off
 full_page_writes = off
 synchronous_commit = on
 max_connections = 300
+max_prepared_transactions = 20
 shared_buffers = 128MB
 ";
 

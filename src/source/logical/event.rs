@@ -51,6 +51,24 @@ impl Columns {
     }
 }
 
+/// The event columns (`source.columns` key and configured name) that `relation` lacks: each
+/// one would otherwise read as NULL.
+pub fn missing(relation: &Relation, names: &ColumnsConfig) -> Vec<(&'static str, String)> {
+    [
+        ("id", &names.id),
+        ("aggregate_type", &names.aggregate_type),
+        ("aggregate_id", &names.aggregate_id),
+        ("event_type", &names.event_type),
+        ("payload", &names.payload),
+        ("headers", &names.headers),
+        ("created_at", &names.created_at),
+    ]
+    .into_iter()
+    .filter(|(_, name)| !relation.columns.iter().any(|c| c.name == **name))
+    .map(|(key, name)| (key, name.clone()))
+    .collect()
+}
+
 /// Builds the event of an inserted row of the transaction committed at `position`.
 pub fn from_row(
     columns: &Columns,
@@ -264,6 +282,17 @@ mod tests {
             "2020-01-02T03:04:05+00:00"
         );
         assert_eq!(created_at("infinity"), commit_time.to_rfc3339());
+    }
+
+    #[test]
+    fn a_renamed_column_is_reported_missing_with_its_key() {
+        let mut relation = outbox();
+        assert!(missing(&relation, &ColumnsConfig::default()).is_empty());
+        relation.columns[2] = Column::named("agg_id");
+        assert_eq!(
+            missing(&relation, &ColumnsConfig::default()),
+            [("aggregate_id", "aggregateid".to_string())]
+        );
     }
 
     #[test]

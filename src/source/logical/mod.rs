@@ -34,16 +34,20 @@
 //! same slot a standby: its START_REPLICATION is refused ("slot is active"), and it retries with
 //! backoff until the slot is free. No advisory lock is needed.
 
+mod apply;
 pub(crate) mod event;
+mod heartbeat;
+mod history;
 mod pending;
 mod progress;
+pub mod publication;
 mod replay;
 mod resume;
 pub mod slot;
+mod standby;
 mod stream;
 mod timestamp;
 
-use super::pgoutput::{self, Message};
 use super::{Batch, Source};
 use crate::config::{RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
@@ -51,13 +55,14 @@ use crate::event::{Position, Rejected, Stored};
 use crate::outbox::OutboxTable;
 use crate::pg::Session;
 use crate::retry::{Backoff, sleep_or_shutdown};
+use apply::Layout;
 use chrono::{DateTime, Utc};
-use event::Columns;
-use pending::{Decoded, Pending};
+use pending::Pending;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use progress::Progress;
 use replay::Replay;
 use resume::Resume;
+use standby::Standby;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -89,8 +94,8 @@ pub struct LogicalSource {
     stream: Option<ReplicationClient>,
     /// An ordinary session for heartbeats and lag, while open.
     sql: Option<Session>,
-    /// Relations announced on this stream: the outbox's column layout, `None` for other tables.
-    relations: HashMap<u32, Option<Columns>>,
+    /// Relations announced on this stream: what each is to outboxd.
+    relations: HashMap<u32, Layout>,
     /// The transaction being decoded, between Begin and Commit.
     txn: Option<OpenTxn>,
     /// Events and rows that cannot become events, decoded and not yet handed out.
@@ -103,6 +108,8 @@ pub struct LogicalSource {
     resume: Option<Resume>,
     /// Delays between reconnection attempts; reset by every success.
     backoff: Backoff,
+    /// Whether this relay stands by for the slot (to say so once).
+    standby: Standby,
     /// When the next heartbeat and lag measurement are due.
     next_heartbeat: Instant,
     /// Whether the lag is over the warning threshold (to warn once per crossing).
@@ -120,7 +127,9 @@ impl LogicalSource {
         let table = OutboxTable::new(config);
         let session = crate::pg::connect(config).await?;
         crate::migrate::verify(&session.client, &table, &config.columns.all()).await?;
+        publication::check(&session.client, config, &table).await?;
         slot::check_slot(&session.client, config).await?;
+        history::record_quietly(&session.client, &table, &config.logical.slot).await;
         Ok(LogicalSource {
             config: config.clone(),
             relay: relay.clone(),
@@ -134,53 +143,11 @@ impl LogicalSource {
             replay: Replay::default(),
             resume: None,
             backoff: Backoff::from_config(relay),
+            standby: Standby::default(),
             next_heartbeat: Instant::now(),
             lagging: false,
             confirmed: 0,
         })
-    }
-
-    /// Opens the stream if it is not open, standing by while another relay holds the slot;
-    /// `false` on shutdown.
-    async fn ensure_stream(&mut self, shutdown: &CancellationToken) -> Result<bool> {
-        while self.stream.is_none() {
-            let err = match stream::open(&self.config).await {
-                Ok(client) => {
-                    tracing::info!(slot = %self.config.logical.slot, "replication stream open");
-                    self.stream = Some(client);
-                    self.backoff = Backoff::from_config(&self.relay);
-                    crate::metrics::get().source_up.set(1);
-                    crate::metrics::get().relay_active.set(1);
-                    return Ok(true);
-                }
-                Err(err) => err,
-            };
-            crate::metrics::get().source_up.set(0);
-            crate::metrics::get().relay_active.set(0);
-            let delay = self.backoff.next_delay();
-            if stream::is_slot_busy(&err) {
-                tracing::info!(slot = %self.config.logical.slot, retry_in_ms = delay.as_millis() as u64,
-                    "replication slot is in use by another relay; standing by");
-            } else if err.is_retryable() {
-                tracing::warn!(error = %err.chain(), retry_in_ms = delay.as_millis() as u64,
-                    "postgres unavailable");
-            } else {
-                // A lost or missing slot gets its own clear message (or is re-created).
-                self.sql_session().await?;
-                let Some(sql) = &self.sql else {
-                    return Err(err);
-                };
-                // Retry only if the slot was lost and has just been re-created.
-                if !slot::check_slot(&sql.client, &self.config).await? {
-                    return Err(err);
-                }
-                self.forget_old_slot();
-            }
-            if !sleep_or_shutdown(delay, shutdown).await {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// Drops the stream and everything decoded from it that was not handed out: the next stream
@@ -238,159 +205,6 @@ impl LogicalSource {
         })
     }
 
-    /// Writes a heartbeat and measures the slot's lag. Failures are logged, not fatal (the stream
-    /// notices a real outage), except a lost slot, which is.
-    async fn heartbeat(&mut self) -> Result<()> {
-        let interval = Duration::from_millis(self.config.logical.heartbeat_interval_ms);
-        self.next_heartbeat = Instant::now() + interval;
-        let result = async {
-            self.sql_session().await?;
-            let Some(sql) = &self.sql else {
-                return Ok(None);
-            };
-            slot::heartbeat(&sql.client, &self.config.logical.message_prefix).await?;
-            slot::lag(&sql.client, &self.config.logical.slot).await
-        }
-        .await;
-        match result {
-            Ok(Some((_, true))) => {
-                if !self.config.logical.recreate_lost_slot {
-                    return Err(slot::lost(&self.config.logical.slot));
-                }
-                self.drop_stream();
-                self.forget_old_slot();
-                if let Some(sql) = &self.sql {
-                    slot::check_slot(&sql.client, &self.config).await?;
-                }
-            }
-            Ok(Some((lag, false))) => {
-                crate::metrics::get().slot_lag.set(lag);
-                let over = lag.max(0) as u64 > self.config.logical.lag_warn_bytes;
-                if over && !self.lagging {
-                    tracing::warn!(slot = %self.config.logical.slot, lag_bytes = lag,
-                        threshold = self.config.logical.lag_warn_bytes,
-                        "replication slot holds back more WAL than source.logical.lag_warn_bytes");
-                }
-                self.lagging = over;
-            }
-            Ok(None) => {}
-            Err(err) => {
-                self.sql = None;
-                tracing::warn!(error = %err.chain(), "heartbeat failed");
-            }
-        }
-        Ok(())
-    }
-
-    /// Decodes one replication event into the pending batch. Returns whether a transaction
-    /// ended (a good moment to hand out what is pending).
-    fn apply(&mut self, event: ReplicationEvent) -> Result<bool> {
-        match event {
-            ReplicationEvent::Begin {
-                final_lsn,
-                commit_time_micros,
-                ..
-            } => {
-                self.txn = Some(OpenTxn {
-                    position: Position(final_lsn.as_u64()),
-                    commit_time: event::pg_time(commit_time_micros),
-                });
-                self.progress.begin(final_lsn.as_u64());
-            }
-            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                self.progress.commit(lsn.as_u64(), end_lsn.as_u64());
-                self.txn = None;
-                self.confirm();
-                return Ok(true);
-            }
-            ReplicationEvent::Message {
-                transactional,
-                lsn,
-                prefix,
-                content,
-            } => self.message(transactional, lsn.as_u64(), &prefix, &content),
-            ReplicationEvent::XLogData { data, .. } => self.xlog(&data)?,
-            ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
-        }
-        Ok(false)
-    }
-
-    /// A Relation or Insert (anything else in XLogData is skipped).
-    fn xlog(&mut self, data: &[u8]) -> Result<()> {
-        match pgoutput::decode(data)? {
-            Message::Relation(relation) => {
-                let ours =
-                    relation.namespace == self.table.schema && relation.name == self.table.name;
-                let columns = ours.then(|| Columns::of(&relation, &self.config.columns));
-                self.relations.insert(relation.id, columns);
-            }
-            Message::Insert {
-                relation_id,
-                values,
-            } => {
-                let (Some(Some(columns)), Some(txn)) = (self.relations.get(&relation_id), self.txn)
-                else {
-                    return Ok(());
-                };
-                let max = self.config.max_event_bytes;
-                match event::from_row_within(columns, &values, txn.position, txn.commit_time, max) {
-                    Ok(event) => self.push(Decoded::Event(event)),
-                    Err(rejected) => self.push(Decoded::Rejected(rejected)),
-                }
-            }
-            Message::Other(tag) => {
-                tracing::trace!(tag = %(tag as char), "pgoutput message skipped");
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// A `pg_logical_emit_message`: a heartbeat, an event, or someone else's.
-    fn message(&mut self, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
-        let logical = &self.config.logical;
-        if !transactional && prefix == slot::heartbeat_prefix(&logical.message_prefix) {
-            self.progress.marker(lsn);
-            self.confirm();
-            return;
-        }
-        if prefix != logical.message_prefix {
-            return;
-        }
-        let at = Lsn::from_u64(lsn).to_pg_string();
-        let Some(txn) = self.txn.filter(|_| transactional) else {
-            tracing::warn!(lsn = %at, "event message is not transactional; skipped (use \
-                pg_logical_emit_message(true, ...))");
-            return;
-        };
-        match event::from_message(prefix, content, lsn, txn.position, txn.commit_time) {
-            Ok(event) => self.push(Decoded::Event(event)),
-            Err(reason) => {
-                tracing::error!(lsn = %at, reason, "invalid event message; dead-lettered");
-                crate::metrics::get().dead_letters.inc();
-            }
-        }
-    }
-
-    /// Queues a decoded event or rejected row, unless it is settled already: its transaction
-    /// was confirmed, this process handed it out before the stream was lost, or the sink held
-    /// it at start-up.
-    fn push(&mut self, item: Decoded) {
-        let position = item.position();
-        // Each filter follows the stream, so each sees every item.
-        let settled = self.progress.settled(position);
-        let handed = self.replay.repeats(position, item.id());
-        let held = match (&mut self.resume, &item) {
-            (Some(resume), Decoded::Event(event)) => resume.holds(event),
-            _ => false,
-        };
-        if settled || handed || held {
-            return;
-        }
-        self.progress.decoded(position);
-        self.pending.push(item);
-    }
-
     /// Tells the server how far the slot may advance, if that moved.
     fn confirm(&mut self) {
         if let (Some(lsn), Some(stream)) = (self.progress.confirmable(), &self.stream) {
@@ -421,6 +235,14 @@ impl LogicalSource {
     async fn wait_after(&mut self, err: Error, shutdown: &CancellationToken) -> Result<bool> {
         self.drop_stream();
         if !err.is_retryable() {
+            // A re-created publication gets its own explanation.
+            if self.sql_session().await.is_ok()
+                && let Some(sql) = &self.sql
+            {
+                return Err(
+                    publication::explain_stream_error(&sql.client, &self.config, err).await,
+                );
+            }
             return Err(err);
         }
         let delay = self.backoff.next_delay();

@@ -3,6 +3,7 @@
 //!
 //! All of it runs on an ordinary (non-replication) connection.
 
+use super::{history, publication};
 use crate::config::SourceConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
@@ -12,55 +13,45 @@ use tokio_postgres::Client;
 /// Checks what logical mode needs from the server and the role, then creates the publication
 /// and the slot if they do not exist. Each missing prerequisite gets its own message that says
 /// what is missing and how to fix it.
+///
+/// A slot that outboxd recorded before (see [`history`]) and that is gone was dropped: the
+/// events written since are in no slot, so it is created again only with the same opt-in as an
+/// invalidated slot (`source.logical.recreate_lost_slot`). A missing publication is never
+/// created while the slot exists (see [`publication`]).
 pub async fn prepare(client: &Client, source: &SourceConfig) -> Result<()> {
     let logical = &source.logical;
     let table = OutboxTable::new(source);
     check_prerequisites(client, &logical.slot).await?;
-    let publication_exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&logical.publication],
-        )
-        .await
-        .map_err(|err| classify("looking up the publication", err))?
-        .is_some();
-    if !publication_exists {
-        client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
-                quote_ident(&logical.publication),
-                table.qualified
-            ))
-            .await
-            .map_err(|err| classify("creating the publication", err))?;
-        tracing::info!(publication = %logical.publication, table = %table.qualified,
-            "publication created");
-    }
-    let covers_table = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication_tables \
-             WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-            &[&logical.publication, &table.schema, &table.name],
-        )
-        .await
-        .map_err(|err| classify("reading the publication's tables", err))?
-        .is_some();
-    if !covers_table {
-        return Err(Error::new(
-            ErrorKind::Schema,
-            format!(
-                "publication {} does not include {}; add it with: ALTER PUBLICATION {} ADD TABLE {}",
-                quote_ident(&logical.publication),
-                table.qualified,
-                quote_ident(&logical.publication),
-                table.qualified
-            ),
-        ));
-    }
-    if slot_status(client, &logical.slot).await?.is_none() {
+    let slot_exists = slot_status(client, &logical.slot).await?.is_some();
+    publication::ensure(client, source, &table, slot_exists).await?;
+    history::create_table(client, &table).await?;
+    if !slot_exists {
+        if let Some(seen) = history::seen(client, &table, &logical.slot).await? {
+            if !logical.recreate_lost_slot {
+                return Err(dropped(&logical.slot, &seen));
+            }
+            tracing::error!(slot = %logical.slot, first_seen = %seen.first, last_seen = %seen.last,
+                "replication slot existed before and was dropped: events written since it was                  dropped may have been LOST; creating it afresh because                  source.logical.recreate_lost_slot = true");
+        }
         create_slot(client, &logical.slot).await?;
     }
-    Ok(())
+    history::record(client, &table, &logical.slot).await
+}
+
+/// The error for a slot that outboxd recorded and that no longer exists.
+fn dropped(slot: &str, seen: &history::Seen) -> Error {
+    Error::new(
+        ErrorKind::Database,
+        format!(
+            "replication slot \"{slot}\" existed before (outboxd recorded it from {} to {}) \
+             but no longer exists: it was dropped, and events written since are in no slot, so \
+             creating it now would silently skip them; compare the outbox table with the sink, \
+             then set source.logical.recreate_lost_slot = true once to create it afresh at the \
+             current WAL position",
+            seen.first.format("%Y-%m-%dT%H:%M:%SZ"),
+            seen.last.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    )
 }
 
 /// `wal_level = logical`, a free replication slot (unless ours exists) and the REPLICATION

@@ -1,8 +1,11 @@
 //! The polling source: reads pending rows from the outbox table in position order, woken by
 //! LISTEN/NOTIFY, with a poll interval as fallback.
 
+mod flight;
+
 use super::acker::{Acker, Fence};
 use super::decode::{self, PendingRow};
+use super::guard::Guard;
 use super::leader::{become_leader, fenced_acknowledgement};
 use super::lease::{Leadership, Renewal};
 use super::{Batch, Source};
@@ -13,7 +16,7 @@ use crate::migrate;
 use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify, quote_ident};
 use crate::retry::{Backoff, sleep_or_shutdown};
-use std::collections::HashMap;
+use flight::Flight;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -38,27 +41,16 @@ pub struct PollSource {
     recheck: Duration,
     /// Delays between reconnection attempts; reset by every success.
     backoff: Backoff,
-    /// Aggregates waiting to retry a failed event, with the time they may go again. Their
-    /// events are left out of fetches meanwhile, so one failing aggregate holds up only itself.
-    parked: HashMap<String, Instant>,
-    /// Events handed out and not yet settled: position → aggregate.
-    in_flight: HashMap<u64, String>,
-    /// How many events of each aggregate are in flight. Fetches leave these aggregates out,
-    /// so an aggregate's later events wait until its earlier ones are settled.
-    aggregates_in_flight: HashMap<String, usize>,
+    /// In-flight events and parked aggregates, which fetches leave out.
+    flight: Flight,
+    /// Reports rows the visibility guard holds back.
+    guard: Guard,
     /// Marks delivered rows sent (or deletes them) in the background; their events stay in
     /// flight until that committed.
     acker: Acker,
     /// The leader session's server process id, 0 while there is none: acknowledgements land
     /// only while that session holds the lock.
     leader_pid: Arc<AtomicI32>,
-    /// Rows whose dead letter could not be recorded, with the time to try again: until then
-    /// they are left out of batches (and with `block_aggregate`, so is the rest of their
-    /// aggregate), so a failing statement is not repeated on every fetch.
-    unrecordable: HashMap<u64, Instant>,
-    /// Busy rounds in a row per aggregate (see [`Source::busy`]); forgotten once one of its
-    /// events is delivered.
-    busy_streak: HashMap<String, u32>,
     /// The leader session as lanes check it before publishing.
     leadership: Leadership,
     /// Renews the leader's lease while this relay leads.
@@ -98,11 +90,8 @@ impl PollSource {
             session: None,
             recheck: FIRST_RECHECK,
             backoff: Backoff::from_config(relay),
-            parked: HashMap::new(),
-            in_flight: HashMap::new(),
-            aggregates_in_flight: HashMap::new(),
-            unrecordable: HashMap::new(),
-            busy_streak: HashMap::new(),
+            flight: Flight::default(),
+            guard: Guard::default(),
             leadership: Leadership::default(),
             renewal: None,
         })
@@ -195,54 +184,12 @@ impl PollSource {
         }
     }
 
-    /// The aggregates a fetch must leave out (parked, forgetting those whose wait is over, and
-    /// in flight), and how long until the next parked one is due.
-    fn excluded_now(&mut self) -> (Vec<String>, Option<Duration>) {
-        let now = Instant::now();
-        self.parked.retain(|_, until| *until > now);
-        let next = self.parked.values().min().map(|until| *until - now);
-        let mut excluded: Vec<String> = self.aggregates_in_flight.keys().cloned().collect();
-        excluded.extend(
-            self.parked
-                .keys()
-                .filter(|aggregate| !self.aggregates_in_flight.contains_key(*aggregate))
-                .cloned(),
-        );
-        (excluded, next)
-    }
-
-    /// Records events as handed out.
-    fn hand_out(&mut self, events: &[crate::event::Event]) {
-        for event in events {
-            self.in_flight.insert(event.position.0, event.key.clone());
-            *self
-                .aggregates_in_flight
-                .entry(event.key.clone())
-                .or_default() += 1;
-        }
-    }
-
     /// Forgets the events of background acknowledgements that committed since the last call.
     fn acknowledged(&mut self) -> Result<()> {
         for positions in self.acker.ready()? {
-            self.settled(positions);
+            self.flight.settled(positions);
         }
         Ok(())
-    }
-
-    /// Forgets events as in flight, once settled one way or another.
-    fn settled(&mut self, positions: impl IntoIterator<Item = Position>) {
-        for position in positions {
-            let Some(aggregate) = self.in_flight.remove(&position.0) else {
-                continue;
-            };
-            if let Some(count) = self.aggregates_in_flight.get_mut(&aggregate) {
-                *count -= 1;
-                if *count == 0 {
-                    self.aggregates_in_flight.remove(&aggregate);
-                }
-            }
-        }
     }
 }
 
@@ -262,7 +209,7 @@ impl Source for PollSource {
                 return Ok(None);
             }
             self.acknowledged()?;
-            let (excluded, next_due) = self.excluded_now();
+            let (excluded, next_due) = self.flight.excluded_now();
             let statement = match self.relay.on_dead_letter {
                 OnDeadLetter::BlockAggregate => &self.table.fetch_pending_blocking,
                 OnDeadLetter::Skip => &self.table.fetch_pending,
@@ -288,23 +235,22 @@ impl Source for PollSource {
             let blocking = self.relay.on_dead_letter == OnDeadLetter::BlockAggregate;
             let rows = rows.iter().map(PendingRow::from_row).collect();
             let mut selection = decode::select(rows, blocking);
-            if !self.unrecordable.is_empty() {
-                let now = Instant::now();
-                self.unrecordable.retain(|_, until| *until > now);
-                let waiting = &self.unrecordable;
-                selection
-                    .rejected
-                    .retain(|bad| !waiting.contains_key(&bad.position.0));
+            self.flight.drop_unrecordable(&mut selection.rejected);
+            let held_back = selection.held_back > 0;
+            if let Some(session) = &self.session {
+                self.guard
+                    .observe(selection.held_back, &session.client)
+                    .await;
             }
             if !selection.events.is_empty() || !selection.rejected.is_empty() {
                 self.recheck = FIRST_RECHECK;
-                self.hand_out(&selection.events);
+                self.flight.hand_out(&selection.events);
                 return Ok(Some(Batch {
                     events: selection.events,
                     rejected: selection.rejected,
                 }));
             }
-            let wait = if selection.held_back {
+            let wait = if held_back {
                 let wait = self.recheck;
                 self.recheck = (wait * 2).min(poll_interval);
                 wait
@@ -318,7 +264,7 @@ impl Source for PollSource {
                 _ = wake.notified() => return Ok(Some(Batch::default())),
                 _ = notified.notified() => {}
                 // Aggregates left out while their acknowledgement ran may go again.
-                done = self.acker.next() => self.settled(done?),
+                done = self.acker.next() => self.flight.settled(done?),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -333,7 +279,7 @@ impl Source for PollSource {
     }
 
     fn release(&mut self, positions: &[Position]) {
-        self.settled(positions.iter().copied());
+        self.flight.settled(positions.iter().copied());
     }
 
     fn leadership(&self) -> Option<Leadership> {
@@ -344,21 +290,7 @@ impl Source for PollSource {
     /// row (up to `relay.retry_max_ms`), so a key the broker keeps refusing is sent less and
     /// less often, and holds nothing in flight meanwhile.
     fn busy(&mut self, positions: &[Position]) {
-        let now = Instant::now();
-        for position in positions {
-            let Some(aggregate) = self.in_flight.get(&position.0).cloned() else {
-                continue;
-            };
-            let streak = self.busy_streak.entry(aggregate.clone()).or_default();
-            *streak = streak.saturating_add(1);
-            let ceiling = (self.relay.retry_initial_ms as f64
-                * 2f64.powi((*streak).min(30) as i32 - 1))
-            .min(self.relay.retry_max_ms as f64);
-            let delay = Duration::from_millis((ceiling * (0.5 + fastrand::f64() / 2.0)) as u64);
-            let slot = self.parked.entry(aggregate).or_insert(now + delay);
-            *slot = (*slot).max(now + delay);
-        }
-        self.settled(positions.iter().copied());
+        self.flight.busy(positions, &self.relay);
     }
 
     /// Queues the acknowledgement on the background sessions (see [`Acker`]); the events stay
@@ -368,19 +300,13 @@ impl Source for PollSource {
             return Ok(());
         }
         self.acknowledged()?;
-        if !self.busy_streak.is_empty() {
-            for position in positions {
-                if let Some(aggregate) = self.in_flight.get(&position.0) {
-                    self.busy_streak.remove(aggregate);
-                }
-            }
-        }
+        self.flight.delivered(positions);
         let mut committed = Vec::new();
         self.acker
             .send(positions.to_vec(), |done| committed.push(done))
             .await?;
         for done in committed {
-            self.settled(done);
+            self.flight.settled(done);
         }
         Ok(())
     }
@@ -389,7 +315,7 @@ impl Source for PollSource {
         let mut committed = Vec::new();
         let left = self.acker.finish(|done| committed.push(done)).await;
         for done in committed {
-            self.settled(done);
+            self.flight.settled(done);
         }
         if left > 0 {
             tracing::warn!(
@@ -430,9 +356,9 @@ impl Source for PollSource {
         }
         let aggregates: Vec<String> = rejected
             .iter()
-            .filter_map(|r| self.in_flight.get(&r.position.0).cloned())
+            .filter_map(|r| self.flight.aggregate_of(r.position).cloned())
             .collect();
-        self.settled(rejected.iter().map(|r| r.position));
+        self.flight.settled(rejected.iter().map(|r| r.position));
         let positions: Vec<i64> = rejected.iter().map(|r| r.position.0 as i64).collect();
         let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
         let statement = self.table.mark_failed.clone();
@@ -453,12 +379,7 @@ impl Source for PollSource {
             tracing::error!(error = %err.chain(), ?ids, retry_in_ms = delay.as_millis() as u64,
                 "cannot record dead letters; their aggregates wait and recording is retried");
             let until = Instant::now() + delay;
-            for aggregate in aggregates {
-                self.parked.insert(aggregate, until);
-            }
-            for position in positions {
-                self.unrecordable.insert(position as u64, until);
-            }
+            self.flight.unrecordable(&positions, aggregates, until);
         }
         Ok(())
     }
@@ -471,7 +392,7 @@ impl Source for PollSource {
         if failed.is_empty() {
             return Ok(());
         }
-        self.settled(failed.iter().map(|r| r.position));
+        self.flight.settled(failed.iter().map(|r| r.position));
         let positions: Vec<i64> = failed.iter().map(|r| r.position.0 as i64).collect();
         let reasons: Vec<&str> = failed.iter().map(|r| r.reason.as_str()).collect();
         let statement = self.table.mark_retry.clone();
@@ -504,9 +425,7 @@ impl Source for PollSource {
             let ceiling = (initial * 2f64.powi(attempts.clamp(0, 30) - 1)).min(cap);
             let delay = Duration::from_millis((ceiling * fastrand::f64()) as u64);
             if let Some(aggregate) = aggregate {
-                let until = Instant::now() + delay;
-                let slot = self.parked.entry(aggregate).or_insert(until);
-                *slot = (*slot).max(until);
+                self.flight.park(aggregate, Instant::now() + delay);
             }
         }
         Ok(())
