@@ -170,23 +170,10 @@ fn relation_carries_replica_identity_and_each_columns_key_flag_type_and_modifier
         (16_384, "public", "outbox")
     );
     assert_eq!(rel.replica_identity, ReplicaIdentity::Full);
-    assert_eq!(
-        rel.columns,
-        [
-            Column {
-                key: true,
-                name: "id".into(),
-                type_id: 2950,
-                type_modifier: -1
-            },
-            Column {
-                key: false,
-                name: "note".into(),
-                type_id: 1043,
-                type_modifier: 36
-            }
-        ]
-    );
+    let columns: Vec<_> = (rel.columns.iter())
+        .map(|c| (c.key, c.name.as_str(), c.type_id, c.type_modifier))
+        .collect();
+    assert_eq!(columns, [(true, "id", 2950, -1), (false, "note", 1043, 36)]);
     for (byte, identity) in [
         (b'd', ReplicaIdentity::Default),
         (b'n', ReplicaIdentity::Nothing),
