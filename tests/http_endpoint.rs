@@ -101,7 +101,10 @@ async fn half_sent_requests_are_closed_and_neither_readyz_nor_the_relay_starve()
     // (the endpoint listens before the relay is ready: /readyz says 503 until it is)
     let deadline = Instant::now() + Duration::from_secs(30);
     while try_readyz(addr).await != Some(200) {
-        assert!(Instant::now() < deadline, "/readyz never answered 200 at start");
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never answered 200 at start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

@@ -320,3 +320,45 @@ pub fn assert_queue_order(messages: &[Delivery]) -> (usize, usize) {
     }
     (seen.len(), repeats)
 }
+
+/// RabbitMQ's `max_message_size` lowered for as long as this guard lives, then restored. The
+/// setting is node-wide and read when a channel opens: only channels opened meanwhile see it, so
+/// a test keeps the lowered value above any message other tests send.
+pub struct LoweredMaxMessageSize {
+    /// The value to restore (the broker's own setting before the test).
+    previous: String,
+}
+
+impl LoweredMaxMessageSize {
+    /// Sets the broker's `max_message_size` to `bytes`.
+    pub fn set(bytes: usize) -> LoweredMaxMessageSize {
+        let output = Command::new("rabbitmqctl")
+            .args(["eval", "application:get_env(rabbit, max_message_size)."])
+            .output()
+            .expect("run rabbitmqctl");
+        let text = String::from_utf8_lossy(&output.stdout);
+        // `{ok,134217728}`; `undefined` means the built-in default.
+        let previous = text
+            .trim()
+            .strip_prefix("{ok,")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap_or("134217728")
+            .to_string();
+        set_max_message_size(&bytes.to_string());
+        LoweredMaxMessageSize { previous }
+    }
+}
+
+impl Drop for LoweredMaxMessageSize {
+    fn drop(&mut self) {
+        set_max_message_size(&self.previous);
+    }
+}
+
+/// `rabbitmqctl eval` setting `max_message_size`.
+fn set_max_message_size(value: &str) {
+    rabbitmqctl(&[
+        "eval",
+        &format!("application:set_env(rabbit, max_message_size, {value})."),
+    ]);
+}

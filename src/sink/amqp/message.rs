@@ -46,14 +46,20 @@ pub fn unsendable(event: &Event, routing_key: &str) -> Option<String> {
 
 /// The AMQP headers: every member of the row's `headers` object, then `aggregatetype`,
 /// `aggregateid` and `position`, which win over a row header of the same name so consumers can
-/// rely on them. Names longer than 255 bytes are left out (AMQP cannot carry them). An error
-/// names a header too deeply nested to read.
+/// rely on them. An error names a header too deeply nested to read, or one whose name is longer
+/// than AMQP's 255 bytes (dropping it would lose data silently).
 pub fn headers(event: &Event) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
     for (name, value) in row_headers(event)? {
-        if name.len() <= MAX_SHORT_STRING_BYTES {
-            table.insert(ShortString::from(name), header_value(value));
+        if name.len() > MAX_SHORT_STRING_BYTES {
+            let start: String = name.chars().take(32).collect();
+            return Err(format!(
+                "header name of {} bytes exceeds AMQP's limit of {MAX_SHORT_STRING_BYTES} \
+                 (header \"{start}…\")",
+                name.len()
+            ));
         }
+        table.insert(ShortString::from(name), header_value(value));
     }
     table.insert(
         "aggregatetype".into(),
@@ -169,5 +175,17 @@ pub(crate) mod tests {
             "event type of 256 bytes exceeds AMQP's limit of 255"
         );
         assert_eq!(unsendable(&event(None), "order.OrderPlaced"), None);
+    }
+
+    #[test]
+    fn an_over_long_header_name_is_a_refusal_naming_it() {
+        let name = "n".repeat(256);
+        let reason = headers(&event(Some(&format!(r#"{{"{name}":1}}"#)))).unwrap_err();
+        assert!(
+            reason.starts_with("header name of 256 bytes exceeds AMQP's limit of 255"),
+            "{reason}"
+        );
+        let fits = "n".repeat(255);
+        assert!(headers(&event(Some(&format!(r#"{{"{fits}":1}}"#)))).is_ok());
     }
 }
