@@ -5,11 +5,12 @@
 use super::pg::{TestDb, connect};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind, message::Delivery};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind, message::Delivery};
 use outboxd::config::{Config, DbUrl, SinkKind};
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -162,6 +163,77 @@ impl Topology {
         topology
     }
 
+    /// Binds this queue to the exchange with `binding_key` too.
+    pub async fn bind(&self, binding_key: &str) {
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+        let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// Another uniquely named durable queue with `queue_args`, bound to this exchange with
+    /// `binding_key`, as a topology of its own (deleting it deletes the shared exchange too).
+    pub async fn another_queue(&self, binding_key: &str, queue_args: FieldTable) -> Topology {
+        let topology = Topology {
+            url: self.url.clone(),
+            exchange: self.exchange.clone(),
+            queue: format!("outboxd-test-q-{}", Uuid::new_v4().simple()),
+        };
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(topology.queue.as_str().into(), durable, queue_args)
+            .await
+            .expect("declare queue");
+        let _ = connection.close(200, "done".into()).await;
+        topology.bind(binding_key).await;
+        topology
+    }
+
+    /// Publishes `body` to the exchange with `routing_key` and waits for the broker's ack
+    /// (panics on a nack).
+    pub async fn publish(&self, routing_key: &str, body: &[u8]) {
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let confirm = channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker nacked the test's message");
+        let _ = connection.close(200, "done".into()).await;
+    }
+
     /// Points `config`'s sink at this exchange.
     pub fn configure(&self, config: &mut Config) {
         config.sink.kind = SinkKind::Amqp;
@@ -213,6 +285,12 @@ impl Topology {
     /// Reads every message in the queue. Call once every row is settled: a confirmed message
     /// is already enqueued, so the queue's depth is then final.
     pub async fn consume_all(&self, timeout: Duration) -> Vec<Delivery> {
+        let depth = self.depth().await;
+        self.consume(depth, timeout).await
+    }
+
+    /// How many messages the queue holds now (ready ones; unacknowledged deliveries not).
+    pub async fn depth(&self) -> usize {
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ");
@@ -225,7 +303,8 @@ impl Topology {
             .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
             .await
             .expect("queue depth");
-        self.consume(queue.message_count() as usize, timeout).await
+        let _ = connection.close(200, "done".into()).await;
+        queue.message_count() as usize
     }
 
     /// Deletes the queue and the exchange.
