@@ -78,15 +78,14 @@ impl SinkUnderTest for AmqpSink {
         }
     }
 
-    /// Today the sink refuses an event whose routing key (`{aggregatetype}.{type}`) or type
-    /// does not fit an AMQP short string. A body over the broker's `max_message_size` is not
-    /// refused yet (the broker closes the channel and the batch is retried); once the sink
-    /// checks it, this should become a payload larger than a configured limit.
-    fn refusal(&self, _config: &mut Config) -> Refusal {
+    /// A payload over `sink.amqp.max_message_size` (the broker's limit, which AMQP does not
+    /// advertise): refused before it is sent, instead of the broker closing the channel.
+    fn refusal(&self, config: &mut Config) -> Refusal {
+        config.sink.amqp.max_message_size = 2000;
         Refusal {
-            event_type: "x".repeat(300),
-            pad: 0,
-            reason: "exceeds AMQP's limit of 255",
+            event_type: "Step".into(),
+            pad: 5000,
+            reason: "exceeds the broker's max_message_size of 2000 bytes",
         }
     }
 

@@ -29,10 +29,7 @@ async fn insert(db: &TestDb, aggregate: &str) {
 
 /// The aggregate ids in the log, in log order.
 fn aggregates(log: &Path) -> Vec<String> {
-    read_log(log)
-        .into_iter()
-        .map(|r| r.event.key)
-        .collect()
+    read_log(log).into_iter().map(|r| r.event.key).collect()
 }
 
 /// The server's current WAL position.

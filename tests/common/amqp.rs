@@ -5,11 +5,12 @@
 use super::pg::{TestDb, connect};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind, message::Delivery};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind, message::Delivery};
 use outboxd::config::{Config, DbUrl, SinkKind};
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -163,6 +164,77 @@ impl Topology {
         topology
     }
 
+    /// Binds this queue to the exchange with `binding_key` too.
+    pub async fn bind(&self, binding_key: &str) {
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+        let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// Another uniquely named durable queue with `queue_args`, bound to this exchange with
+    /// `binding_key`, as a topology of its own (deleting it deletes the shared exchange too).
+    pub async fn another_queue(&self, binding_key: &str, queue_args: FieldTable) -> Topology {
+        let topology = Topology {
+            url: self.url.clone(),
+            exchange: self.exchange.clone(),
+            queue: format!("outboxd-test-q-{}", Uuid::new_v4().simple()),
+        };
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(topology.queue.as_str().into(), durable, queue_args)
+            .await
+            .expect("declare queue");
+        let _ = connection.close(200, "done".into()).await;
+        topology.bind(binding_key).await;
+        topology
+    }
+
+    /// Publishes `body` to the exchange with `routing_key` and waits for the broker's ack
+    /// (panics on a nack).
+    pub async fn publish(&self, routing_key: &str, body: &[u8]) {
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let confirm = channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker nacked the test's message");
+        let _ = connection.close(200, "done".into()).await;
+    }
+
     /// Points `config`'s sink at this exchange.
     pub fn configure(&self, config: &mut Config) {
         config.sink.kind = SinkKind::Amqp;
@@ -214,6 +286,12 @@ impl Topology {
     /// Reads every message in the queue. Call once every row is settled: a confirmed message
     /// is already enqueued, so the queue's depth is then final.
     pub async fn consume_all(&self, timeout: Duration) -> Vec<Delivery> {
+        let depth = self.depth().await;
+        self.consume(depth, timeout).await
+    }
+
+    /// How many messages the queue holds now (ready ones; unacknowledged deliveries not).
+    pub async fn depth(&self) -> usize {
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ");
@@ -226,7 +304,8 @@ impl Topology {
             .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
             .await
             .expect("queue depth");
-        self.consume(queue.message_count() as usize, timeout).await
+        let _ = connection.close(200, "done".into()).await;
+        queue.message_count() as usize
     }
 
     /// Deletes the queue and the exchange.
@@ -341,4 +420,46 @@ pub fn url_through(url: &str, addr: SocketAddr) -> String {
     let (credentials, rest) = url.split_once('@').expect("credentials in URL");
     let (_, vhost) = rest.split_once('/').expect("vhost in URL");
     format!("{credentials}@{addr}/{vhost}")
+}
+
+/// RabbitMQ's `max_message_size` lowered for as long as this guard lives, then restored. The
+/// setting is node-wide and read when a channel opens: only channels opened meanwhile see it, so
+/// a test keeps the lowered value above any message other tests send.
+pub struct LoweredMaxMessageSize {
+    /// The value to restore (the broker's own setting before the test).
+    previous: String,
+}
+
+impl LoweredMaxMessageSize {
+    /// Sets the broker's `max_message_size` to `bytes`.
+    pub fn set(bytes: usize) -> LoweredMaxMessageSize {
+        let output = Command::new("rabbitmqctl")
+            .args(["eval", "application:get_env(rabbit, max_message_size)."])
+            .output()
+            .expect("run rabbitmqctl");
+        let text = String::from_utf8_lossy(&output.stdout);
+        // `{ok,134217728}`; `undefined` means the built-in default.
+        let previous = text
+            .trim()
+            .strip_prefix("{ok,")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap_or("134217728")
+            .to_string();
+        set_max_message_size(&bytes.to_string());
+        LoweredMaxMessageSize { previous }
+    }
+}
+
+impl Drop for LoweredMaxMessageSize {
+    fn drop(&mut self) {
+        set_max_message_size(&self.previous);
+    }
+}
+
+/// `rabbitmqctl eval` setting `max_message_size`.
+fn set_max_message_size(value: &str) {
+    rabbitmqctl(&[
+        "eval",
+        &format!("application:set_env(rabbit, max_message_size, {value})."),
+    ]);
 }

@@ -8,7 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{DefaultProducerContext, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -266,4 +266,69 @@ pub fn assert_partition_order(records: &[Received]) -> (usize, usize) {
         }
     }
     (seen.len(), repeats)
+}
+
+/// A mock cluster owned by a producer handle (`test.mock.num.brokers`), for the faults rdkafka's
+/// [`MockCluster`] wrapper does not offer: a delayed response on one broker connection. Such a
+/// delay holds up only the connection that sent the request, so it can stall one producer while
+/// a new one, on connections of its own, goes through.
+pub struct DelayingMock {
+    /// The handle that owns the cluster (dropping it stops the cluster).
+    owner: rdkafka::producer::BaseProducer,
+    /// Its bootstrap servers.
+    pub bootstrap: String,
+}
+
+impl DelayingMock {
+    /// A mock cluster of `brokers` brokers.
+    pub fn start(brokers: i32) -> DelayingMock {
+        let owner: rdkafka::producer::BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", brokers.to_string())
+            .create()
+            .expect("mock cluster owner");
+        let bootstrap = owner
+            .client()
+            .mock_cluster()
+            .expect("mock cluster")
+            .bootstrap_servers();
+        DelayingMock { owner, bootstrap }
+    }
+
+    /// The cluster, for rdkafka's fault injection.
+    pub fn cluster(&self) -> MockCluster<'_, rdkafka::producer::DefaultProducerContext> {
+        self.owner.client().mock_cluster().expect("mock cluster")
+    }
+
+    /// A [`TestKafka`] reading from this cluster.
+    pub fn reader(&self) -> TestKafka {
+        TestKafka {
+            mock: None,
+            bootstrap: self.bootstrap.clone(),
+        }
+    }
+
+    /// Makes broker `broker` answer the next `api` request (from whichever connection sends it)
+    /// only after `delay`, holding up every later answer on that connection meanwhile.
+    pub fn delay_next(&self, broker: i32, api: rdkafka::types::RDKafkaApiKey, delay: Duration) {
+        use rdkafka::bindings as ffi;
+        let millis = i32::try_from(delay.as_millis()).expect("delay fits in an int");
+        // SAFETY: the cluster pointer is valid while `owner` lives; the variadic arguments are
+        // one (error code, round-trip time in ms) pair, as the count of 1 says.
+        let err = unsafe {
+            let cluster = ffi::rd_kafka_handle_mock_cluster(self.owner.client().native_ptr());
+            ffi::rd_kafka_mock_broker_push_request_error_rtts(
+                cluster,
+                broker,
+                api as i16,
+                1,
+                ffi::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                millis,
+            )
+        };
+        assert_eq!(
+            err,
+            ffi::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+            "delay on broker {broker}"
+        );
+    }
 }

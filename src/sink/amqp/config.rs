@@ -8,6 +8,12 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
+/// RabbitMQ's default `max_message_size` (128 MiB).
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 << 20;
+
+/// RabbitMQ's ceiling for `max_message_size` (512 MiB).
+const LARGEST_MAX_MESSAGE_SIZE: usize = 512 << 20;
+
 /// The kind of exchange events are published to, with AMQP's names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +53,11 @@ pub struct AmqpSinkConfig {
     pub confirm_timeout_ms: u64,
     /// Most published messages awaiting their confirm at once. Default 1000.
     pub max_in_flight: usize,
+    /// Largest message body the broker takes, in bytes: set it to the broker's
+    /// `max_message_size` (which AMQP does not advertise). A larger event is a dead letter at
+    /// once instead of a message the broker closes the channel for. Default 134217728, RabbitMQ's
+    /// default (128 MiB).
+    pub max_message_size: usize,
     /// PEM file of CA certificates trusted for an `amqps://` broker, besides Mozilla's roots
     /// (for a private CA). Default: unset.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +74,7 @@ impl Default for AmqpSinkConfig {
             routing_key: "{aggregatetype}.{type}".into(),
             confirm_timeout_ms: 30_000,
             max_in_flight: 1000,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             ca_file: None,
         }
     }
@@ -137,6 +149,16 @@ impl AmqpSinkConfig {
             return Err(Error::config(
                 "sink.amqp.max_in_flight",
                 format!("must be between 1 and 65535 (got {})", self.max_in_flight),
+            ));
+        }
+        if !(1..=LARGEST_MAX_MESSAGE_SIZE).contains(&self.max_message_size) {
+            return Err(Error::config(
+                "sink.amqp.max_message_size",
+                format!(
+                    "must be between 1 and {LARGEST_MAX_MESSAGE_SIZE} bytes, RabbitMQ's ceiling \
+                     (got {})",
+                    self.max_message_size
+                ),
             ));
         }
         Ok(())

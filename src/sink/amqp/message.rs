@@ -46,20 +46,26 @@ pub fn unsendable(event: &Event, routing_key: &str) -> Option<String> {
 
 /// The AMQP headers: the shared mapping ([`crate::sink::headers`]): outboxd's own (`id`,
 /// `type`, `aggregatetype`, `aggregateid`, `position`, …), which win over a row header of the
-/// same name so consumers can rely on them, and every member of the row's `headers` object.
-/// Names longer than 255 bytes are left out (AMQP cannot carry them). An error names a header
-/// too deeply nested to read.
+/// same name so consumers can rely on them, and every member of the row's `headers` object. An
+/// error names a header too deeply nested to read, or one whose name is longer than AMQP's 255
+/// bytes (dropping it would lose data silently).
 pub fn headers(event: &Event) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
     for (name, value) in event_headers(event, None)? {
-        if name.len() <= MAX_SHORT_STRING_BYTES {
-            let value = match value {
-                HeaderValue::Text(text) => long_string(text),
-                HeaderValue::Integer(n) => AMQPValue::LongLongInt(n),
-                HeaderValue::Json(value) => header_value(value),
-            };
-            table.insert(ShortString::from(name), value);
+        if name.len() > MAX_SHORT_STRING_BYTES {
+            let start: String = name.chars().take(32).collect();
+            return Err(format!(
+                "header name of {} bytes exceeds AMQP's limit of {MAX_SHORT_STRING_BYTES} \
+                 (header \"{start}…\")",
+                name.len()
+            ));
         }
+        let value = match value {
+            HeaderValue::Text(text) => long_string(text),
+            HeaderValue::Integer(n) => AMQPValue::LongLongInt(n),
+            HeaderValue::Json(value) => header_value(value),
+        };
+        table.insert(ShortString::from(name), value);
     }
     Ok(table)
 }
@@ -165,5 +171,17 @@ pub(crate) mod tests {
             "event type of 256 bytes exceeds AMQP's limit of 255"
         );
         assert_eq!(unsendable(&event(None), "order.OrderPlaced"), None);
+    }
+
+    #[test]
+    fn an_over_long_header_name_is_a_refusal_naming_it() {
+        let name = "n".repeat(256);
+        let reason = headers(&event(Some(&format!(r#"{{"{name}":1}}"#)))).unwrap_err();
+        assert!(
+            reason.starts_with("header name of 256 bytes exceeds AMQP's limit of 255"),
+            "{reason}"
+        );
+        let fits = "n".repeat(255);
+        assert!(headers(&event(Some(&format!(r#"{{"{fits}":1}}"#)))).is_ok());
     }
 }

@@ -2,9 +2,14 @@
 //! in confirm mode; an event counts as delivered only once the broker has acked it.
 //!
 //! Publishes are pipelined: a batch is sent without waiting, up to `max_in_flight` unconfirmed
-//! and at most one per aggregate, and the confirms are collected as they come. A message the broker cannot route to any queue
-//! comes back (`basic.return`) and is refused with the reason, so it is marked failed instead of
-//! vanishing. A nacked message is reported busy (the relay's lane sends it again after a
+//! and at most one per aggregate, and the confirms are collected as they come. A message the
+//! broker cannot route to any queue comes back (`basic.return`) and is refused with the reason,
+//! so it is marked failed instead of vanishing. A message the broker cannot take at all (see
+//! [`limits`]: a content header over `frame_max`, a body over `max_message_size`, an over-long
+//! short string) is refused before it is sent; and if the broker still closes the channel or
+//! connection over one message (`PRECONDITION_FAILED`, `FRAME_ERROR`), the batch is sent again
+//! one message at a time, so the message that closes the link is found and refused with the
+//! broker's reason instead of jamming its lane. A nacked message is reported busy (the relay's lane sends it again after a
 //! backoff, in order; the messages acked around it stay delivered, so a small full queue cannot
 //! livelock on re-sent duplicates). A confirm timeout or a lost connection fails the whole batch
 //! with a retryable error: the relay publishes it again on a fresh connection, so nothing
@@ -13,6 +18,7 @@
 
 mod config;
 mod connection;
+mod limits;
 mod message;
 mod routing;
 
@@ -20,11 +26,12 @@ pub use self::config::{AmqpSinkConfig, ExchangeType};
 pub use self::routing::RoutingKeyTemplate;
 
 use self::connection::{Link, connect};
+use self::limits::{Limits, refused_message};
 use super::{OpenSink, Outcome, Sink, SinkContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use lapin::options::BasicPublishOptions;
-use lapin::{Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -45,6 +52,9 @@ pub struct AmqpSink {
     /// Whether a link of this handle was lost (so the next connect is a reconnection, worth
     /// a log line); a fresh handle's first connect is not.
     lost: bool,
+    /// Whether the last batch failed on a close that one of its messages caused: the next batch
+    /// is sent one message at a time, so the message that closes the link is found and refused.
+    suspect: bool,
 }
 
 impl OpenSink for AmqpSink {
@@ -75,6 +85,7 @@ impl AmqpSink {
             confirm_timeout: Duration::from_millis(config.confirm_timeout_ms),
             link: Some(link),
             lost: false,
+            suspect: false,
         })
     }
 
@@ -96,14 +107,37 @@ impl AmqpSink {
             .ok_or_else(|| Error::new(ErrorKind::Internal, "RabbitMQ link missing after connect"))
     }
 
+    /// The open link's channel and limits, reconnecting first if needed.
+    async fn channel(&mut self) -> Result<(lapin::Channel, Limits)> {
+        let max_message_size = self.config.max_message_size;
+        let link = self.link().await?;
+        let limits = Limits {
+            frame_max: link.connection.configuration().frame_max(),
+            max_message_size,
+        };
+        Ok((link.channel.clone(), limits))
+    }
+
+    /// The routing key and properties of `event`, or why the broker would refuse it.
+    fn prepare(&self, event: &Event, limits: &Limits) -> Result<(String, BasicProperties), String> {
+        let routing_key = self.routing_key.render(event);
+        if let Some(reason) = message::unsendable(event, &routing_key) {
+            return Err(reason);
+        }
+        let properties = message::properties(event)?;
+        match limits.refusal(&properties, event.payload.get().len()) {
+            Some(reason) => Err(reason),
+            None => Ok((routing_key, properties)),
+        }
+    }
+
     /// Publishes `events` and collects their confirms; any error leaves the link to be
     /// replaced.
     async fn publish_batch(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
         let exchange = self.config.exchange.clone();
         let max_in_flight = self.config.max_in_flight;
         let timeout = self.confirm_timeout;
-        let template = self.routing_key.clone();
-        let channel = self.link().await?.channel.clone();
+        let (channel, limits) = self.channel().await?;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut in_flight: VecDeque<(usize, Sent<'_>)> = VecDeque::new();
         let mut aggregates: HashSet<&str> = HashSet::new();
@@ -129,13 +163,8 @@ impl AmqpSink {
                 outcomes[index] = Some(Outcome::Deferred);
                 continue;
             }
-            let routing_key = template.render(event);
-            let properties = match message::unsendable(event, &routing_key) {
-                Some(reason) => Err(reason),
-                None => message::properties(event),
-            };
-            let properties = match properties {
-                Ok(properties) => properties,
+            let (routing_key, properties) = match self.prepare(event, &limits) {
+                Ok(prepared) => prepared,
                 Err(reason) => {
                     stopped.insert(event.key.as_str());
                     outcomes[index] = Some(Outcome::Refused(reason));
@@ -166,15 +195,84 @@ impl AmqpSink {
             })
             .collect()
     }
+
+    /// Publishes `events` one at a time, each confirmed before the next is sent, so a close of
+    /// the link is known to be over the message just sent: that message is refused with the
+    /// broker's reason, and the rest go on over a fresh link.
+    async fn publish_singly(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut stopped: HashSet<&str> = HashSet::new();
+        for event in events {
+            let aggregate = event.key.as_str();
+            if stopped.contains(aggregate) {
+                outcomes.push(Outcome::Deferred);
+                continue;
+            }
+            let outcome = match self.publish_one(event).await {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    let Some(reason) = message_refusal(&err) else {
+                        return Err(err);
+                    };
+                    tracing::warn!(event = %event.id, reason, "RabbitMQ closed the link over one message; refusing it");
+                    // The link is closed; the next message opens a fresh one.
+                    self.link = None;
+                    Outcome::Refused(reason)
+                }
+            };
+            if outcome != Outcome::Delivered {
+                stopped.insert(aggregate);
+            }
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Publishes one event and waits for its confirm.
+    async fn publish_one(&mut self, event: &Event) -> Result<Outcome> {
+        let timeout = self.confirm_timeout;
+        let (channel, limits) = self.channel().await?;
+        let (routing_key, properties) = match self.prepare(event, &limits) {
+            Ok(prepared) => prepared,
+            Err(reason) => return Ok(Outcome::Refused(reason)),
+        };
+        let send = channel.basic_publish(
+            self.config.exchange.as_str().into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            event.payload.get().as_bytes(),
+            properties,
+        );
+        let confirm = Sent::start(send).await.confirm(event, timeout).await?;
+        settle(event, confirm, timeout, &self.config.exchange).await
+    }
 }
 
 impl Sink for AmqpSink {
     async fn publish(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
-        let result = self.publish_batch(events).await;
-        if result.is_err() {
-            // Confirms still owed on this channel can no longer be matched to a publish call;
-            // a fresh connection on the retry starts clean.
-            self.lost |= self.link.take().is_some();
+        let result = if self.suspect {
+            self.publish_singly(events).await
+        } else {
+            self.publish_batch(events).await
+        };
+        match &result {
+            Ok(_) => self.suspect = false,
+            Err(err) => {
+                // Confirms still owed on this channel can no longer be matched to a publish
+                // call; a fresh connection on the retry starts clean.
+                self.lost |= self.link.take().is_some();
+                if let Some(reason) = message_refusal(err) {
+                    tracing::warn!(
+                        reason,
+                        "RabbitMQ closed the link over a message of the batch; sending it again \
+                         one message at a time to find that message"
+                    );
+                    self.suspect = true;
+                }
+            }
         }
         result
     }
@@ -189,6 +287,7 @@ impl Sink for AmqpSink {
             confirm_timeout: self.confirm_timeout,
             link: None,
             lost: false,
+            suspect: false,
         })
     }
 
@@ -294,6 +393,12 @@ async fn settle(
             "RabbitMQ channel is not in confirm mode",
         )),
     }
+}
+
+/// The broker's refusal of one message behind `err`, if it is one (see [`refused_message`]).
+fn message_refusal(err: &Error) -> Option<String> {
+    let source = std::error::Error::source(err)?;
+    refused_message(source.downcast_ref::<lapin::Error>()?)
 }
 
 /// A broker or network failure while publishing: retryable.

@@ -116,7 +116,11 @@ pub async fn create_topic(config: &KafkaSinkConfig, topic: &str) -> Result<()> {
         config.topic_partitions,
         TopicReplication::Fixed(config.topic_replication_factor),
     );
-    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    // Both timeouts: the operation's (at the broker) and the request's, without which a cluster
+    // with no controller to take it holds the call for librdkafka's 60 s socket timeout.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+        .request_timeout(Some(ADMIN_TIMEOUT));
     let results = admin.create_topics([&new], &options).await.map_err(|err| {
         Error::with_source(
             ErrorKind::SinkUnavailable,

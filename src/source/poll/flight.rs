@@ -47,8 +47,7 @@ impl Flight {
     /// Records events as handed out.
     pub fn hand_out(&mut self, events: &[Event]) {
         for event in events {
-            self.in_flight
-                .insert(event.position.0, event.key.clone());
+            self.in_flight.insert(event.position.0, event.key.clone());
             *self
                 .aggregates_in_flight
                 .entry(event.key.clone())
