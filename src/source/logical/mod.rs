@@ -129,7 +129,7 @@ impl LogicalSource {
         crate::migrate::verify(&session.client, &table, &config.columns.all()).await?;
         publication::check(&session.client, config, &table).await?;
         slot::check_slot(&session.client, config).await?;
-        history::record_quietly(&session.client, &table, &config.logical.slot).await;
+        history::record_quietly(&session.client, &table, &config.logical.slot, false).await;
         Ok(LogicalSource {
             config: config.clone(),
             relay: relay.clone(),
