@@ -71,8 +71,13 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
     check_server_version(client).await?;
     // An up-to-date schema needs no DDL, so a relay whose role may not create or alter anything
     // (see README, "Least privilege") can keep auto_migrate on.
-    if is_current(client, table).await? {
-        return Ok(Vec::new());
+    match is_current(client, table).await? {
+        Some(Trigger::AsWanted) => return Ok(Vec::new()),
+        Some(Trigger::Unwanted) => {
+            remove_trigger_if_allowed(client, table).await;
+            return Ok(Vec::new());
+        }
+        Some(Trigger::Missing) | None => {}
     }
     let db = |what: &str| {
         let what = what.to_string();
@@ -155,8 +160,22 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
     Ok(applied)
 }
 
-/// Whether every migration is recorded for `table` and its trigger is as wanted.
-async fn is_current(client: &Client, table: &OutboxTable) -> Result<bool> {
+/// Removes a NOTIFY trigger that is no longer wanted (logical mode, or `source.notify =
+/// false`) from an otherwise current schema. Only the table's owner may; for a least-privileged
+/// role that is a warning, not a failure: capture works with the trigger, only two-phase commit
+/// does not.
+async fn remove_trigger_if_allowed(client: &Client, table: &OutboxTable) {
+    let drop = table.render("DROP TRIGGER IF EXISTS {trigger} ON {table}");
+    match client.batch_execute(&drop).await {
+        Ok(()) => tracing::info!(table = %table.qualified, "notify trigger removed"),
+        Err(err) => tracing::warn!(error = %err, table = %table.qualified,
+            "the NOTIFY trigger is still installed, so transactions that write events cannot \
+             PREPARE TRANSACTION; have the table's owner run: {drop}"),
+    }
+}
+
+/// The trigger's state if every migration is recorded for `table`; `None` if some is not.
+async fn is_current(client: &Client, table: &OutboxTable) -> Result<Option<Trigger>> {
     let history = format!("{}.outboxd_migrations", quote_ident(&table.schema));
     let exists: Option<String> = client
         .query_one("SELECT to_regclass($1)::text", &[&history])
@@ -164,7 +183,7 @@ async fn is_current(client: &Client, table: &OutboxTable) -> Result<bool> {
         .map_err(|err| classify("looking for the migrations table", err))?
         .get(0);
     if exists.is_none() {
-        return Ok(false);
+        return Ok(None);
     }
     let done: Vec<i32> = client
         .query(
@@ -177,9 +196,9 @@ async fn is_current(client: &Client, table: &OutboxTable) -> Result<bool> {
         .map(|row| row.get(0))
         .collect();
     if MIGRATIONS.iter().any(|m| !done.contains(&m.version)) {
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(trigger_state(client, table).await? == Trigger::AsWanted)
+    Ok(Some(trigger_state(client, table).await?))
 }
 
 /// The notify trigger compared with what `table.notify` asks for.

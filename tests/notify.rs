@@ -29,7 +29,8 @@ async fn triggers(db: &TestDb) -> i64 {
 /// PREPARE's result; commits it if the PREPARE succeeded.
 async fn write_prepared(db: &TestDb, aggregate: &str) -> Result<(), String> {
     let client = connect(&db.url).await;
-    let gid = format!("outboxd-{aggregate}");
+    // Transaction identifiers are cluster-wide, and tests run side by side.
+    let gid = format!("{}-{aggregate}", db.name);
     let prepared = client
         .batch_execute(&format!(
             "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, type, payload) \

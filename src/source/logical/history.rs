@@ -27,8 +27,11 @@ fn record_table(table: &OutboxTable) -> String {
 }
 
 /// Creates the record table if it is missing (needs CREATE on the schema, like the
-/// migrations).
+/// migrations; nothing is asked of a role once it exists).
 pub async fn create_table(client: &Client, table: &OutboxTable) -> Result<()> {
+    if exists(client, table).await? {
+        return Ok(());
+    }
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {} (
@@ -60,22 +63,34 @@ pub async fn record(client: &Client, table: &OutboxTable, slot: &str) -> Result<
 }
 
 /// [`record`], for a role that may not write the records (or where they do not exist yet): a
-/// failure is only logged, since the slot works either way.
-pub async fn record_quietly(client: &Client, table: &OutboxTable, slot: &str) {
-    if let Err(err) = record(client, table, slot).await {
-        tracing::debug!(error = %err.chain(), slot, "cannot record the replication slot");
+/// failure is only logged (at WARN if `loud`), since the slot works either way; only a later
+/// drop of it would go unnoticed.
+pub async fn record_quietly(client: &Client, table: &OutboxTable, slot: &str, loud: bool) {
+    let Err(err) = record(client, table, slot).await else {
+        return;
+    };
+    match loud {
+        true => tracing::warn!(error = %err.chain(), slot,
+            "cannot record the replication slot in outboxd_slots; if it is ever dropped, \
+             outboxd cannot tell and would create it again in silence"),
+        false => tracing::debug!(error = %err.chain(), slot, "cannot record the replication slot"),
     }
+}
+
+/// Whether the record table exists.
+async fn exists(client: &Client, table: &OutboxTable) -> Result<bool> {
+    let found: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&record_table(table)])
+        .await
+        .map_err(|err| classify("looking for the slot records", err))?
+        .get(0);
+    Ok(found.is_some())
 }
 
 /// What outboxd recorded about `slot`, if anything.
 pub async fn seen(client: &Client, table: &OutboxTable, slot: &str) -> Result<Option<Seen>> {
     let records = record_table(table);
-    let exists: Option<String> = client
-        .query_one("SELECT to_regclass($1)::text", &[&records])
-        .await
-        .map_err(|err| classify("looking for the slot records", err))?
-        .get(0);
-    if exists.is_none() {
+    if !exists(client, table).await? {
         return Ok(None);
     }
     let row = client

@@ -31,8 +31,16 @@
 //!
 //! # One consumer per slot
 //! PostgreSQL lets one session stream from a slot at a time, which makes a second relay on the
-//! same slot a standby: its START_REPLICATION is refused ("slot is active"), and it retries with
-//! backoff until the slot is free. No advisory lock is needed.
+//! same slot a standby: it sees the slot active (or its START_REPLICATION is refused), says so
+//! once, and retries quietly with backoff until the slot is free (see [`standby`]). No advisory
+//! lock is needed.
+//!
+//! # Schema, publication and slot changes
+//! None of them may let an event pass unseen: a Relation message without a column outboxd reads
+//! stops the stream before the row ([`apply`]); the heartbeat checks that the publication still
+//! carries the table ([`heartbeat`]); a publication re-created under the slot is explained, never
+//! re-created by outboxd ([`publication`]); a slot that outboxd recorded and that is gone is
+//! created again only with the opt-in of an invalidated slot ([`history`], [`slot::prepare`]).
 
 mod apply;
 pub(crate) mod event;
@@ -129,7 +137,7 @@ impl LogicalSource {
         crate::migrate::verify(&session.client, &table, &config.columns.all()).await?;
         publication::check(&session.client, config, &table).await?;
         slot::check_slot(&session.client, config).await?;
-        history::record_quietly(&session.client, &table, &config.logical.slot).await;
+        history::record_quietly(&session.client, &table, &config.logical.slot, false).await;
         Ok(LogicalSource {
             config: config.clone(),
             relay: relay.clone(),

@@ -24,7 +24,10 @@ pub async fn prepare(client: &Client, source: &SourceConfig) -> Result<()> {
     check_prerequisites(client, &logical.slot).await?;
     let slot_exists = slot_status(client, &logical.slot).await?.is_some();
     publication::ensure(client, source, &table, slot_exists).await?;
-    history::create_table(client, &table).await?;
+    if let Err(err) = history::create_table(client, &table).await {
+        tracing::warn!(error = %err.chain(), "cannot keep slot records; a dropped slot would \
+            not be told from a new one");
+    }
     if !slot_exists {
         if let Some(seen) = history::seen(client, &table, &logical.slot).await? {
             if !logical.recreate_lost_slot {
@@ -35,7 +38,8 @@ pub async fn prepare(client: &Client, source: &SourceConfig) -> Result<()> {
         }
         create_slot(client, &logical.slot).await?;
     }
-    history::record(client, &table, &logical.slot).await
+    history::record_quietly(client, &table, &logical.slot, !slot_exists).await;
+    Ok(())
 }
 
 /// The error for a slot that outboxd recorded and that no longer exists.
