@@ -82,7 +82,7 @@ async fn main() {
     let source = config.source.clone();
     let table = OutboxTable::new(&source);
     let mut session = outboxd::pg::connect(&source).await.expect("connect");
-    outboxd::migrate::migrate(session.exclusive().expect("unshared"), &table)
+    outboxd::outbox::migrate::migrate(session.exclusive().expect("unshared"), &table)
         .await
         .expect("migrate");
     let client = &session.client;
@@ -103,7 +103,7 @@ async fn main() {
         .expect("fill kept rows");
     vacuum(client).await;
     time("cleanup round (nothing expired)", rounds, || async {
-        let deleted = outboxd::cleanup::delete_expired(&session, &table, &source)
+        let deleted = outboxd::outbox::cleanup::delete_expired(&session, &table, &source)
             .await
             .expect("cleanup");
         assert_eq!(deleted, 0);
@@ -145,7 +145,7 @@ async fn main() {
         .expect("fill backlog");
     vacuum(client).await;
     time("stats sample", rounds, || async {
-        outboxd::stats::sample(client, &table, false)
+        outboxd::outbox::stats::sample(client, &table, false)
             .await
             .expect("sample");
     })

@@ -7,7 +7,6 @@
 //! The pieces: a [`source`] hands out events in order, a [`sink`] stores them durably, and the
 //! [`relay`] loop between them acknowledges to the source only what the sink confirmed.
 
-pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -17,7 +16,6 @@ pub mod fuzz;
 pub mod http;
 pub mod log;
 pub mod metrics;
-pub mod migrate;
 pub mod outbox;
 pub mod pg;
 pub mod progress;
@@ -27,5 +25,4 @@ pub mod secret;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
-pub mod stats;
 pub mod telemetry;

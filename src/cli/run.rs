@@ -94,10 +94,10 @@ async fn relay(
     let cleanup = (polling
         && config.source.on_sent == crate::config::OnSent::Mark
         && config.source.retention_ms > 0)
-        .then(|| crate::cleanup::spawn(config.source.clone(), shutdown.clone()));
+        .then(|| crate::outbox::cleanup::spawn(config.source.clone(), shutdown.clone()));
     let sink_name = crate::sink::Sink::name(&sink);
     let sampler = polling.then(|| {
-        crate::stats::spawn_sampler(
+        crate::outbox::stats::spawn_sampler(
             config.source.clone(),
             std::time::Duration::from_millis(config.relay.stats_interval_ms),
             shutdown.clone(),
@@ -164,7 +164,7 @@ pub fn sink_context(config: &Config) -> SinkContext {
 pub async fn migrate(config: &Config) -> Result<()> {
     let table = OutboxTable::new(&config.source);
     let mut session = crate::pg::connect(&config.source).await?;
-    let applied = crate::migrate::migrate(session.exclusive()?, &table).await?;
+    let applied = crate::outbox::migrate::migrate(session.exclusive()?, &table).await?;
     if applied.is_empty() {
         tracing::info!(table = %table.qualified, "schema up to date");
     } else {

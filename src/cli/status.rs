@@ -5,7 +5,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
 use crate::source::guard::{self, Holder};
 use crate::source::leader::{ActiveRelay, who_leads};
-use crate::stats::{OutboxStats, sample};
+use crate::outbox::stats::{OutboxStats, sample};
 use chrono::Utc;
 use serde::Serialize;
 
@@ -40,7 +40,7 @@ struct Status<'a> {
 pub async fn run(config: &Config, json: bool) -> Result<()> {
     let table = OutboxTable::new(&config.source);
     let session = crate::pg::connect(&config.source).await?;
-    crate::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;
+    crate::outbox::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;
     let blocking = config.relay.on_dead_letter == OnDeadLetter::BlockAggregate;
     let stats = sample(&session.client, &table, blocking).await?;
     let logical = config.source.mode == crate::config::SourceMode::Logical;

@@ -7,9 +7,7 @@
 //! are handed out again after a restart (at-least-once). [`Source::reject`] records events that
 //! can never be delivered, with the reason, so they stop blocking the stream.
 
-mod acker;
 mod any;
-mod decode;
 pub mod guard;
 pub mod leader;
 mod lease;
@@ -19,7 +17,7 @@ pub mod poll;
 
 pub use any::AnySource;
 /// Most acknowledgements under way in the background at once, each of up to a batch.
-pub const ACKS_UNDER_WAY: usize = acker::MAX_OUTSTANDING;
+pub const ACKS_UNDER_WAY: usize = crate::outbox::acker::MAX_OUTSTANDING;
 pub use leader::FENCE;
 pub use lease::Leadership;
 pub use logical::LogicalSource;

@@ -107,7 +107,7 @@ impl InProcessRelay {
 pub async fn migrate(config: &Config) {
     let table = outboxd::outbox::OutboxTable::new(&config.source);
     let mut session = outboxd::pg::connect(&config.source).await.expect("connect");
-    outboxd::migrate::migrate(session.exclusive().expect("unshared"), &table)
+    outboxd::outbox::migrate::migrate(session.exclusive().expect("unshared"), &table)
         .await
         .expect("migrate");
     if config.source.mode == outboxd::config::SourceMode::Logical {

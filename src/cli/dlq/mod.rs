@@ -68,7 +68,7 @@ pub enum DlqCommand {
 pub async fn run(config: &Config, command: DlqCommand) -> Result<()> {
     let table = OutboxTable::new(&config.source);
     let session = crate::pg::connect(&config.source).await?;
-    crate::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;
+    crate::outbox::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;
     let client = &session.client;
     match command {
         DlqCommand::List { all, json } => {

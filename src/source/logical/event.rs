@@ -6,7 +6,7 @@
 use super::timestamp;
 use crate::config::ColumnsConfig;
 use crate::event::{Event, Operation, Origin, Position, Rejected};
-use crate::source::decode::{PendingRow, decode};
+use crate::outbox::decode::{PendingRow, decode};
 use crate::source::pgoutput::{Relation, Value};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;

@@ -134,7 +134,7 @@ impl LogicalSource {
     pub async fn start(config: &SourceConfig, relay: &RelayConfig) -> Result<Self> {
         let table = OutboxTable::new(config);
         let session = crate::pg::connect(config).await?;
-        crate::migrate::verify(&session.client, &table, &config.columns.all()).await?;
+        crate::outbox::migrate::verify(&session.client, &table, &config.columns.all()).await?;
         publication::check(&session.client, config, &table).await?;
         slot::check_slot(&session.client, config).await?;
         history::record_quietly(&session.client, &table, &config.logical.slot, false).await;

@@ -3,8 +3,8 @@
 
 mod flight;
 
-use super::acker::{Acker, Fence};
-use super::decode::{self, PendingRow};
+use crate::outbox::acker::{Acker, Fence};
+use crate::outbox::decode::{self, PendingRow};
 use super::guard::Guard;
 use super::leader::{become_leader, fenced_acknowledgement};
 use super::lease::{Leadership, Renewal};
@@ -12,7 +12,7 @@ use super::{Batch, Source};
 use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::event::{Position, Rejected, Stored};
-use crate::migrate;
+use crate::outbox::migrate;
 use crate::outbox::OutboxTable;
 use crate::pg::{Session, classify, quote_ident};
 use crate::retry::{Backoff, sleep_or_shutdown};

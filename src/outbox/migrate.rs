@@ -25,37 +25,37 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "outbox_table",
-        template: include_str!("../migrations/0001_outbox_table.sql"),
+        template: include_str!("../../migrations/0001_outbox_table.sql"),
     },
     Migration {
         version: 2,
         name: "notify_trigger",
-        template: include_str!("../migrations/0002_notify_trigger.sql"),
+        template: include_str!("../../migrations/0002_notify_trigger.sql"),
     },
     Migration {
         version: 3,
         name: "failed_index",
-        template: include_str!("../migrations/0003_failed_index.sql"),
+        template: include_str!("../../migrations/0003_failed_index.sql"),
     },
     Migration {
         version: 4,
         name: "dead_letters",
-        template: include_str!("../migrations/0004_dead_letters.sql"),
+        template: include_str!("../../migrations/0004_dead_letters.sql"),
     },
     Migration {
         version: 5,
         name: "dead_letter_hash_index",
-        template: include_str!("../migrations/0005_dead_letter_hash_index.sql"),
+        template: include_str!("../../migrations/0005_dead_letter_hash_index.sql"),
     },
     Migration {
         version: 6,
         name: "payload_not_null",
-        template: include_str!("../migrations/0006_payload_not_null.sql"),
+        template: include_str!("../../migrations/0006_payload_not_null.sql"),
     },
     Migration {
         version: 7,
         name: "sent_index",
-        template: include_str!("../migrations/0007_sent_index.sql"),
+        template: include_str!("../../migrations/0007_sent_index.sql"),
     },
 ];
 

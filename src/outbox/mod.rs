@@ -1,7 +1,17 @@
-//! The outbox table: its quoted names and the statements outboxd runs against it.
+//! The outbox table, everything outboxd does to it in one place: its quoted names and the
+//! statements run against it (this file), the migrations that create and upgrade it
+//! ([`migrate`]), decoding its rows into events ([`decode`]), marking or deleting what was
+//! delivered and recording dead letters ([`acker`]), deleting old sent rows ([`cleanup`]) and the
+//! backlog statistics ([`stats`]).
 //!
 //! Every name comes from configuration and is quoted by [`quote_ident`]; values travel as
 //! parameters. Statements are built once, at start-up.
+
+pub mod acker;
+pub mod cleanup;
+pub mod decode;
+pub mod migrate;
+pub mod stats;
 
 use crate::config::SourceConfig;
 use crate::pg::{quote_ident, quote_literal};

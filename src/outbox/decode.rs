@@ -109,7 +109,7 @@ pub fn select(rows: Vec<PendingRow>, hold_after_rejected: bool) -> Selection {
 }
 
 /// Builds an event, or says why the row cannot be one.
-pub(super) fn decode(row: PendingRow) -> Result<Event, Rejected> {
+pub(crate) fn decode(row: PendingRow) -> Result<Event, Rejected> {
     let position = Position(row.position as u64);
     let id = row.id.unwrap_or_default();
     let reject = |reason: String| Rejected {
