@@ -59,6 +59,14 @@ fn header_frame_bytes(properties: &BasicProperties) -> Result<usize, String> {
     Ok(FRAME_OVERHEAD + CONTENT_HEADER_FIXED + written.position as usize)
 }
 
+/// A close of the link by the broker while a message was being published or confirmed,
+/// of a kind one message causes (see [`refused_message`]). Kept as the source of the batch's
+/// error, so the sink tells it from the same codes met while connecting (a `PRECONDITION_FAILED`
+/// exchange declaration is no message's fault).
+#[derive(Debug, thiserror::Error)]
+#[error("the broker closed the link over a message")]
+pub struct ClosedOverMessage(#[source] pub lapin::Error);
+
 /// The broker's refusal of one message in `err`, if it is one: a connection closed with
 /// `FRAME_ERROR` or `SYNTAX_ERROR`, or a channel closed with `PRECONDITION_FAILED`, while
 /// publishing. Such a close follows the message that caused it, so it is that message's refusal
@@ -85,6 +93,24 @@ mod tests {
         frame_max: 131_072,
         max_message_size: 128 << 20,
     };
+
+    #[test]
+    fn only_frame_syntax_and_precondition_closes_are_refusals_of_a_message() {
+        let close = |kind| {
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(
+                lapin::protocol::AMQPError::new(kind, "PRECONDITION_FAILED - x".into()),
+            ))
+        };
+        let precondition = AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED);
+        assert_eq!(
+            refused_message(&close(precondition)).as_deref(),
+            Some("RabbitMQ refused the message: PRECONDITION_FAILED - x")
+        );
+        let frame = AMQPErrorKind::Hard(AMQPHardError::FRAMEERROR);
+        assert!(refused_message(&close(frame)).is_some());
+        let missing = AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND);
+        assert_eq!(refused_message(&close(missing)), None);
+    }
 
     #[test]
     fn an_ordinary_message_fits() {

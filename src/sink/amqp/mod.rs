@@ -26,7 +26,7 @@ pub use self::config::{AmqpSinkConfig, ExchangeType};
 pub use self::routing::RoutingKeyTemplate;
 
 use self::connection::{Link, connect};
-use self::limits::{Limits, refused_message};
+use self::limits::{ClosedOverMessage, Limits, refused_message};
 use super::{OpenSink, Outcome, Sink, SinkContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -208,6 +208,8 @@ impl AmqpSink {
                 outcomes.push(Outcome::Deferred);
                 continue;
             }
+            // A failure to connect is an outage, whatever its code: only a close while this
+            // message is published or confirmed is its refusal (see `message_refusal`).
             let outcome = match self.publish_one(event).await {
                 Ok(outcome) => outcome,
                 Err(err) => {
@@ -395,13 +397,18 @@ async fn settle(
     }
 }
 
-/// The broker's refusal of one message behind `err`, if it is one (see [`refused_message`]).
+/// The broker's refusal of one message behind `err`, if it is one: a close of a kind one
+/// message causes while publishing (see [`refused_message`]), never one met while connecting.
 fn message_refusal(err: &Error) -> Option<String> {
     let source = std::error::Error::source(err)?;
-    refused_message(source.downcast_ref::<lapin::Error>()?)
+    refused_message(&source.downcast_ref::<ClosedOverMessage>()?.0)
 }
 
-/// A broker or network failure while publishing: retryable.
+/// A broker or network failure while publishing: retryable. A close one message may have
+/// caused is marked as such (see [`message_refusal`]).
 fn unavailable(context: &str, err: lapin::Error) -> Error {
+    if refused_message(&err).is_some() {
+        return Error::with_source(ErrorKind::SinkUnavailable, context, ClosedOverMessage(err));
+    }
     Error::with_source(ErrorKind::SinkUnavailable, context, err)
 }
