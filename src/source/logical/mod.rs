@@ -1,6 +1,13 @@
 //! The logical replication source: follows the outbox table's inserts, and event messages, in
 //! commit order through a replication slot with `pgoutput`.
 //!
+//! # Capture apart from mapping
+//! This module and most of its children are the capture: the replication stream (opening it,
+//! the slot, the publication, heartbeats, lag, standby) and what may be confirmed of it
+//! ([`progress`], [`pending`], [`replay`], [`resume`]). [`apply`] tracks transactions and asks
+//! [`mapping`] what each decoded change is as an event; only [`mapping`] and [`event`] know the
+//! outbox's columns and the event messages' shape.
+//!
 //! # Positions and acknowledgement
 //! Every event of a transaction carries the transaction's commit LSN as its position (known from
 //! Begin, so events can be handed out before Commit). Positions are therefore monotonic across
@@ -37,7 +44,7 @@
 //!
 //! # Schema, publication and slot changes
 //! None of them may let an event pass unseen: a Relation message without a column outboxd reads
-//! stops the stream before the row ([`apply`]); the heartbeat checks that the publication still
+//! stops the stream before the row ([`mapping`]); the heartbeat checks that the publication still
 //! carries the table ([`heartbeat`]); a publication re-created under the slot is explained, never
 //! re-created by outboxd ([`publication`]); a slot that outboxd recorded and that is gone is
 //! created again only with the opt-in of an invalidated slot ([`history`], [`slot::prepare`]).
@@ -46,6 +53,7 @@ mod apply;
 pub(crate) mod event;
 mod heartbeat;
 mod history;
+mod mapping;
 mod pending;
 mod progress;
 pub mod publication;
@@ -63,15 +71,13 @@ use crate::event::{Position, Rejected, Stored};
 use crate::outbox::OutboxTable;
 use crate::pg::Session;
 use crate::retry::{Backoff, sleep_or_shutdown};
-use apply::Layout;
-use chrono::{DateTime, Utc};
+use mapping::{OutboxMapping, Txn};
 use pending::Pending;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use progress::Progress;
 use replay::Replay;
 use resume::Resume;
 use standby::Standby;
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -80,15 +86,6 @@ use tokio_util::sync::CancellationToken;
 /// Longest wait at shutdown for the final confirmed position to reach the server (standby
 /// status updates go out once per second at most).
 const FINAL_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The transaction being decoded.
-#[derive(Debug, Clone, Copy)]
-struct OpenTxn {
-    /// Its commit LSN: the position of its events.
-    position: Position,
-    /// Its commit time, the `created_at` of emitted events.
-    commit_time: DateTime<Utc>,
-}
 
 /// Streams outbox events from a logical replication slot.
 pub struct LogicalSource {
@@ -102,10 +99,10 @@ pub struct LogicalSource {
     stream: Option<ReplicationClient>,
     /// An ordinary session for heartbeats and lag, while open.
     sql: Option<Session>,
-    /// Relations announced on this stream: what each is to outboxd.
-    relations: HashMap<u32, Layout>,
+    /// What the stream's changes are as events (the outbox's rows, event messages).
+    mapping: OutboxMapping,
     /// The transaction being decoded, between Begin and Commit.
-    txn: Option<OpenTxn>,
+    txn: Option<Txn>,
     /// Events and rows that cannot become events, decoded and not yet handed out.
     pending: Pending,
     /// What may be confirmed to the slot.
@@ -141,10 +138,10 @@ impl LogicalSource {
         Ok(LogicalSource {
             config: config.clone(),
             relay: relay.clone(),
+            mapping: OutboxMapping::new(config, &table),
             table,
             stream: None,
             sql: Some(session),
-            relations: HashMap::new(),
             txn: None,
             pending: Pending::default(),
             progress: Progress::default(),
@@ -165,7 +162,7 @@ impl LogicalSource {
         if let Some(mut stream) = self.stream.take() {
             stream.abort();
         }
-        self.relations.clear();
+        self.mapping.clear();
         self.txn = None;
         self.pending.clear();
         self.progress.rewind();

@@ -3,8 +3,6 @@
 
 mod flight;
 
-use crate::outbox::acker::{Acker, Fence};
-use crate::outbox::decode::{self, PendingRow};
 use super::guard::Guard;
 use super::leader::{become_leader, fenced_acknowledgement};
 use super::lease::{Leadership, Renewal};
@@ -12,8 +10,10 @@ use super::{Batch, Source};
 use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::event::{Position, Rejected, Stored};
-use crate::outbox::migrate;
 use crate::outbox::OutboxTable;
+use crate::outbox::acker::{Acker, Fence};
+use crate::outbox::decode::{self, PendingRow};
+use crate::outbox::migrate;
 use crate::pg::{Session, classify, quote_ident};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use flight::Flight;
