@@ -125,15 +125,41 @@ async fn main() {
     vacuum(client).await;
     let (limit, excluded) = (1000i64, Vec::<String>::new());
     let (max_event, max_batch) = (source.max_event_bytes as i64, source.max_batch_bytes as i64);
+    // As the relay does: release rows behind released dead letters, then fetch, again at once
+    // while a fetch returns only rows it found blocked (and marked). Returns the fetches run
+    // and the deliverable rows of the last.
+    let fetch = || async {
+        let mut fetches = 0;
+        loop {
+            client
+                .execute(&table.release_blocked, &[])
+                .await
+                .expect("release");
+            let rows = client
+                .query(
+                    &table.fetch_pending_blocking,
+                    &[&limit, &excluded, &max_event, &max_batch],
+                )
+                .await
+                .expect("fetch");
+            fetches += 1;
+            let free = rows.iter().filter(|row| !row.get::<_, bool>(11)).count();
+            if free > 0 || rows.is_empty() {
+                return (fetches, free);
+            }
+        }
+    };
+    // The first fetches after the dead letter walk and mark the rows behind it, once.
+    let start = Instant::now();
+    let (fetches, free) = fetch().await;
+    println!(
+        "first fetch, marking the blocked rows: {:.2} ms in {fetches} fetches",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(free, 1000);
     time("fetch (block_aggregate)", rounds, || async {
-        let rows = client
-            .query(
-                &table.fetch_pending_blocking,
-                &[&limit, &excluded, &max_event, &max_batch],
-            )
-            .await
-            .expect("fetch");
-        assert_eq!(rows.len(), 1000);
+        let (fetches, free) = fetch().await;
+        assert_eq!((fetches, free), (1, 1000));
     })
     .await;
 

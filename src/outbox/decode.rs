@@ -32,6 +32,9 @@ pub struct PendingRow {
     /// Whether the body fits `source.max_event_bytes`; when not, payload and headers were not
     /// loaded and the row is rejected.
     pub fits: bool,
+    /// Whether the blocking fetch found the row waiting behind a dead letter (and marked it
+    /// so); it carries nothing else and is never delivered.
+    pub blocked: bool,
 }
 
 impl PendingRow {
@@ -53,6 +56,7 @@ impl PendingRow {
             created_at: row.try_get(8).ok().flatten(),
             size: row.get(9),
             fits: row.get(10),
+            blocked: row.get(11),
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct Selection {
     /// How many rows the visibility guard held back, itself or behind such a row of their
     /// aggregate (a re-check is due soon while there are any).
     pub held_back: usize,
+    /// How many rows the fetch found behind a dead letter and marked blocked: more pending
+    /// rows may follow them, so the caller fetches again at once.
+    pub blocked: usize,
 }
 
 /// Selects deliverable rows from `rows` (all pending rows up to the fetch limit, by position).
@@ -84,6 +91,10 @@ pub fn select(rows: Vec<PendingRow>, hold_after_rejected: bool) -> Selection {
     let mut blocked: HashSet<Option<String>> = HashSet::new();
     let mut dead: HashSet<String> = HashSet::new();
     for row in rows {
+        if row.blocked {
+            selection.blocked += 1;
+            continue;
+        }
         if let Some(aggregate) = &row.aggregate_id
             && dead.contains(aggregate)
         {
@@ -180,6 +191,7 @@ mod tests {
             created_at: None,
             size: 7,
             fits: true,
+            blocked: false,
         }
     }
 

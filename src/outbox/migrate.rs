@@ -57,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "sent_index",
         template: include_str!("../../migrations/0007_sent_index.sql"),
     },
+    Migration {
+        version: 8,
+        name: "blocked_index",
+        template: include_str!("../../migrations/0008_blocked_index.sql"),
+    },
 ];
 
 /// The migration that installs the trigger; re-applied whenever the channel changes, and

@@ -3,8 +3,6 @@
 
 mod flight;
 
-use crate::outbox::acker::{Acker, Fence};
-use crate::outbox::decode::{self, PendingRow};
 use super::guard::Guard;
 use super::leader::{become_leader, fenced_acknowledgement};
 use super::lease::{Leadership, Renewal};
@@ -12,8 +10,10 @@ use super::{Batch, Source};
 use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::event::{Position, Rejected, Stored};
-use crate::outbox::migrate;
 use crate::outbox::OutboxTable;
+use crate::outbox::acker::{Acker, Fence};
+use crate::outbox::decode::{self, PendingRow};
+use crate::outbox::migrate;
 use crate::pg::{Session, classify, quote_ident};
 use crate::retry::{Backoff, sleep_or_shutdown};
 use flight::Flight;
@@ -215,6 +215,22 @@ impl Source for PollSource {
                 OnDeadLetter::Skip => &self.table.fetch_pending,
             };
             let session = self.session();
+            if self.relay.on_dead_letter == OnDeadLetter::BlockAggregate {
+                // Rows marked blocked behind a dead letter that is no longer in force (retried
+                // or skipped, also while a fetch was marking them) go back to the fetch's index.
+                if let Err(err) = session
+                    .client
+                    .execute(&self.table.release_blocked, &[])
+                    .await
+                {
+                    let err = classify("releasing events behind released dead letters", err);
+                    if !self.wait_after(err, shutdown).await? {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            }
+            let session = self.session();
             let notified = session.notified.clone();
             let (max_event, max_batch) = (
                 self.config.max_event_bytes as i64,
@@ -249,6 +265,11 @@ impl Source for PollSource {
                     events: selection.events,
                     rejected: selection.rejected,
                 }));
+            }
+            if selection.blocked > 0 {
+                // The fetch marked rows blocked behind a dead letter; rows after them may be
+                // deliverable, and the next fetch walks past the marked ones.
+                continue;
             }
             let wait = if held_back {
                 let wait = self.recheck;
