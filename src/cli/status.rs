@@ -3,9 +3,9 @@
 use crate::config::{Config, OnDeadLetter};
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
-use crate::outbox::stats::{OutboxStats, sample};
 use crate::source::guard::{self, Holder};
 use crate::source::leader::{ActiveRelay, who_leads};
+use crate::outbox::stats::{OutboxStats, sample};
 use chrono::Utc;
 use serde::Serialize;
 
