@@ -185,3 +185,51 @@ async fn marked_rows_and_later_ones_wait_until_the_dead_letter_is_released_then_
     assert_eq!(delivered.len() as i64, BLOCKED + 1);
     assert!(delivered.windows(2).all(|pair| pair[0] < pair[1]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_may_not_apply_migration_8_is_told_who_can() {
+    // Given an outbox migrated up to migration 7 by its owner (as before this version), and a
+    // relay role granted only what README lists
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&db, &dir.path().join("log"));
+    migrate(&config).await;
+    let owner = connect(&db.url).await;
+    let role = format!("relay_{}", &db.name[db.name.len() - 8..]);
+    owner
+        .batch_execute(&format!(
+            "DELETE FROM outboxd_migrations WHERE version = 8;
+             DROP INDEX outboxd_outbox_ready_idx, outboxd_outbox_blocked_idx;
+             ALTER TABLE outbox DROP COLUMN blocked_by;
+             CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT, UPDATE ON outbox TO {role};
+             GRANT SELECT ON outboxd_migrations TO {role};"
+        ))
+        .await
+        .unwrap();
+    config.source.url =
+        outboxd::config::DbUrl::new(db.url.replacen("postgres@", &format!("{role}@"), 1));
+
+    // When the relay starts as that role, then it stops saying that the owner must migrate
+    let path = write_config(&config, dir.path(), "limited");
+    let (code, _, stderr) = run_cli(&path, &["run"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("this role may not change the outbox table: run `outboxd migrate` once as the table's owner"),
+        "{stderr}"
+    );
+
+    // And once the owner migrated, the table has the column and both indexes
+    migrate(&config_for(&db, dir.path())).await;
+    let indexes: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname IN \
+             ('outboxd_outbox_ready_idx', 'outboxd_outbox_blocked_idx')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(indexes, 2);
+}
