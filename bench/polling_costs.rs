@@ -13,7 +13,7 @@
 //! 1000000), `ROUNDS` (default 20); `KEEP=1` keeps the database (to EXPLAIN what was timed).
 
 use outboxd::config::{Config, DbUrl};
-use outboxd::outbox::OutboxTable;
+use outboxd::outbox::{OutboxTable, blocked};
 use std::time::{Duration, Instant};
 
 /// An environment variable as a number, or `default`.
@@ -125,16 +125,13 @@ async fn main() {
     vacuum(client).await;
     let (limit, excluded) = (1000i64, Vec::<String>::new());
     let (max_event, max_batch) = (source.max_event_bytes as i64, source.max_batch_bytes as i64);
-    // As the relay does: release rows behind released dead letters, then fetch, again at once
-    // while a fetch returns only rows it found blocked (and marked). Returns the fetches run
+    // As the relay does: release rows behind released dead letters, fetch, mark the rows found
+    // blocked, and fetch again at once while a fetch returns only such rows. Returns the fetches run
     // and the deliverable rows of the last.
     let fetch = || async {
         let mut fetches = 0;
         loop {
-            client
-                .execute(&table.release_blocked, &[])
-                .await
-                .expect("release");
+            blocked::release(client, &table).await.expect("release");
             let rows = client
                 .query(
                     &table.fetch_pending_blocking,
@@ -143,7 +140,12 @@ async fn main() {
                 .await
                 .expect("fetch");
             fetches += 1;
-            let free = rows.iter().filter(|row| !row.get::<_, bool>(11)).count();
+            let found: Vec<(i64, i64)> = rows
+                .iter()
+                .filter_map(|row| Some((row.get(0), row.get::<_, Option<i64>>(11)?)))
+                .collect();
+            blocked::mark(client, &table, &found).await.expect("mark");
+            let free = rows.len() - found.len();
             if free > 0 || rows.is_empty() {
                 return (fetches, free);
             }

@@ -6,7 +6,7 @@ mod common;
 
 use common::pg::{TestDb, connect, test_db};
 use common::relay::*;
-use outboxd::outbox::OutboxTable;
+use outboxd::outbox::{OutboxTable, blocked};
 use tokio_postgres::Client;
 
 /// Pending rows of the blocked aggregate in the tests: far more than one batch.
@@ -35,13 +35,14 @@ async fn fill(db: &TestDb) -> (Client, OutboxTable) {
 }
 
 /// What the polling relay does for one batch: release rows behind dead letters no longer in
-/// force, then fetch, again at once while a fetch returns only rows it marked blocked.
+/// force, fetch, mark the rows found blocked, and fetch again at once while a fetch returns
+/// only such rows.
 /// Returns the deliverable rows' (position, aggregate) in order.
 async fn fetch(client: &Client, table: &OutboxTable) -> Vec<(i64, String)> {
     let (limit, excluded) = (1000i64, Vec::<String>::new());
     let (max_event, max_batch) = (64i64 << 20, 64i64 << 20);
     loop {
-        client.execute(&table.release_blocked, &[]).await.unwrap();
+        blocked::release(client, table).await.unwrap();
         let rows = client
             .query(
                 &table.fetch_pending_blocking,
@@ -49,9 +50,14 @@ async fn fetch(client: &Client, table: &OutboxTable) -> Vec<(i64, String)> {
             )
             .await
             .unwrap();
+        let found: Vec<(i64, i64)> = rows
+            .iter()
+            .filter_map(|row| Some((row.get(0), row.get::<_, Option<i64>>(11)?)))
+            .collect();
+        blocked::mark(client, table, &found).await.unwrap();
         let free: Vec<(i64, String)> = rows
             .iter()
-            .filter(|row| !row.get::<_, bool>(11))
+            .filter(|row| row.get::<_, Option<i64>>(11).is_none())
             .map(|row| (row.get(0), row.get(4)))
             .collect();
         if !free.is_empty() || rows.is_empty() {

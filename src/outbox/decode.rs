@@ -32,9 +32,9 @@ pub struct PendingRow {
     /// Whether the body fits `source.max_event_bytes`; when not, payload and headers were not
     /// loaded and the row is rejected.
     pub fits: bool,
-    /// Whether the blocking fetch found the row waiting behind a dead letter (and marked it
-    /// so); it carries nothing else and is never delivered.
-    pub blocked: bool,
+    /// The dead letter the blocking fetch found the row waiting behind; such a row carries
+    /// nothing else and is never delivered, only marked (see `outbox::blocked`).
+    pub blocked_by: Option<i64>,
 }
 
 impl PendingRow {
@@ -56,7 +56,7 @@ impl PendingRow {
             created_at: row.try_get(8).ok().flatten(),
             size: row.get(9),
             fits: row.get(10),
-            blocked: row.get(11),
+            blocked_by: row.get(11),
         }
     }
 }
@@ -71,9 +71,9 @@ pub struct Selection {
     /// How many rows the visibility guard held back, itself or behind such a row of their
     /// aggregate (a re-check is due soon while there are any).
     pub held_back: usize,
-    /// How many rows the fetch found behind a dead letter and marked blocked: more pending
-    /// rows may follow them, so the caller fetches again at once.
-    pub blocked: usize,
+    /// Rows the fetch found behind a dead letter, as `(position, dead letter)`, to be marked:
+    /// more pending rows may follow them, so the caller fetches again at once.
+    pub blocked: Vec<(i64, i64)>,
 }
 
 /// Selects deliverable rows from `rows` (all pending rows up to the fetch limit, by position).
@@ -91,8 +91,8 @@ pub fn select(rows: Vec<PendingRow>, hold_after_rejected: bool) -> Selection {
     let mut blocked: HashSet<Option<String>> = HashSet::new();
     let mut dead: HashSet<String> = HashSet::new();
     for row in rows {
-        if row.blocked {
-            selection.blocked += 1;
+        if let Some(letter) = row.blocked_by {
+            selection.blocked.push((row.position, letter));
             continue;
         }
         if let Some(aggregate) = &row.aggregate_id
@@ -191,7 +191,7 @@ mod tests {
             created_at: None,
             size: 7,
             fits: true,
-            blocked: false,
+            blocked_by: None,
         }
     }
 

@@ -86,8 +86,7 @@ pub async fn skip(client: &Client, table: &OutboxTable, which: &Which) -> Result
 /// its fetch, so they flow at once (the relay also does this before every fetch, which covers a
 /// fetch that marked rows while this command ran).
 async fn release_blocked(client: &Client, table: &OutboxTable) -> Result<()> {
-    client
-        .execute(&table.release_blocked, &[])
+    crate::outbox::blocked::release(client, table)
         .await
         .map_err(|err| classify("releasing events waiting behind these dead letters", err))?;
     Ok(())

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::{Position, Rejected, Stored};
 use crate::outbox::OutboxTable;
 use crate::outbox::acker::{Acker, Fence};
+use crate::outbox::blocked;
 use crate::outbox::decode::{self, PendingRow};
 use crate::outbox::migrate;
 use crate::pg::{Session, classify, quote_ident};
@@ -218,11 +219,7 @@ impl Source for PollSource {
             if self.relay.on_dead_letter == OnDeadLetter::BlockAggregate {
                 // Rows marked blocked behind a dead letter that is no longer in force (retried
                 // or skipped, also while a fetch was marking them) go back to the fetch's index.
-                if let Err(err) = session
-                    .client
-                    .execute(&self.table.release_blocked, &[])
-                    .await
-                {
+                if let Err(err) = blocked::release(&session.client, &self.table).await {
                     let err = classify("releasing events behind released dead letters", err);
                     if !self.wait_after(err, shutdown).await? {
                         return Ok(None);
@@ -252,6 +249,17 @@ impl Source for PollSource {
             let rows = rows.iter().map(PendingRow::from_row).collect();
             let mut selection = decode::select(rows, blocking);
             self.flight.drop_unrecordable(&mut selection.rejected);
+            if let Some(session) = &self.session
+                && let Err(err) =
+                    blocked::mark(&session.client, &self.table, &selection.blocked).await
+            {
+                // Nothing was handed out yet: the same rows come again after reconnecting.
+                let err = classify("marking events blocked behind a dead letter", err);
+                if !self.wait_after(err, shutdown).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
             let held_back = selection.held_back > 0;
             if let Some(session) = &self.session {
                 self.guard
@@ -266,9 +274,9 @@ impl Source for PollSource {
                     rejected: selection.rejected,
                 }));
             }
-            if selection.blocked > 0 {
-                // The fetch marked rows blocked behind a dead letter; rows after them may be
-                // deliverable, and the next fetch walks past the marked ones.
+            if !selection.blocked.is_empty() {
+                // The fetch found rows blocked behind a dead letter (now marked); rows after
+                // them may be deliverable, and the next fetch walks past the marked ones.
                 continue;
             }
             let wait = if held_back {
