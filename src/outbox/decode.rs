@@ -200,6 +200,16 @@ mod tests {
     }
 
     #[test]
+    fn a_row_found_behind_a_dead_letter_is_never_an_event_only_a_mark() {
+        let mut behind = row(2, "a", true);
+        behind.blocked_by = Some(1);
+        let selection = select(vec![behind, row(3, "b", true)], true);
+        assert_eq!(positions(&selection), vec![3]);
+        assert_eq!(selection.blocked, vec![(2, 1)]);
+        assert!(selection.rejected.is_empty());
+    }
+
+    #[test]
     fn a_row_not_ready_holds_back_its_aggregate_only() {
         let rows = vec![
             row(1, "a", true),
