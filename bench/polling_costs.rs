@@ -13,7 +13,7 @@
 //! 1000000), `ROUNDS` (default 20); `KEEP=1` keeps the database (to EXPLAIN what was timed).
 
 use outboxd::config::{Config, DbUrl};
-use outboxd::outbox::OutboxTable;
+use outboxd::outbox::{OutboxTable, blocked};
 use std::time::{Duration, Instant};
 
 /// An environment variable as a number, or `default`.
@@ -125,15 +125,43 @@ async fn main() {
     vacuum(client).await;
     let (limit, excluded) = (1000i64, Vec::<String>::new());
     let (max_event, max_batch) = (source.max_event_bytes as i64, source.max_batch_bytes as i64);
+    // As the relay does: release rows behind released dead letters, fetch, mark the rows found
+    // blocked, and fetch again at once while a fetch returns only such rows. Returns the fetches run
+    // and the deliverable rows of the last.
+    let fetch = || async {
+        let mut fetches = 0;
+        loop {
+            blocked::release(client, &table).await.expect("release");
+            let rows = client
+                .query(
+                    &table.fetch_pending_blocking,
+                    &[&limit, &excluded, &max_event, &max_batch],
+                )
+                .await
+                .expect("fetch");
+            fetches += 1;
+            let found: Vec<(i64, i64)> = rows
+                .iter()
+                .filter_map(|row| Some((row.get(0), row.get::<_, Option<i64>>(11)?)))
+                .collect();
+            blocked::mark(client, &table, &found).await.expect("mark");
+            let free = rows.len() - found.len();
+            if free > 0 || rows.is_empty() {
+                return (fetches, free);
+            }
+        }
+    };
+    // The first fetches after the dead letter walk and mark the rows behind it, once.
+    let start = Instant::now();
+    let (fetches, free) = fetch().await;
+    println!(
+        "first fetch, marking the blocked rows: {:.2} ms in {fetches} fetches",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(free, 1000);
     time("fetch (block_aggregate)", rounds, || async {
-        let rows = client
-            .query(
-                &table.fetch_pending_blocking,
-                &[&limit, &excluded, &max_event, &max_batch],
-            )
-            .await
-            .expect("fetch");
-        assert_eq!(rows.len(), 1000);
+        let (fetches, free) = fetch().await;
+        assert_eq!((fetches, free), (1, 1000));
     })
     .await;
 

@@ -255,6 +255,10 @@ pub struct ColumnsConfig {
     /// When an operator skipped the failed event on purpose (`outboxd dlq skip`). Default
     /// `skipped_at`.
     pub skipped_at: String,
+    /// The position of the dead letter a pending row waits behind, set by the blocking fetch
+    /// (`on_dead_letter = "block_aggregate"`) so later fetches need not walk the row again;
+    /// NULL otherwise. Default `blocked_by`.
+    pub blocked_by: String,
 }
 
 impl Default for ColumnsConfig {
@@ -274,13 +278,14 @@ impl Default for ColumnsConfig {
             last_error: "last_error".into(),
             failed_at: "failed_at".into(),
             skipped_at: "skipped_at".into(),
+            blocked_by: "blocked_by".into(),
         }
     }
 }
 
 impl ColumnsConfig {
     /// Every column as (config key, name), in declaration order.
-    pub fn all(&self) -> [(&'static str, &str); 14] {
+    pub fn all(&self) -> [(&'static str, &str); 15] {
         [
             ("id", &self.id),
             ("aggregate_type", &self.aggregate_type),
@@ -296,6 +301,7 @@ impl ColumnsConfig {
             ("last_error", &self.last_error),
             ("failed_at", &self.failed_at),
             ("skipped_at", &self.skipped_at),
+            ("blocked_by", &self.blocked_by),
         ]
     }
 }

@@ -32,6 +32,9 @@ pub struct PendingRow {
     /// Whether the body fits `source.max_event_bytes`; when not, payload and headers were not
     /// loaded and the row is rejected.
     pub fits: bool,
+    /// The dead letter the blocking fetch found the row waiting behind; such a row carries
+    /// nothing else and is never delivered, only marked (see `outbox::blocked`).
+    pub blocked_by: Option<i64>,
 }
 
 impl PendingRow {
@@ -53,6 +56,7 @@ impl PendingRow {
             created_at: row.try_get(8).ok().flatten(),
             size: row.get(9),
             fits: row.get(10),
+            blocked_by: row.get(11),
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct Selection {
     /// How many rows the visibility guard held back, itself or behind such a row of their
     /// aggregate (a re-check is due soon while there are any).
     pub held_back: usize,
+    /// Rows the fetch found behind a dead letter, as `(position, dead letter)`, to be marked:
+    /// more pending rows may follow them, so the caller fetches again at once.
+    pub blocked: Vec<(i64, i64)>,
 }
 
 /// Selects deliverable rows from `rows` (all pending rows up to the fetch limit, by position).
@@ -84,6 +91,10 @@ pub fn select(rows: Vec<PendingRow>, hold_after_rejected: bool) -> Selection {
     let mut blocked: HashSet<Option<String>> = HashSet::new();
     let mut dead: HashSet<String> = HashSet::new();
     for row in rows {
+        if let Some(letter) = row.blocked_by {
+            selection.blocked.push((row.position, letter));
+            continue;
+        }
         if let Some(aggregate) = &row.aggregate_id
             && dead.contains(aggregate)
         {
@@ -180,11 +191,22 @@ mod tests {
             created_at: None,
             size: 7,
             fits: true,
+            blocked_by: None,
         }
     }
 
     fn positions(selection: &Selection) -> Vec<u64> {
         selection.events.iter().map(|e| e.position.0).collect()
+    }
+
+    #[test]
+    fn a_row_found_behind_a_dead_letter_is_never_an_event_only_a_mark() {
+        let mut behind = row(2, "a", true);
+        behind.blocked_by = Some(1);
+        let selection = select(vec![behind, row(3, "b", true)], true);
+        assert_eq!(positions(&selection), vec![3]);
+        assert_eq!(selection.blocked, vec![(2, 1)]);
+        assert!(selection.rejected.is_empty());
     }
 
     #[test]

@@ -57,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "sent_index",
         template: include_str!("../../migrations/0007_sent_index.sql"),
     },
+    Migration {
+        version: 8,
+        name: "blocked_index",
+        template: include_str!("../../migrations/0008_blocked_index.sql"),
+    },
 ];
 
 /// The migration that installs the trigger; re-applied whenever the channel changes, and
@@ -81,7 +86,25 @@ pub async fn migrate(client: &mut Client, table: &OutboxTable) -> Result<Vec<i32
     }
     let db = |what: &str| {
         let what = what.to_string();
-        move |err| classify(format!("migrating {}: {what}", table.qualified), err)
+        move |err: tokio_postgres::Error| {
+            let denied =
+                err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+            let err = classify(format!("migrating {}: {what}", table.qualified), err);
+            if !denied {
+                return err;
+            }
+            // A least-privileged relay (README, "Least privilege") meets a new migration
+            // after an upgrade: say who can apply it, not only what failed.
+            Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "{}; this role may not change the outbox table: run `outboxd migrate` once \
+                     as the table's owner (this version adds migrations up to {:04})",
+                    err.chain(),
+                    MIGRATIONS.last().map_or(0, |m| m.version)
+                ),
+            )
+        }
     };
     let tx = client.transaction().await.map_err(db("begin"))?;
     tx.execute(

@@ -8,6 +8,7 @@
 //! parameters. Statements are built once, at start-up.
 
 pub mod acker;
+pub mod blocked;
 pub mod cleanup;
 pub mod decode;
 pub mod migrate;
@@ -32,11 +33,26 @@ pub struct OutboxTable {
     /// Sizes are checked in SQL before any body is sent: a row over `$3` comes without its
     /// payload and headers (and `fits` false), and the batch ends before the row that would
     /// take its loaded bytes past `$4` (the first row always comes). Each body is rendered once,
-    /// and not at all when its stored size alone is over `$3`.
+    /// and not at all when its stored size alone is over `$3`. The last column, `blocked_by`,
+    /// is always NULL here (see [`Self::fetch_pending_blocking`]).
     pub fetch_pending: String,
     /// [`Self::fetch_pending`] that also leaves out every event after a dead letter of its
     /// aggregate (`on_dead_letter = "block_aggregate"`).
+    ///
+    /// It walks only rows not marked blocked (migration 8). A walked row that waits behind a
+    /// dead letter comes back without a body and with that letter's position in the last
+    /// column; the caller marks it ([`blocked::mark`]) and fetches again at once, so a blocked
+    /// row is walked once, not on every fetch. Read-only, like [`Self::fetch_pending`]: it
+    /// takes no lock that DDL or a `LOCK TABLE` would make it wait for.
     pub fetch_pending_blocking: String,
+    /// Marks rows blocked: `$1` positions, `$2` the dead letters they wait behind.
+    pub mark_blocked: String,
+    /// The dead letters that pending rows are marked blocked behind and that are no longer in
+    /// force (retried, skipped, deleted, or changed by hand). Reads one index entry per dead
+    /// letter that blocks rows, whatever their number.
+    pub released_letters: String,
+    /// Clears the marks behind the dead letters `$1` (an `int8[]`).
+    pub release_blocked: String,
     /// Records a failed attempt: `$1` positions, `$2` reasons, `$3` max attempts; rows reaching
     /// it become dead letters. Returns position, attempts and whether it is now dead.
     pub mark_retry: String,
@@ -126,12 +142,15 @@ impl OutboxTable {
             ("last_error", q(&c.last_error)),
             ("failed_at", q(&c.failed_at)),
             ("skipped_at", q(&c.skipped_at)),
+            ("blocked_by", q(&c.blocked_by)),
             ("position_index", q(&derived_name(name, "position_key"))),
             ("pending_index", q(&derived_name(name, "pending_idx"))),
             ("failed_index", q(&derived_name(name, "failed_idx"))),
             ("dead_index", q(&derived_name(name, "dead_idx"))),
             ("dead_hash_index", q(&derived_name(name, "dead_hash_idx"))),
             ("sent_index", q(&derived_name(name, "sent_idx"))),
+            ("ready_index", q(&derived_name(name, "ready_idx"))),
+            ("blocked_index", q(&derived_name(name, "blocked_idx"))),
             ("payload_check", q(&derived_name(name, "payload_check"))),
             ("trigger", q(&derived_name(name, "notify"))),
             ("channel", quote_literal(&source.channel())),
@@ -142,6 +161,9 @@ impl OutboxTable {
             name: name.clone(),
             fetch_pending: String::new(),
             fetch_pending_blocking: String::new(),
+            mark_blocked: String::new(),
+            released_letters: String::new(),
+            release_blocked: String::new(),
             mark_retry: String::new(),
             mark_sent,
             delete_sent,
@@ -167,33 +189,70 @@ impl OutboxTable {
              WHERE o.{sent_at} IS NULL AND o.{failed_at} IS NULL \
              AND (o.{aggregate_id} IS NULL OR o.{aggregate_id} <> ALL($2::text[]))";
         // Each aggregate's first dead letter in force, read once per fetch from the failed
-        // index (migration 3; dead letters are few), then probed per pending row by hash: a
-        // probe per row into the table's own index cost ~6 µs a row, and every row parked
-        // behind a dead letter is walked on every fetch (see docs/BENCHMARKS.md).
+        // index (migration 3; dead letters are few).
         let dead = "WITH dead AS MATERIALIZED (SELECT {aggregate_id} AS aggregate, \
              min({position}) AS first FROM {table} \
-             WHERE {failed_at} IS NOT NULL AND {skipped_at} IS NULL GROUP BY 1) ";
-        let blocked = " AND NOT EXISTS (SELECT 1 FROM dead AS d \
-             WHERE d.aggregate = o.{aggregate_id} AND d.first < o.{position})";
+             WHERE {failed_at} IS NOT NULL AND {skipped_at} IS NULL GROUP BY 1), ";
+        // The blocking fetch walks the pending rows not marked blocked (migration 8's index) in
+        // position order, up to the limit, noting for each the dead letter it waits behind; the
+        // caller marks those, so later fetches walk past them for free (docs/BENCHMARKS.md).
+        let walk = "walk AS MATERIALIZED (SELECT w.{position} AS pos, (SELECT d.first \
+             FROM dead AS d WHERE d.aggregate = w.{aggregate_id} AND d.first < w.{position}) \
+             AS behind FROM {table} AS w \
+             WHERE w.{sent_at} IS NULL AND w.{failed_at} IS NULL AND w.{blocked_by} IS NULL \
+             AND (w.{aggregate_id} IS NULL OR w.{aggregate_id} <> ALL($2::text[])) \
+             ORDER BY w.{position} LIMIT $1) ";
+        // An array, so the rows are found by position (the unique index), not by walking the
+        // pending index past the blocked ones again.
+        let free = " AND o.{position} = ANY(ARRAY(SELECT pos FROM walk WHERE behind IS NULL))";
         let order = " ORDER BY o.{position} LIMIT $1";
         // Then: whether each fits, and the loaded bytes before it, to end the batch in budget.
         let bounded = |rows: String| {
             format!(
                 "SELECT c.pos, c.ready, c.id, c.aggregate_type, c.aggregate_id, c.event_type, \
                  CASE WHEN c.fits THEN c.payload END, CASE WHEN c.fits THEN c.headers END, \
-                 c.created_at, c.size, c.fits FROM (SELECT b.*, b.size <= $3::int8 AS fits, \
+                 c.created_at, c.size, c.fits, NULL::int8 AS blocked_by FROM (SELECT b.*, \
+                 b.size <= $3::int8 AS fits, \
                  coalesce(sum(CASE WHEN b.size <= $3::int8 THEN b.size ELSE 0 END) OVER (ORDER BY \
                  b.pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
                  FROM ({rows}) AS b) AS c \
-                 WHERE c.before = 0 OR c.before + CASE WHEN c.fits THEN c.size ELSE 0 END <= $4::int8 \
-                 ORDER BY c.pos"
+                 WHERE c.before = 0 OR c.before + CASE WHEN c.fits THEN c.size ELSE 0 END <= $4::int8"
             )
         };
-        table.fetch_pending = table.render(&bounded(format!("{fetch}{order}")));
-        table.fetch_pending_blocking = table.render(&format!(
-            "{dead}{}",
-            bounded(format!("{fetch}{blocked}{order}"))
+        // The rows found blocked, without bodies, with the dead letter each waits behind.
+        let blocked = " UNION ALL SELECT k.pos, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+             0::int8, true, k.behind FROM walk AS k WHERE k.behind IS NOT NULL ORDER BY 1";
+        table.fetch_pending = table.render(&format!(
+            "{} ORDER BY 1",
+            bounded(format!("{fetch}{order}"))
         ));
+        table.fetch_pending_blocking = table.render(&format!(
+            "{dead}{walk}{}{blocked}",
+            bounded(format!("{fetch}{free}{order}"))
+        ));
+        table.mark_blocked = table.render(
+            "UPDATE {table} AS p SET {blocked_by} = m.behind \
+             FROM unnest($1::int8[], $2::int8[]) AS m(pos, behind) \
+             WHERE p.{position} = m.pos AND p.{sent_at} IS NULL AND p.{failed_at} IS NULL \
+             AND p.{blocked_by} IS NULL",
+        );
+        // The distinct dead letters that rows are marked blocked behind, one index descent
+        // each (a loose index scan), and of those the ones no longer in force.
+        table.released_letters = table.render(
+            "WITH RECURSIVE behind(p) AS ((SELECT {blocked_by} FROM {table} \
+             WHERE {blocked_by} IS NOT NULL AND {sent_at} IS NULL AND {failed_at} IS NULL \
+             ORDER BY {blocked_by} LIMIT 1) UNION ALL SELECT (SELECT o.{blocked_by} \
+             FROM {table} AS o WHERE o.{blocked_by} > b.p AND o.{sent_at} IS NULL \
+             AND o.{failed_at} IS NULL ORDER BY o.{blocked_by} LIMIT 1) FROM behind AS b \
+             WHERE b.p IS NOT NULL) \
+             SELECT b.p FROM behind AS b WHERE b.p IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM {table} AS d WHERE d.{position} = b.p \
+             AND d.{failed_at} IS NOT NULL AND d.{skipped_at} IS NULL)",
+        );
+        table.release_blocked = table.render(
+            "UPDATE {table} SET {blocked_by} = NULL WHERE {blocked_by} = ANY($1::int8[]) \
+             AND {sent_at} IS NULL AND {failed_at} IS NULL",
+        );
         table.mark_retry = table.render(
             "UPDATE {table} AS o SET {attempts} = o.{attempts} + 1, {last_error} = r.reason, \
              {failed_at} = CASE WHEN o.{attempts} + 1 >= $3 THEN now() END \

@@ -62,7 +62,9 @@ pub async fn retry(
          WHERE {{failed_at}} IS NOT NULL{} ORDER BY {{position}} LIMIT $2)",
         which.filter()
     ));
-    in_chunks(client, &sql, which.value(), "re-queued").await
+    let requeued = in_chunks(client, &sql, which.value(), "re-queued").await?;
+    release_blocked(client, table).await?;
+    Ok(requeued)
 }
 
 /// Marks the chosen dead letters skipped, in chunks: they are kept for the record and no longer
@@ -75,7 +77,19 @@ pub async fn skip(client: &Client, table: &OutboxTable, which: &Which) -> Result
          ORDER BY {{position}} LIMIT $2)",
         which.filter()
     ));
-    in_chunks(client, &sql, which.value(), "skipped").await
+    let skipped = in_chunks(client, &sql, which.value(), "skipped").await?;
+    release_blocked(client, table).await?;
+    Ok(skipped)
+}
+
+/// Gives the rows that the relay marked blocked behind a dead letter no longer in force back to
+/// its fetch, so they flow at once (the relay also does this before every fetch, which covers a
+/// fetch that marked rows while this command ran).
+async fn release_blocked(client: &Client, table: &OutboxTable) -> Result<()> {
+    crate::outbox::blocked::release(client, table)
+        .await
+        .map_err(|err| classify("releasing events waiting behind these dead letters", err))?;
+    Ok(())
 }
 
 /// Runs `sql` (`$1` the filter value, `$2` the chunk size) until it changes fewer than a chunk.

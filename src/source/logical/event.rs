@@ -120,6 +120,7 @@ pub fn from_row_within(
         created_at: Some(created_at.unwrap_or(commit_time)),
         size: size as i64,
         fits,
+        blocked_by: None,
     };
     let mut event = decode(row)?;
     // `decode` round-trips the position through i64; keep the LSN exactly as it was.

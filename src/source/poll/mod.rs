@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::{Position, Rejected, Stored};
 use crate::outbox::OutboxTable;
 use crate::outbox::acker::{Acker, Fence};
+use crate::outbox::blocked;
 use crate::outbox::decode::{self, PendingRow};
 use crate::outbox::migrate;
 use crate::pg::{Session, classify, quote_ident};
@@ -215,6 +216,18 @@ impl Source for PollSource {
                 OnDeadLetter::Skip => &self.table.fetch_pending,
             };
             let session = self.session();
+            if self.relay.on_dead_letter == OnDeadLetter::BlockAggregate {
+                // Rows marked blocked behind a dead letter that is no longer in force (retried
+                // or skipped, also while a fetch was marking them) go back to the fetch's index.
+                if let Err(err) = blocked::release(&session.client, &self.table).await {
+                    let err = classify("releasing events behind released dead letters", err);
+                    if !self.wait_after(err, shutdown).await? {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            }
+            let session = self.session();
             let notified = session.notified.clone();
             let (max_event, max_batch) = (
                 self.config.max_event_bytes as i64,
@@ -236,6 +249,17 @@ impl Source for PollSource {
             let rows = rows.iter().map(PendingRow::from_row).collect();
             let mut selection = decode::select(rows, blocking);
             self.flight.drop_unrecordable(&mut selection.rejected);
+            if let Some(session) = &self.session
+                && let Err(err) =
+                    blocked::mark(&session.client, &self.table, &selection.blocked).await
+            {
+                // Nothing was handed out yet: the same rows come again after reconnecting.
+                let err = classify("marking events blocked behind a dead letter", err);
+                if !self.wait_after(err, shutdown).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
             let held_back = selection.held_back > 0;
             if let Some(session) = &self.session {
                 self.guard
@@ -249,6 +273,11 @@ impl Source for PollSource {
                     events: selection.events,
                     rejected: selection.rejected,
                 }));
+            }
+            if !selection.blocked.is_empty() {
+                // The fetch found rows blocked behind a dead letter (now marked); rows after
+                // them may be deliverable, and the next fetch walks past the marked ones.
+                continue;
             }
             let wait = if held_back {
                 let wait = self.recheck;
