@@ -16,11 +16,13 @@ pub mod amqp;
 pub mod headers;
 pub mod kafka;
 pub mod log;
+pub mod nats;
 pub mod template;
 
 pub use self::amqp::{AmqpSink, AmqpSinkConfig, ExchangeType};
 pub use self::kafka::{KafkaSink, KafkaSinkConfig};
 pub use self::log::{LogSink, LogSinkConfig};
+pub use self::nats::{NatsSink, NatsSinkConfig};
 
 use crate::error::Result;
 use crate::event::{Event, Stored, TableName};
@@ -229,4 +231,6 @@ sinks! {
     Amqp(amqp: AmqpSink),
     /// Kafka, with an idempotent producer and delivery reports.
     Kafka(kafka: KafkaSink),
+    /// NATS JetStream, with publish acknowledgements and `Nats-Msg-Id` deduplication.
+    Nats(nats: NatsSink),
 }

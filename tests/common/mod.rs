@@ -9,6 +9,7 @@ pub mod disk;
 pub mod faults;
 pub mod http;
 pub mod kafka;
+pub mod nats;
 pub mod pg;
 pub mod proxy;
 pub mod relay;
