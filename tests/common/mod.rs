@@ -12,4 +12,5 @@ pub mod kafka;
 pub mod nats;
 pub mod pg;
 pub mod proxy;
+pub mod redis;
 pub mod relay;
