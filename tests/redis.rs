@@ -249,3 +249,44 @@ async fn start_up_warns_once_naming_the_settings_when_redis_could_lose_acknowled
         on_durable.log_text()
     );
 }
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_is_trusted_with_ca_file_only() {
+    // Given a TLS-only server with a certificate from a private CA
+    if redis_server().await.is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    common::certs::certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let server = PrivateRedis::start(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &file("server.crt"),
+        "--tls-key-file",
+        &file("server.key"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let mut config = config_at(&server.addr, "t");
+    config.sink.redis.url = DbUrl::new(format!("rediss://localhost:{tls_port}"));
+
+    // When the CA file is not given, start-up fails
+    assert!(open(&config).await.is_err());
+
+    // When it is, events are appended
+    config.sink.redis.ca_file = Some(dir.path().join("ca.crt"));
+    config.sink.redis.validate().unwrap();
+    let mut sink = open(&config).await.unwrap();
+    assert_eq!(
+        sink.publish(&[event("a", 1)]).await.unwrap(),
+        [Outcome::Delivered]
+    );
+}

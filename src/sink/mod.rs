@@ -19,6 +19,7 @@ pub mod log;
 pub mod nats;
 pub mod redis;
 pub mod template;
+pub mod tls;
 
 pub use self::amqp::{AmqpSink, AmqpSinkConfig, ExchangeType};
 pub use self::kafka::{KafkaSink, KafkaSinkConfig};

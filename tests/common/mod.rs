@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod certs;
 pub mod conformance;
 pub mod disk;
 pub mod faults;

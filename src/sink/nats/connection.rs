@@ -21,6 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// unreachable server should stop the relay with a sentence saying so.
 pub async fn connect(config: &NatsSinkConfig) -> Result<(Client, watch::Receiver<u64>)> {
     let context = format!("connecting to NATS at {}", config.url.masked());
+    crate::sink::tls::ensure_crypto_provider();
     let (lost, drops) = watch::channel(0u64);
     let options = options(config, Arc::new(lost)).await?;
     let attempt = tokio::time::timeout(

@@ -19,6 +19,7 @@ pub fn client(config: &RedisSinkConfig) -> Result<Client> {
             format!("{} is not usable: {}", config.url.masked(), err.category()),
         )
     };
+    crate::sink::tls::ensure_crypto_provider();
     let info = config
         .url
         .expose()
