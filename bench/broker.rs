@@ -16,6 +16,13 @@
 //!   spread over CONNECTIONS connections, each keeping up to 1,000 unconfirmed; prints
 //!   `messages/s`. A last argument `transient` sends them non-persistent, to tell the broker's
 //!   disk work from the rest.
+//! - `bench_broker nats-count URL STREAM`: prints how many messages STREAM holds.
+//! - `bench_broker nats-delete URL STREAM`: deletes it.
+//! - `bench_broker nats-ceiling URL MESSAGES`: JetStream's own rate on this machine, without
+//!   outboxd: MESSAGES ~300-byte messages with `Nats-Msg-Id` and acknowledgements, up to 1,000
+//!   unacknowledged, into a fresh file stream; prints `messages/s`.
+
+mod broker_nats;
 
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -121,6 +128,15 @@ fn main() {
             connections.parse().expect("count"),
             mode != ["transient"],
         ),
+        ["nats-count", url, stream] => {
+            broker_nats::with_jetstream(url, |js| broker_nats::count(js, stream))
+        }
+        ["nats-delete", url, stream] => broker_nats::with_jetstream(url, |js| async move {
+            js.delete_stream(stream).await.expect("delete stream");
+        }),
+        ["nats-ceiling", url, messages] => broker_nats::with_jetstream(url, |js| {
+            broker_nats::ceiling(js, messages.parse().expect("count"))
+        }),
         _ => {
             eprintln!("usage: see the comment at the top of bench/broker.rs");
             std::process::exit(2);

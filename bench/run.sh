@@ -22,6 +22,10 @@
 #            confirmed_flush_lsn past the last insert), and its peak RSS (VmHWM)
 #   sustain  relay (poll and logical, log sink) running while pgbench inserts at full speed for
 #            SUSTAIN_SECONDS: delivered ÷ inserted at the end, events behind and catch-up time
+#   brokers  the NATS and Redis servers' own ceilings for ROWS ~300-byte messages: JetStream
+#            publishes with Nats-Msg-Id and acknowledgements, 1,000 in flight (bench_broker
+#            nats-ceiling), and redis-benchmark XADD, pipelined 100 deep over 4 connections
+#            (compare with the drains logical:nats and logical:redis)
 #   latency  commit → sink-confirmed latency at LATENCY_RATE events/s for LATENCY_SECONDS,
 #            poll and logical, log sink, LATENCY_CONNECTIONS writers (bench/latency.rs)
 set -euo pipefail
@@ -37,6 +41,8 @@ LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-32}
 STEPS=${STEPS:-limits drain sustain latency}
 DRAINS=${DRAINS:-poll:log logical:log poll:kafka logical:kafka poll:amqp logical:amqp poll:amqp:queue=quorum logical:amqp:queue=quorum poll:log:on_sent=delete poll:log:batch=5000 logical:log:batch=5000}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 PERF=${PERF:-0}
 OUT=${OUT:-target/bench/results-$(date +%Y%m%d-%H%M%S).tsv}
 
@@ -246,6 +252,13 @@ drain_one() { # MODE:SINK[:tuning]
       "$helper" amqp-setup "$AMQP_URL" "$exchange" "$queue" "${queue_args[@]}"
       { echo "OUTBOXD_SINK__AMQP__URL=$AMQP_URL"; echo "OUTBOXD_SINK__AMQP__EXCHANGE=$exchange"; } >>"$envfile"
       ;;
+    nats)
+      { echo "OUTBOXD_SINK__NATS__URL=$NATS_URL"; echo "OUTBOXD_SINK__NATS__STREAM=BENCH_$db"
+        echo "OUTBOXD_SINK__NATS__CREATE_STREAM=true"; echo "OUTBOXD_SINK__NATS__SUBJECT=bench_$db.{aggregatetype}.{type}"; } >>"$envfile"
+      ;;
+    redis)
+      { echo "OUTBOXD_SINK__REDIS__URL=$REDIS_URL"; echo "OUTBOXD_SINK__REDIS__STREAM=bench:$db:{aggregatetype}"; } >>"$envfile"
+      ;;
   esac
   wait_load
   local load_before t0 t1
@@ -289,6 +302,8 @@ drain_one() { # MODE:SINK[:tuning]
     kafka) got=$("$helper" kafka-count "$(sed -n 's/^OUTBOXD_SINK__KAFKA__BOOTSTRAP_SERVERS=//p' "$envfile")" "$topic")
       kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; broker_pid= ;;
     amqp) got=$("$helper" amqp-count "$AMQP_URL" "$queue"); "$helper" amqp-delete "$AMQP_URL" "$exchange" "$queue" ;;
+    nats) got=$("$helper" nats-count "$NATS_URL" "BENCH_$db"); "$helper" nats-delete "$NATS_URL" "BENCH_$db" ;;
+    redis) got=$(redis-cli -u "$REDIS_URL" XLEN "bench:$db:order"); redis-cli -u "$REDIS_URL" DEL "bench:$db:order" >/dev/null ;;
   esac
   local rate
   rate=$(calc "int($ROWS/($t1-$t0))")
@@ -340,6 +355,18 @@ step_sustain() {
   done
 }
 
+step_brokers() {
+  wait_load
+  record brokers "JetStream publish+ack ceiling" "$("$helper" nats-ceiling "$NATS_URL" "$ROWS")" msgs/s "$ROWS messages, 1,000 in flight, Nats-Msg-Id"
+  wait_load
+  local pad rate
+  pad=$(printf 'x%.0s' $(seq 1 280))
+  rate=$(redis-benchmark -u "$REDIS_URL" -q -n "$ROWS" -c 4 -P 100 XADD bench:ceiling '*' payload "$pad" |
+    sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -n 1)
+  redis-cli -u "$REDIS_URL" DEL bench:ceiling >/dev/null
+  record brokers "Redis XADD ceiling (redis-benchmark)" "${rate%.*}" msgs/s "$ROWS entries, 4 connections, pipeline 100"
+}
+
 step_latency() {
   local mode db out
   for mode in poll logical; do
@@ -361,6 +388,7 @@ for step in $STEPS; do
     limits) step_limits ;;
     drain) for spec in $DRAINS; do drain_one "$spec"; done ;;
     sustain) step_sustain ;;
+    brokers) step_brokers ;;
     latency) step_latency ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

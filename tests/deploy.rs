@@ -312,7 +312,14 @@ fn each_sink_profile_wires_one_outboxd_to_its_broker_with_a_healthcheck() {
             .map(|(name, s)| (name.as_str().unwrap().to_string(), s.clone()))
             .collect()
     };
-    for (profile, sink) in [("log", "log"), ("kafka", "kafka"), ("amqp", "amqp")] {
+    let profiles = [
+        ("log", "log"),
+        ("kafka", "kafka"),
+        ("amqp", "amqp"),
+        ("nats", "nats"),
+        ("redis", "redis"),
+    ];
+    for (profile, sink) in profiles {
         // Given the services of the profile: exactly one outboxd (built from this repository)
         let members = in_profile(profile);
         let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
@@ -400,6 +407,21 @@ fn each_sink_profile_wires_one_outboxd_to_its_broker_with_a_healthcheck() {
                     depends.contains(&"rabbitmq-setup".to_string()),
                     "{depends:?}"
                 );
+            }
+            "nats" => {
+                // The URL names the profile's server, and the stream is created (there is no
+                // setup container)
+                assert!(names.contains(&"nats"), "{names:?}");
+                assert!(depends.contains(&"nats".to_string()), "{depends:?}");
+                let url = config.sink.nats.url.expose();
+                assert!(url.contains("//nats:4222"), "{url}");
+                assert!(config.sink.nats.create_stream && config.sink.nats.stream.is_some());
+            }
+            "redis" => {
+                assert!(names.contains(&"redis"), "{names:?}");
+                assert!(depends.contains(&"redis".to_string()), "{depends:?}");
+                let url = config.sink.redis.url.expose();
+                assert!(url.contains("//redis:6379"), "{url}");
             }
             _ => {
                 let dir = config.sink.log.dir.display().to_string();

@@ -105,18 +105,31 @@ impl<'de> Deserialize<'de> for DbUrl {
 }
 
 /// Renders a connection string for people, password masked: a PostgreSQL string (URL or
-/// `key=value`) from the fields the driver parsed, a broker URL (`amqp://`, `amqps://`) from the
-/// fields the URL parser found. Nothing is edited out of the user's text, so no way of writing
+/// `key=value`) from the fields the driver parsed, a broker URL (`amqp://`, `nats://`,
+/// `redis://`, …) from the fields the URL parser found. Nothing is edited out of the user's text, so no way of writing
 /// a password (a `/` in it, a percent-encoded key, tabs, escaped quotes) can slip through; a
 /// string that does not parse is not shown at all.
 pub fn mask_connection_string(conn: &str) -> String {
-    let lower = conn.get(..8).unwrap_or(conn).to_ascii_lowercase();
-    if lower.starts_with("amqp://") || lower.starts_with("amqps://") {
+    let lower = conn.get(..10).unwrap_or(conn).to_ascii_lowercase();
+    if BROKER_SCHEMES
+        .iter()
+        .any(|scheme| lower.starts_with(scheme))
+    {
         render_broker_url(conn)
     } else {
         conninfo::render(conn)
     }
 }
+
+/// Schemes of the brokers' URLs (RabbitMQ, NATS, Redis), printed by [`render_broker_url`].
+const BROKER_SCHEMES: &[&str] = &[
+    "amqp://",
+    "amqps://",
+    "nats://",
+    "tls://",
+    "redis://",
+    "rediss://",
+];
 
 /// Query parameters of an AMQP URL that are shown (lapin's; none of them carries a secret).
 const SHOWN_AMQP_PARAMS: &[&str] = &[
@@ -184,6 +197,14 @@ mod tests {
         assert!(!odd.contains("Hunter") && !odd.contains("Secret"), "{odd}");
         let at = mask_connection_string("amqp://app:p@ss@mq/%2f");
         assert_eq!(at, "amqp://app:********@mq/%2f");
+        assert_eq!(
+            mask_connection_string("nats://app:hunter2@nats:4222"),
+            "nats://app:********@nats:4222"
+        );
+        assert_eq!(
+            mask_connection_string("rediss://:hunter2@cache:6380/0"),
+            "rediss://:********@cache:6380/0"
+        );
     }
 
     #[test]

@@ -16,11 +16,16 @@ pub mod amqp;
 pub mod headers;
 pub mod kafka;
 pub mod log;
+pub mod nats;
+pub mod redis;
 pub mod template;
+pub mod tls;
 
 pub use self::amqp::{AmqpSink, AmqpSinkConfig, ExchangeType};
 pub use self::kafka::{KafkaSink, KafkaSinkConfig};
 pub use self::log::{LogSink, LogSinkConfig};
+pub use self::nats::{NatsSink, NatsSinkConfig};
+pub use self::redis::{RedisSink, RedisSinkConfig};
 
 use crate::error::Result;
 use crate::event::{Event, Stored, TableName};
@@ -229,4 +234,8 @@ sinks! {
     Amqp(amqp: AmqpSink),
     /// Kafka, with an idempotent producer and delivery reports.
     Kafka(kafka: KafkaSink),
+    /// NATS JetStream, with publish acknowledgements and `Nats-Msg-Id` deduplication.
+    Nats(nats: NatsSink),
+    /// Redis Streams, an `XADD` per event.
+    Redis(redis: RedisSink),
 }

@@ -4,11 +4,14 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod certs;
 pub mod conformance;
 pub mod disk;
 pub mod faults;
 pub mod http;
 pub mod kafka;
+pub mod nats;
 pub mod pg;
 pub mod proxy;
+pub mod redis;
 pub mod relay;

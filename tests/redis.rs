@@ -1,0 +1,292 @@
+//! The Redis Streams sink against real servers (the shared one at 127.0.0.1:6379, or a private
+//! `redis-server` where a test changes server-wide settings): the entry shape, trimming, what
+//! each failure answer becomes, ACL credentials, and the persistence warning. The shared
+//! delivery scenarios are in conformance_redis.rs.
+
+mod common;
+
+use common::pg::test_db;
+use common::redis::{
+    PrivateRedis, config_set, configure, connect, read_stream, redis_server, unique_prefix,
+};
+use common::relay::*;
+use outboxd::config::{Config, DbUrl, Secret};
+use outboxd::error::ErrorKind;
+use outboxd::event::{Event, Operation, Origin, Position};
+use outboxd::sink::{Outcome, RedisSink, Sink, SinkContext};
+use serde_json::value::RawValue;
+use std::time::Duration;
+
+/// An outbox event of key `key` with payload `{"seq": seq}`.
+fn event(key: &str, seq: i64) -> Event {
+    Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        subject: "order".into(),
+        key: key.into(),
+        event_type: "Placed".into(),
+        op: Operation::Insert,
+        origin: Origin::Outbox,
+        payload: RawValue::from_string(format!(r#"{{"seq":{seq}}}"#)).unwrap(),
+        headers: None,
+        created_at: chrono::Utc::now(),
+        position: Position(seq as u64),
+    }
+}
+
+/// A config writing to the server at `addr`, stream keys `<prefix>:{aggregatetype}`.
+fn config_at(addr: &str, prefix: &str) -> Config {
+    let mut config = Config::default();
+    configure(&mut config, addr, &format!("{prefix}:{{aggregatetype}}"));
+    config
+}
+
+/// Opens the sink of `config`.
+async fn open(config: &Config) -> outboxd::error::Result<RedisSink> {
+    RedisSink::open(&config.sink.redis, &SinkContext::default()).await
+}
+
+#[tokio::test]
+async fn entries_carry_the_event_fields_and_maxlen_trims_the_stream() {
+    // Given a sink trimming streams to about 100 entries
+    let Some(mut shared) = redis_server().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let mut config = config_at("127.0.0.1:6379", &prefix);
+    config.sink.redis.maxlen = Some(100);
+    let mut sink = open(&config).await.unwrap();
+
+    // When an event with row headers and then 1,000 more are appended
+    let mut first = event("42", 1);
+    first.headers = Some(RawValue::from_string(r#"{"trace":"t-1"}"#.into()).unwrap());
+    assert_eq!(
+        sink.publish(std::slice::from_ref(&first)).await.unwrap(),
+        [Outcome::Delivered]
+    );
+    let key = format!("{prefix}:order");
+    let entries = read_stream(&mut shared, &key).await;
+    let batch: Vec<Event> = (2..=1001)
+        .map(|seq| event(&format!("k{}", seq % 7), seq))
+        .collect();
+    let outcomes = sink.publish(&batch).await.unwrap();
+
+    // Then the first entry has the event's fields, and the stream was trimmed
+    let names: Vec<&str> = entries[0].fields.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(names, ["id", "type", "key", "payload", "headers"]);
+    assert_eq!(entries[0].field("id"), Some(first.id.as_str()));
+    assert_eq!(entries[0].field("type"), Some("Placed"));
+    assert_eq!(entries[0].field("key"), Some("42"));
+    assert_eq!(entries[0].field("payload"), Some(r#"{"seq":1}"#));
+    let headers: serde_json::Value =
+        serde_json::from_str(entries[0].field("headers").unwrap()).unwrap();
+    assert_eq!(headers["aggregateid"], "42");
+    assert_eq!(headers["trace"], "t-1");
+    assert!(outcomes.iter().all(|o| *o == Outcome::Delivered));
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&key)
+        .query_async(&mut shared)
+        .await
+        .unwrap();
+    assert!((100..1001).contains(&len), "XLEN {len}");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut shared)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_is_a_dead_letter_naming_it_and_other_keys_flow() {
+    // Given a stream key that holds a string
+    let Some(mut shared) = redis_server().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let mut config = config_at("127.0.0.1:6379", &prefix);
+    config.sink.redis.stream = format!("{prefix}:{{key}}");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:a"))
+        .arg("x")
+        .query_async(&mut shared)
+        .await
+        .unwrap();
+    let mut sink = open(&config).await.unwrap();
+
+    // When events of that key and another are appended
+    let outcomes = sink
+        .publish(&[event("a", 1), event("b", 1), event("a", 2), event("b", 2)])
+        .await
+        .unwrap();
+
+    // Then the first is refused naming the key, its key's next waits, the other key flows
+    let Outcome::Refused(reason) = &outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
+    assert!(
+        reason.contains(&format!("\"{prefix}:a\"")) && reason.contains("WRONGTYPE"),
+        "{reason}"
+    );
+    assert_eq!(
+        outcomes[1..],
+        [Outcome::Delivered, Outcome::Deferred, Outcome::Delivered]
+    );
+}
+
+#[tokio::test]
+async fn out_of_memory_pushes_back_and_a_read_only_replica_fails_the_batch_until_promoted() {
+    // Given a private server and a sink on it
+    if redis_server().await.is_none() {
+        return;
+    }
+    let server = PrivateRedis::start(&[]);
+    let mut admin = connect(&server.addr).await.unwrap();
+    let mut sink = open(&config_at(&server.addr, "t")).await.unwrap();
+
+    // When it is out of memory: busy, the key's later event waits, nothing is stored
+    config_set(&mut admin, "maxmemory", "1").await;
+    let outcomes = sink.publish(&[event("a", 1), event("a", 2)]).await.unwrap();
+    assert!(
+        matches!(&outcomes[0], Outcome::Busy(r) if r.contains("OOM")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], Outcome::Deferred);
+    config_set(&mut admin, "maxmemory", "0").await;
+
+    // When it becomes a read-only replica: a retryable error saying so, and not ready
+    let primary = PrivateRedis::start(&[]);
+    let port = primary.socket_addr().port().to_string();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let err = sink.publish(&[event("a", 1)]).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("read-only replica"), "{err}");
+    assert!(!sink.is_healthy());
+
+    // Then once promoted, the same events go through: no wedge
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let outcomes = sink.publish(&[event("a", 1), event("a", 2)]).await.unwrap();
+    assert_eq!(outcomes, [Outcome::Delivered, Outcome::Delivered]);
+    assert!(sink.probe().await);
+}
+
+#[tokio::test]
+async fn acl_credentials_are_used_and_never_printed() {
+    // Given a private server with an ACL user
+    if redis_server().await.is_none() {
+        return;
+    }
+    let server =
+        PrivateRedis::start(&["--user", "app", "on", ">Hunter2Secret", "~*", "&*", "+@all"]);
+    let mut config = config_at(&server.addr, "t");
+    config.sink.redis.username = Some("app".into());
+
+    // When the password is wrong, start-up fails naming the keys, not the password
+    config.sink.redis.password = Secret::new("WrongSecret");
+    let err = open(&config).await.err().expect("wrong password");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let text = err.chain();
+    assert!(text.contains("sink.redis.password"), "{text}");
+    assert!(!text.contains("WrongSecret"), "{text}");
+
+    // When it is right (here in the URL), events are appended
+    config.sink.redis.username = None;
+    config.sink.redis.password = Secret::default();
+    config.sink.redis.url = DbUrl::new(format!("redis://app:Hunter2Secret@{}", server.addr));
+    assert!(!format!("{:?}", config.sink.redis).contains("Hunter2Secret"));
+    let mut sink = open(&config).await.unwrap();
+    assert_eq!(
+        sink.publish(&[event("a", 1)]).await.unwrap(),
+        [Outcome::Delivered]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_warns_once_naming_the_settings_when_redis_could_lose_acknowledged_entries() {
+    // Given a server without an fsynced append-only file, and one with it
+    if redis_server().await.is_none() {
+        return;
+    }
+    let lossy = PrivateRedis::start(&["--appendonly", "no"]);
+    let durable = PrivateRedis::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&db, &dir.path().join("log"));
+    config.relay.lanes = 4;
+    migrate(&config).await;
+
+    // When a relay starts on each
+    configure(&mut config, &lossy.addr, "t:{aggregatetype}");
+    let mut on_lossy = RelayProcess::spawn(&config, dir.path(), "lossy", &["run"]);
+    on_lossy
+        .wait_for_log_line(&["connected to Redis"], Duration::from_secs(60))
+        .await;
+    configure(&mut config, &durable.addr, "t:{aggregatetype}");
+    let mut on_durable = RelayProcess::spawn(&config, dir.path(), "durable", &["run"]);
+    on_durable
+        .wait_for_log_line(&["connected to Redis"], Duration::from_secs(60))
+        .await;
+
+    // Then the first warns once, naming both settings, and the second does not
+    let log = on_lossy.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("fsynced")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("appendonly") && warnings[0].contains("appendfsync"),
+        "{log}"
+    );
+    assert!(
+        !on_durable.log_text().contains("fsynced"),
+        "{}",
+        on_durable.log_text()
+    );
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_is_trusted_with_ca_file_only() {
+    // Given a TLS-only server with a certificate from a private CA
+    if redis_server().await.is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    common::certs::certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let server = PrivateRedis::start(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &file("server.crt"),
+        "--tls-key-file",
+        &file("server.key"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let mut config = config_at(&server.addr, "t");
+    config.sink.redis.url = DbUrl::new(format!("rediss://localhost:{tls_port}"));
+
+    // When the CA file is not given, start-up fails
+    assert!(open(&config).await.is_err());
+
+    // When it is, events are appended
+    config.sink.redis.ca_file = Some(dir.path().join("ca.crt"));
+    config.sink.redis.validate().unwrap();
+    let mut sink = open(&config).await.unwrap();
+    assert_eq!(
+        sink.publish(&[event("a", 1)]).await.unwrap(),
+        [Outcome::Delivered]
+    );
+}
