@@ -2,85 +2,14 @@
 //! trusted with the CA file and refused without it. The "broker" is `openssl s_server` with a
 //! throwaway CA: the TLS handshake is what is under test, not AMQP.
 
+mod common;
+
+use common::certs::certificates;
 use outboxd::config::{Config, DbUrl, SinkKind};
 use outboxd::sink::AnySink;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// Runs openssl with `args` in `dir`, panicking with its output on failure.
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A CA and a server certificate for `localhost` signed by it, in `dir`.
-fn certificates(dir: &Path) {
-    let key = ["-newkey", "rsa:2048", "-nodes"];
-    openssl(
-        dir,
-        &[
-            &["req", "-x509"][..],
-            &key,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-subj",
-                "/CN=outboxd test CA",
-                "-days",
-                "1",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        dir,
-        &[
-            &["req"][..],
-            &key,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-}
 
 /// `openssl s_server` on a free port; killed on drop.
 struct TlsServer(Child, u16);

@@ -3,24 +3,11 @@
 
 mod common;
 
+use common::certs::openssl;
 use common::pg::{Cluster, cluster, test_db};
 use outboxd::config::{DbUrl, SourceConfig, TlsMode};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Runs openssl with `args` in `dir`, panicking with its stderr on failure.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Creates a CA and a server certificate for DNS name `localhost`, signed by it; returns the
 /// CA certificate's path. Also creates an unrelated CA (`other-ca.crt`).
