@@ -44,7 +44,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// Every operation, in the order of [`Operation::code`].
+    /// Every operation, in the order of their stored bytes.
     pub const ALL: [Operation; 6] = [
         Operation::Insert,
         Operation::Update,
@@ -53,18 +53,6 @@ impl Operation {
         Operation::Read,
         Operation::Message,
     ];
-
-    /// The one-letter code Debezium's envelope uses (`c`, `u`, `d`, `t`, `r`, `m`).
-    pub fn code(self) -> &'static str {
-        match self {
-            Operation::Insert => "c",
-            Operation::Update => "u",
-            Operation::Delete => "d",
-            Operation::Truncate => "t",
-            Operation::Read => "r",
-            Operation::Message => "m",
-        }
-    }
 
     /// The lowercase name, as templates' `{op}` and the log's JSON output write it.
     pub fn name(self) -> &'static str {
