@@ -8,6 +8,8 @@
 #   PERF=1 DRAINS="poll:log logical:log" STEPS=drain bench/run.sh     # perf profile of drains
 #   BENCH_OUTBOXD=/tmp/outboxd-before STEPS=drain bench/run.sh      # another build, for before/after
 #   PERF=1 PERF_CALLGRAPH=dwarf PERF_FREQ=199 KEEP_PERF=/tmp/p.data ...   # with call graphs, kept
+#   PROFILE=profiling BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
+#     ROWS=50000 STEPS=drain DRAINS=logical:log bench/run.sh   # instructions, whatever the load
 #
 # Steps (STEPS, default all, in this order):
 #   limits   pgoutput decoding rate of ROWS rows (pg_logical_slot_get_binary_changes over a slot
@@ -64,7 +66,7 @@ trap cleanup EXIT
 
 # The release profile ships stripped; profiles need symbols, which the `profiling` profile
 # (release plus debug info, Cargo.toml) keeps.
-profile=release
+profile=${PROFILE:-release}
 [ "$PERF" != 0 ] && profile=profiling
 echo "building ($profile)..." >&2
 cargo build --profile "$profile" --quiet --bin outboxd --example bench_latency --example bench_broker
@@ -167,7 +169,8 @@ start_relay() { # envfile logfile
     env $(cat "$1") perf record -q -F "${PERF_FREQ:-999}" ${PERF_CALLGRAPH:+--call-graph "$PERF_CALLGRAPH"} \
       -o "$root/perf.data" -- "$outboxd" run 2>"$2" &
   else
-    env $(cat "$1") "$outboxd" run 2>"$2" &
+    # BENCH_WRAP runs the relay under another program in the same process (valgrind).
+    env $(cat "$1") ${BENCH_WRAP:-} "$outboxd" run 2>"$2" &
   fi
   relay=$!
 }

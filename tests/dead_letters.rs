@@ -328,3 +328,64 @@ async fn a_null_payload_becomes_a_dead_letter_and_the_migrated_table_refuses_new
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_parked_behind_a_dead_letter_deleted_by_hand_flow_without_an_outboxd_command() {
+    // Given a dead letter of `a` and two later events of `a` parked (marked) behind it
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let config = config_for(&db, &log);
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    faults.lock().unwrap().refuse_types.insert("Poison".into());
+    let relay = InProcessRelay::start_with(&config, |inner| FaultSink {
+        inner,
+        faults: faults.clone(),
+    })
+    .await;
+    insert(&db, &[("a", "Poison", None)]).await;
+    wait_failed(&db, 1).await;
+    insert(
+        &db,
+        &[
+            ("a", "Two", None),
+            ("a", "Three", None),
+            ("b", "Other", None),
+        ],
+    )
+    .await;
+    wait_for_events(&[&log], 1, WAIT).await;
+    let client = connect(&db.url).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let marked: i64 = client
+            .query_one(
+                "SELECT count(*) FROM outbox WHERE blocked_by IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if marked == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{marked} rows marked, not 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // When an operator deletes the dead letter by hand (not through `outboxd dlq`, which
+    // releases the marks itself)
+    client
+        .execute("DELETE FROM outbox WHERE type = 'Poison'", &[])
+        .await
+        .unwrap();
+
+    // Then the parked events are delivered, in order, by the running relay
+    let logs = wait_for_events(&[&log], 3, WAIT).await;
+    relay.stop().await;
+    let types: Vec<&str> = logs[0]
+        .iter()
+        .map(|r| r.event.event_type.as_str())
+        .collect();
+    assert_eq!(types, vec!["Other", "Two", "Three"]);
+}

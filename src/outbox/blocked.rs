@@ -5,7 +5,8 @@
 //! A mark only keeps a row out of the blocking fetch's index; whether a row may be delivered is
 //! still decided by the fetch against the dead letters in force. So a mark set late (a fetch
 //! found the row blocked just before an operator retried its dead letter) delays the row only
-//! until the next [`release`], which the relay runs before every blocking fetch.
+//! until the next [`release`], which the relay runs before its next fetch after marking rows
+//! or taking the lead, and every few seconds otherwise.
 
 use crate::outbox::OutboxTable;
 use tokio_postgres::Client;

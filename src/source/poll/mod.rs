@@ -28,6 +28,11 @@ use tokio_util::sync::CancellationToken;
 /// interval. A held-back row waits for some other transaction to end, which need not notify.
 const FIRST_RECHECK: Duration = Duration::from_millis(2);
 
+/// How often marks behind dead letters are checked for release when nothing suggests one is
+/// due: only a dead letter removed by hand (not through `outboxd dlq`, which releases its own
+/// marks) needs it, and checking before every fetch cost a query per batch.
+const RELEASE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Polls the outbox table as the elected leader.
 pub struct PollSource {
     /// Source settings.
@@ -56,6 +61,10 @@ pub struct PollSource {
     leadership: Leadership,
     /// Renews the leader's lease while this relay leads.
     renewal: Option<Renewal>,
+    /// When the marks behind dead letters are next checked for release: at once after this
+    /// relay became leader or marked rows (a mark may have landed just after an operator
+    /// released its dead letter), otherwise every [`RELEASE_INTERVAL`].
+    release_at: Instant,
 }
 
 impl PollSource {
@@ -95,6 +104,7 @@ impl PollSource {
             guard: Guard::default(),
             leadership: Leadership::default(),
             renewal: None,
+            release_at: Instant::now(),
         })
     }
 
@@ -119,6 +129,7 @@ impl PollSource {
                         Renewal::start(&session, Duration::from_millis(self.config.leader_lease_ms))
                     });
                     self.session = Some(session);
+                    self.release_at = Instant::now();
                     self.leader_pid.store(pid, Ordering::Release);
                     self.backoff = Backoff::from_config(&self.relay);
                 }
@@ -215,11 +226,13 @@ impl Source for PollSource {
                 OnDeadLetter::BlockAggregate => &self.table.fetch_pending_blocking,
                 OnDeadLetter::Skip => &self.table.fetch_pending,
             };
-            let session = self.session();
-            if self.relay.on_dead_letter == OnDeadLetter::BlockAggregate {
+            if self.relay.on_dead_letter == OnDeadLetter::BlockAggregate
+                && Instant::now() >= self.release_at
+            {
                 // Rows marked blocked behind a dead letter that is no longer in force (retried
                 // or skipped, also while a fetch was marking them) go back to the fetch's index.
-                if let Err(err) = blocked::release(&session.client, &self.table).await {
+                self.release_at = Instant::now() + RELEASE_INTERVAL;
+                if let Err(err) = blocked::release(&self.session().client, &self.table).await {
                     let err = classify("releasing events behind released dead letters", err);
                     if !self.wait_after(err, shutdown).await? {
                         return Ok(None);
@@ -249,16 +262,21 @@ impl Source for PollSource {
             let rows = rows.iter().map(PendingRow::from_row).collect();
             let mut selection = decode::select(rows, blocking);
             self.flight.drop_unrecordable(&mut selection.rejected);
-            if let Some(session) = &self.session
-                && let Err(err) =
-                    blocked::mark(&session.client, &self.table, &selection.blocked).await
-            {
-                // Nothing was handed out yet: the same rows come again after reconnecting.
-                let err = classify("marking events blocked behind a dead letter", err);
-                if !self.wait_after(err, shutdown).await? {
-                    return Ok(None);
+            if let Some(session) = &self.session {
+                match blocked::mark(&session.client, &self.table, &selection.blocked).await {
+                    // An operator may have released the dead letter while these were marked.
+                    Ok(marked) if marked > 0 => self.release_at = Instant::now(),
+                    Ok(_) => {}
+                    Err(err) => {
+                        // Nothing was handed out yet: the same rows come again after
+                        // reconnecting.
+                        let err = classify("marking events blocked behind a dead letter", err);
+                        if !self.wait_after(err, shutdown).await? {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
                 }
-                continue;
             }
             let held_back = selection.held_back > 0;
             if let Some(session) = &self.session {
