@@ -19,6 +19,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Bytes not read yet.
+    #[inline]
     pub(super) fn left(&self) -> usize {
         self.bytes.len() - self.at
     }
@@ -35,6 +36,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `len` bytes.
+    #[inline]
     pub(super) fn take(&mut self, len: usize) -> Result<&'a [u8]> {
         if len > self.left() {
             return Err(malformed(format!(
@@ -49,6 +51,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `N` bytes as an array.
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         let mut out = [0; N];
         out.copy_from_slice(self.take(N)?);
@@ -56,31 +59,37 @@ impl<'a> Reader<'a> {
     }
 
     /// One byte.
+    #[inline]
     pub(super) fn u8(&mut self) -> Result<u8> {
         Ok(self.array::<1>()?[0])
     }
 
     /// A big-endian Int16.
+    #[inline]
     pub(super) fn u16(&mut self) -> Result<u16> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
     /// A big-endian Int32 (OIDs, xids, counts).
+    #[inline]
     pub(super) fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
     /// A big-endian signed Int32 (type modifiers).
+    #[inline]
     pub(super) fn i32(&mut self) -> Result<i32> {
         Ok(i32::from_be_bytes(self.array()?))
     }
 
     /// A big-endian Int64 read as unsigned (LSNs).
+    #[inline]
     pub(super) fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
     /// A big-endian Int64 (timestamps).
+    #[inline]
     pub(super) fn i64(&mut self) -> Result<i64> {
         Ok(i64::from_be_bytes(self.array()?))
     }
