@@ -362,7 +362,7 @@ step_sustain() {
 
 step_brokers() {
   wait_load
-  record brokers "JetStream publish+ack ceiling" "$("$helper" nats-ceiling "$NATS_URL" "$ROWS")" msgs/s "$ROWS messages, 1,000 in flight, Nats-Msg-Id"
+  record brokers "JetStream publish+ack ceiling" "$("$helper" nats-ceiling "$NATS_URL" "$ROWS")" msgs/s "$ROWS relay-shaped messages (Nats-Msg-Id and 5 headers), one connection, 1,000 in flight"
   # Redis: entries shaped as the relay's (the fields id, type, key, payload and headers, of the
   # drain's sizes), from one connection (the relay's lanes share one) pipelined 100 deep: one
   # client's ordered, acknowledged appends. Then the same over 4 connections, the server's
