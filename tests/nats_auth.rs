@@ -182,7 +182,7 @@ async fn an_nkey_seed_authenticates_and_an_unknown_one_is_refused_unprinted() {
     assert_eq!(err.kind(), ErrorKind::Config);
 
     // When it has the user's seed, events are delivered
-    config.sink.nats.nkey = Secret::new(&user.seed().unwrap());
+    config.sink.nats.nkey = Secret::new(user.seed().unwrap());
     config.validate().unwrap();
     let mut sink = open(&config).await.unwrap();
     assert_eq!(
