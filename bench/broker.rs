@@ -19,7 +19,8 @@
 //! - `bench_broker nats-count URL STREAM`: prints how many messages STREAM holds.
 //! - `bench_broker nats-delete URL STREAM`: deletes it.
 //! - `bench_broker nats-ceiling URL MESSAGES`: JetStream's own rate on this machine, without
-//!   outboxd: MESSAGES ~300-byte messages with `Nats-Msg-Id` and acknowledgements, up to 1,000
+//!   outboxd: MESSAGES messages shaped as the relay's (~300-byte body, `Nats-Msg-Id` and
+//!   outboxd's five headers), acknowledged, from one connection with up to 1,000
 //!   unacknowledged, into a fresh file stream; prints `messages/s`.
 
 mod broker_nats;

@@ -26,9 +26,11 @@ pub async fn count(js: Context, name: &str) {
     println!("{}", stream.info().await.expect("info").state.messages);
 }
 
-/// JetStream's own rate: `messages` ~300-byte messages, each with a `Nats-Msg-Id` and awaited
-/// acknowledgement, up to 1,000 unacknowledged at once (what the relay does), into a fresh
-/// file stream; prints `messages/s`.
+/// JetStream's own rate: `messages` messages shaped as the relay's (a ~300-byte body, a
+/// `Nats-Msg-Id` and the five headers outboxd sends: `id`, `type`, `aggregatetype`,
+/// `aggregateid`, `position`), each acknowledged, from one connection with up to 1,000
+/// unacknowledged at once (what one relay does at most), into a fresh file stream; prints
+/// `messages/s`.
 pub async fn ceiling(js: Context, messages: usize) {
     let name = format!("BENCH_CEILING_{}", std::process::id());
     js.create_stream(stream::Config {
@@ -48,8 +50,14 @@ pub async fn ceiling(js: Context, messages: usize) {
             let ack: jetstream::context::PublishAckFuture = pending.pop_front().unwrap();
             ack.await.expect("ack");
         }
+        let id = format!("{:08x}-0000-4000-8000-{i:012x}", std::process::id());
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{name}-{i}").as_str());
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("id", id.as_str());
+        headers.insert("type", "Step");
+        headers.insert("aggregatetype", "order");
+        headers.insert("aggregateid", (i % 10_000).to_string().as_str());
+        headers.insert("position", (i + 1).to_string().as_str());
         let ack = js
             .publish_with_headers(subject.clone(), headers, payload.clone())
             .await

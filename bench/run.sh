@@ -7,6 +7,7 @@
 #   STEPS="limits drain" DRAINS="poll:log poll:log:batch=5000" bench/run.sh
 #   PERF=1 DRAINS="poll:log logical:log" STEPS=drain bench/run.sh     # perf profile of drains
 #   BENCH_OUTBOXD=/tmp/outboxd-before STEPS=drain bench/run.sh      # another build, for before/after
+#   BENCH_PROFILE=profiling STEPS=drain bench/run.sh                # time the build PERF=1 uses
 #   PERF=1 PERF_CALLGRAPH=dwarf PERF_FREQ=199 KEEP_PERF=/tmp/p.data ...   # with call graphs, kept
 #   PROFILE=profiling BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
 #     ROWS=50000 STEPS=drain DRAINS=logical:log bench/run.sh   # instructions, whatever the load
@@ -24,10 +25,11 @@
 #            confirmed_flush_lsn past the last insert), and its peak RSS (VmHWM)
 #   sustain  relay (poll and logical, log sink) running while pgbench inserts at full speed for
 #            SUSTAIN_SECONDS: delivered ÷ inserted at the end, events behind and catch-up time
-#   brokers  the NATS and Redis servers' own ceilings for ROWS ~300-byte messages: JetStream
-#            publishes with Nats-Msg-Id and acknowledgements, 1,000 in flight (bench_broker
-#            nats-ceiling), and redis-benchmark XADD, pipelined 100 deep over 4 connections
-#            (compare with the drains logical:nats and logical:redis)
+#   brokers  the NATS and Redis servers' own ceilings for ROWS messages shaped as the relay's
+#            (~300-byte body, outboxd's headers or entry fields): JetStream publishes with
+#            Nats-Msg-Id and acknowledgements from one connection, 1,000 in flight (bench_broker
+#            nats-ceiling), and redis-benchmark XADD pipelined 100 deep from one connection, then
+#            from 4 (compare with the drains logical:nats and logical:redis)
 #   latency  commit → sink-confirmed latency at LATENCY_RATE events/s for LATENCY_SECONDS,
 #            poll and logical, log sink, LATENCY_CONNECTIONS writers (bench/latency.rs)
 set -euo pipefail
@@ -68,6 +70,9 @@ trap cleanup EXIT
 # (release plus debug info, Cargo.toml) keeps.
 profile=${PROFILE:-release}
 [ "$PERF" != 0 ] && profile=profiling
+# BENCH_PROFILE=profiling times the build perf profiles (the same code, with symbols), so one
+# build serves both.
+profile=${BENCH_PROFILE:-$profile}
 echo "building ($profile)..." >&2
 cargo build --profile "$profile" --quiet --bin outboxd --example bench_latency --example bench_broker
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
@@ -360,14 +365,23 @@ step_sustain() {
 
 step_brokers() {
   wait_load
-  record brokers "JetStream publish+ack ceiling" "$("$helper" nats-ceiling "$NATS_URL" "$ROWS")" msgs/s "$ROWS messages, 1,000 in flight, Nats-Msg-Id"
-  wait_load
-  local pad rate
-  pad=$(printf 'x%.0s' $(seq 1 280))
-  rate=$(redis-benchmark -u "$REDIS_URL" -q -n "$ROWS" -c 4 -P 100 XADD bench:ceiling '*' payload "$pad" |
-    sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -n 1)
-  redis-cli -u "$REDIS_URL" DEL bench:ceiling >/dev/null
-  record brokers "Redis XADD ceiling (redis-benchmark)" "${rate%.*}" msgs/s "$ROWS entries, 4 connections, pipeline 100"
+  record brokers "JetStream publish+ack ceiling" "$("$helper" nats-ceiling "$NATS_URL" "$ROWS")" msgs/s "$ROWS relay-shaped messages (Nats-Msg-Id and 5 headers), one connection, 1,000 in flight"
+  # Redis: entries shaped as the relay's (the fields id, type, key, payload and headers, of the
+  # drain's sizes), from one connection (the relay's lanes share one) pipelined 100 deep: one
+  # client's ordered, acknowledged appends. Then the same over 4 connections, the server's
+  # own limit, for reference.
+  local pad id rate conns
+  pad=$(printf 'x%.0s' $(seq 1 270))
+  id=6f1c0000-0000-4000-8000-000000000001
+  for conns in 1 4; do
+    wait_load
+    rate=$(redis-benchmark -u "$REDIS_URL" -q -n "$ROWS" -c "$conns" -P 100 XADD bench:ceiling '*' \
+        id "$id" type Step key 1234 payload "{\"pad\": \"$pad\", \"seq\": 123456}" \
+        headers "{\"id\":\"$id\",\"type\":\"Step\",\"aggregatetype\":\"order\",\"aggregateid\":\"1234\",\"position\":123456}" |
+      sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -n 1)
+    redis-cli -u "$REDIS_URL" DEL bench:ceiling >/dev/null
+    record brokers "Redis XADD ceiling, $conns connection(s)" "${rate%.*}" msgs/s "$ROWS relay-shaped entries, pipeline 100 (redis-benchmark)"
+  done
 }
 
 step_latency() {

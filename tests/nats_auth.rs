@@ -1,11 +1,14 @@
 //! NATS authentication and TLS against private `nats-server`s on free ports: a server with a
 //! certificate from a private CA and a user, trusted with `ca_file` and refused without it; a
-//! wrong password or token stops start-up with an error that names the keys, never the secret.
+//! wrong password or token stops start-up with an error that names the keys, never the secret;
+//! an NKey user admitted by its seed, and a `.creds` file (user JWT and seed) admitted by a
+//! server in operator mode, while an unknown NKey or a user of an untrusted account is refused.
 
 mod common;
 
 use common::certs::certificates;
 use common::nats::nats;
+use common::nats_keys::{Operator, nkey_user_config};
 use outboxd::config::{Config, DbUrl, Secret};
 use outboxd::error::ErrorKind;
 use outboxd::event::{Event, Operation, Origin, Position};
@@ -160,4 +163,72 @@ async fn a_token_authenticates_and_a_wrong_one_is_refused_at_start_up() {
     let err = open(&config).await.err().expect("wrong token");
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(!err.chain().contains("BadT0ken"), "{}", err.chain());
+}
+
+#[tokio::test]
+async fn an_nkey_seed_authenticates_and_an_unknown_one_is_refused_unprinted() {
+    // Given a server that admits one NKey user only
+    if nats().await.is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let conf = nkey_user_config(dir.path(), &user);
+    let server = PrivateNats::start(dir.path(), &["-c", conf.to_str().unwrap()]);
+    let mut config = config_for(&format!("nats://127.0.0.1:{}", server.port));
+
+    // When the sink has no credentials, start-up is refused
+    let err = open(&config).await.err().expect("no credentials");
+    assert_eq!(err.kind(), ErrorKind::Config);
+
+    // When it has the user's seed, events are delivered
+    config.sink.nats.nkey = Secret::new(user.seed().unwrap());
+    config.validate().unwrap();
+    let mut sink = open(&config).await.unwrap();
+    assert_eq!(
+        sink.publish(&[event()]).await.unwrap(),
+        [Outcome::Delivered]
+    );
+
+    // When it has another user's seed, start-up fails naming the key, not the seed
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    config.sink.nats.nkey = Secret::new(&stranger);
+    let text = open(&config).await.err().expect("unknown nkey").chain();
+    assert!(text.contains("nkey"), "{text}");
+    assert!(!text.contains(&stranger), "{text}");
+}
+
+#[tokio::test]
+async fn a_creds_file_authenticates_in_operator_mode_and_an_untrusted_account_is_refused() {
+    // Given a server in operator mode trusting one account with JetStream
+    if nats().await.is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let operator = Operator::new(dir.path());
+    let server = PrivateNats::start(dir.path(), &["-c", operator.config.to_str().unwrap()]);
+    let mut config = config_for(&format!("nats://127.0.0.1:{}", server.port));
+
+    // When the sink reads a .creds file of a user of that account, events are delivered
+    let creds = operator.creds(dir.path(), "relay", &operator.account);
+    config.sink.nats.credentials_file = Some(creds);
+    config.validate().unwrap();
+    let mut sink = open(&config).await.unwrap();
+    assert_eq!(
+        sink.publish(&[event()]).await.unwrap(),
+        [Outcome::Delivered]
+    );
+
+    // When the user's JWT is signed by an account the operator never signed, start-up fails
+    // naming the key and printing neither the JWT nor the seed
+    let stranger = operator.creds(dir.path(), "stranger", &nkeys::KeyPair::new_account());
+    let contents = std::fs::read_to_string(&stranger).unwrap();
+    config.sink.nats.credentials_file = Some(stranger);
+    let err = open(&config).await.err().expect("untrusted account");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let text = err.chain();
+    assert!(text.contains("credentials_file"), "{text}");
+    for secret in contents.lines().filter(|line| line.len() > 40) {
+        assert!(!text.contains(secret), "{text}");
+    }
 }

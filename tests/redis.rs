@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::conformance::{Delivered, WAIT, check_order};
 use common::pg::test_db;
 use common::redis::{
     PrivateRedis, config_set, configure, connect, read_stream, redis_server, unique_prefix,
@@ -289,4 +290,76 @@ async fn rediss_with_a_private_ca_is_trusted_with_ca_file_only() {
         sink.publish(&[event("a", 1)]).await.unwrap(),
         [Outcome::Delivered]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkills_during_20_000_events_lose_nothing_and_keep_each_key_in_order() {
+    // Given writers producing 20,000 events, and a relay process appending to a stream
+    let Some(mut shared) = redis_server().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&db, &dir.path().join("log"));
+    configure(
+        &mut config,
+        "127.0.0.1:6379",
+        &format!("{prefix}:{{aggregatetype}}"),
+    );
+    config.source.batch_size = 200;
+    migrate(&config).await;
+    create_aggregates(&db, 50).await;
+    const TOTAL: i64 = 20_000;
+    let writers = tokio::spawn({
+        let db = db.clone();
+        async move { write_events(&db, 4, 5000, 50).await }
+    });
+
+    // When it is SIGKILLed ten times, each time after it marked a little more sent
+    for kill in 0..10 {
+        let mut relay = RelayProcess::spawn(&config, dir.path(), &format!("run-{kill}"), &["run"]);
+        relay.http_addr().await;
+        let sent = sent_rows(&db).await;
+        wait_sent_at_least(&db, (sent + 1 + fastrand::i64(0..1500)).min(TOTAL)).await;
+        relay.kill();
+    }
+    writers.await.unwrap();
+    let mut last = RelayProcess::spawn(&config, dir.path(), "last", &["run"]);
+    last.http_addr().await;
+
+    // Then every event is in the stream, each key in order (a batch a kill interrupted may be
+    // appended again: at-least-once)
+    common::amqp::wait_settled(&db, TOTAL, WAIT * 3).await;
+    last.kill();
+    let key = format!("{prefix}:order");
+    let delivered: Vec<Delivered> = read_stream(&mut shared, &key)
+        .await
+        .iter()
+        .map(|entry| Delivered {
+            id: entry.field("id").expect("id field").to_string(),
+            key: entry.field("key").expect("key field").to_string(),
+            seq: entry.seq(),
+            stream: 0,
+        })
+        .collect();
+    let (distinct, repeats) = check_order(&delivered);
+    println!("10 kills, {TOTAL} events: {distinct} distinct, {repeats} appended again");
+    assert_eq!(distinct, TOTAL as usize);
+    assert_eq!(failed_rows(&db).await, 0);
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut shared)
+        .await
+        .unwrap();
+}
+
+/// How many rows are marked sent.
+async fn sent_rows(db: &common::pg::TestDb) -> i64 {
+    common::pg::connect(&db.url)
+        .await
+        .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0)
 }

@@ -11,6 +11,7 @@ pub mod faults;
 pub mod http;
 pub mod kafka;
 pub mod nats;
+pub mod nats_keys;
 pub mod pg;
 pub mod proxy;
 pub mod redis;

@@ -22,23 +22,28 @@ pub const CLOUDEVENTS_PREFIX: &str = "ce-";
 /// the NATS binding names it. Names compare case-insensitively (NATS headers do), the first
 /// one wins. An error (a header NATS cannot carry: a name with a space or `:`, a value with a
 /// line break, or one nested deeper than 128 levels) is the reason to refuse the event.
+///
+/// Runs once per message, so it allocates little: outboxd's own names are static, and names
+/// and values move into the map instead of being copied.
 pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Result<HeaderMap, String> {
     let cloudevents = cloudevents_source.map(|source| CloudEvents {
         source,
         prefix: CLOUDEVENTS_PREFIX,
     });
+    let mut all = event_headers(event, cloudevents)?;
+    if cloudevents.is_some()
+        && let Some(at) = all.iter().position(|(name, _)| name == "content-type")
+        && !all[..at]
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("ce-datacontenttype"))
+    {
+        all[at].0 = "ce-datacontenttype".to_string();
+    }
+    let keep = first_of_each_name(&all);
     let mut map = HeaderMap::new();
-    map.insert(NATS_MESSAGE_ID, value("id", &event.id)?);
-    let mut taken: HashSet<String> = HashSet::from([NATS_MESSAGE_ID.to_string().to_lowercase()]);
-    for (name, header) in event_headers(event, cloudevents)? {
-        let name = match name.as_str() {
-            "content-type" if cloudevents.is_some() && !taken.contains("ce-datacontenttype") => {
-                "ce-datacontenttype".to_string()
-            }
-            _ => name,
-        };
-        let lower = name.to_lowercase();
-        if lower.starts_with("nats-") || !taken.insert(lower) {
+    map.insert(NATS_MESSAGE_ID, value("id", event.id.clone())?);
+    for ((name, header), keep) in all.into_iter().zip(keep) {
+        if !keep {
             continue;
         }
         let text = header.into_text();
@@ -47,24 +52,69 @@ pub fn headers(event: &Event, cloudevents_source: Option<&str>) -> Result<Header
         } else {
             text
         };
-        let header_name = match name.parse::<HeaderName>() {
-            Ok(parsed) if !name.is_empty() => parsed,
-            _ => {
-                return Err(format!(
-                    "header name {name:?} cannot be a NATS header name (printable ASCII \
-                     without ':' or spaces)"
-                ));
+        let text = value(&name, text)?;
+        let header_name = match own_name(&name) {
+            Some(own) => own,
+            None if name.is_empty() => return Err(bad_name(&name)),
+            None => {
+                let reason = bad_name(&name);
+                HeaderName::try_from(name).map_err(|_| reason)?
             }
         };
-        map.insert(header_name, value(&name, &text)?);
+        map.insert(header_name, text);
     }
     Ok(map)
 }
 
+/// Which of `all` go into the message: not a `Nats-` name (JetStream acts on those), and the
+/// first of each name compared case-insensitively (`Nats-Msg-Id` taken already).
+fn first_of_each_name(all: &[(String, crate::sink::headers::HeaderValue)]) -> Vec<bool> {
+    let mut keep = Vec::with_capacity(all.len());
+    let mut seen: HashSet<String> = HashSet::new();
+    for (index, (name, _)) in all.iter().enumerate() {
+        let jetstream = name
+            .as_bytes()
+            .get(..5)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"nats-"));
+        let repeat = if all.len() <= 32 {
+            all[..index]
+                .iter()
+                .zip(&keep)
+                .any(|((earlier, _), kept)| *kept && earlier.eq_ignore_ascii_case(name))
+        } else {
+            !seen.insert(name.to_ascii_lowercase())
+        };
+        keep.push(!jetstream && !repeat);
+    }
+    keep
+}
 /// `text` as a header value; a line break (which would end the header) is an error naming it.
-fn value(name: &str, text: &str) -> Result<HeaderValue, String> {
+fn value(name: &str, text: String) -> Result<HeaderValue, String> {
     HeaderValue::try_from(text)
         .map_err(|_| format!("header {name:?} holds a line break, which a NATS header cannot"))
+}
+
+/// outboxd's own header names, without an allocation.
+fn own_name(name: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match name {
+        "id" => "id",
+        "type" => "type",
+        "aggregatetype" => "aggregatetype",
+        "aggregateid" => "aggregateid",
+        "position" => "position",
+        "op" => "op",
+        "schema" => "schema",
+        "table" => "table",
+        _ => return None,
+    }))
+}
+
+/// The reason to refuse a header whose name NATS cannot carry.
+fn bad_name(name: &str) -> String {
+    format!(
+        "header name {name:?} cannot be a NATS header name (printable ASCII without ':' or \
+         spaces)"
+    )
 }
 
 /// Percent-encodes a CloudEvents attribute value as the NATS binding requires: space, `"`,
@@ -113,6 +163,17 @@ mod tests {
         assert_eq!(get(&map, "aggregateid").as_deref(), Some("42"));
         assert_eq!(get(&map, "position").as_deref(), Some("7"));
         assert_eq!(get(&map, "trace").as_deref(), Some("t1"));
+        assert_eq!(map.len(), 7);
+    }
+
+    #[test]
+    fn a_row_header_differing_only_in_case_from_an_earlier_one_is_left_out() {
+        let map = headers(&event(Some(r#"{"ID":"spoofed","Trace":"t1"}"#)), None).unwrap();
+        assert_eq!(
+            get(&map, "id").as_deref(),
+            Some("6f1c0000-0000-4000-8000-000000000001")
+        );
+        assert_eq!(get(&map, "Trace").as_deref(), Some("t1"));
         assert_eq!(map.len(), 7);
     }
 

@@ -161,7 +161,7 @@ impl NatsSink {
             let payload = bytes::Bytes::copy_from_slice(event.payload.get().as_bytes());
             match self
                 .js
-                .publish_with_headers(subject.clone(), headers, payload)
+                .publish_with_headers(subject, headers, payload)
                 .await
             {
                 Ok(ack) => {
@@ -171,8 +171,9 @@ impl NatsSink {
                 Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     stopped.insert(event.key.as_str());
                     outcomes[index] = Some(Outcome::Refused(format!(
-                        "NATS cannot carry the message for subject \"{subject}\": {} (the \
-                         server's max_payload, headers included)",
+                        "NATS cannot carry the message for subject \"{}\": {} (the server's \
+                         max_payload, headers included)",
+                        self.subject.render(event),
                         source_text(&err)
                     )));
                 }
@@ -180,8 +181,9 @@ impl NatsSink {
                     return Err(Error::with_source(
                         ErrorKind::SinkUnavailable,
                         format!(
-                            "publishing event {} to NATS subject \"{subject}\"",
-                            event.id
+                            "publishing event {} to NATS subject \"{}\"",
+                            event.id,
+                            self.subject.render(event)
                         ),
                         err,
                     ));

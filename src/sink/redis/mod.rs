@@ -132,16 +132,15 @@ impl RedisSink {
                 let event = &events[index];
                 match entry::fields(event, &self.outbox) {
                     Ok(fields) => {
-                        let stream = self.stream.render(event);
-                        let command = pipe.cmd("XADD").arg(&stream);
+                        let command = pipe.cmd("XADD").arg(self.stream.render(event));
                         if let Some(maxlen) = self.config.maxlen {
                             command.arg("MAXLEN").arg("~").arg(maxlen);
                         }
                         command.arg("*");
-                        for (name, value) in fields {
-                            command.arg(name).arg(value);
+                        for (name, value) in &fields {
+                            command.arg(*name).arg(value.as_ref());
                         }
-                        sent.push((index, stream));
+                        sent.push(index);
                     }
                     Err(reason) => {
                         stopped.insert(event.key.as_str());
@@ -154,10 +153,10 @@ impl RedisSink {
                     .query_async(&mut link)
                     .await
                     .map_err(|err| self.unavailable("appending to Redis streams", err))?;
-                for ((index, stream), reply) in sent.into_iter().zip(replies) {
+                for (index, reply) in sent.into_iter().zip(replies) {
                     let outcome = match reply {
                         Ok(_) => Outcome::Delivered,
-                        Err(err) => self.refusal(&stream, err)?,
+                        Err(err) => self.refusal(&self.stream.render(&events[index]), err)?,
                     };
                     if outcome != Outcome::Delivered {
                         stopped.insert(events[index].key.as_str());
