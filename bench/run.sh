@@ -9,7 +9,7 @@
 #   BENCH_OUTBOXD=/tmp/outboxd-before STEPS=drain bench/run.sh      # another build, for before/after
 #   BENCH_PROFILE=profiling STEPS=drain bench/run.sh                # time the build PERF=1 uses
 #   PERF=1 PERF_CALLGRAPH=dwarf PERF_FREQ=199 KEEP_PERF=/tmp/p.data ...   # with call graphs, kept
-#   PROFILE=profiling BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
+#   BENCH_PROFILE=profiling BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
 #     ROWS=50000 STEPS=drain DRAINS=logical:log bench/run.sh   # instructions, whatever the load
 #
 # Steps (STEPS, default all, in this order):
@@ -68,11 +68,10 @@ trap cleanup EXIT
 
 # The release profile ships stripped; profiles need symbols, which the `profiling` profile
 # (release plus debug info, Cargo.toml) keeps.
-profile=${PROFILE:-release}
-[ "$PERF" != 0 ] && profile=profiling
 # BENCH_PROFILE=profiling times the build perf profiles (the same code, with symbols), so one
 # build serves both.
-profile=${BENCH_PROFILE:-$profile}
+profile=${BENCH_PROFILE:-release}
+[ "$PERF" != 0 ] && profile=profiling
 echo "building ($profile)..." >&2
 cargo build --profile "$profile" --quiet --bin outboxd --example bench_latency --example bench_broker
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}

@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: in profiles of drains into NATS and Redis, glibc's
+/// allocator (its free path for memory allocated on another thread above all) took 30-40 % of
+/// the relay's CPU; events are built by the source's task and dropped by the lanes'.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // On a worker thread, not the main one: the tasks the relay hands work to (the replication
