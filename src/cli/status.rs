@@ -43,7 +43,7 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
     crate::outbox::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;
     let blocking = config.relay.on_dead_letter == OnDeadLetter::BlockAggregate;
     let stats = sample(&session.client, &table, blocking).await?;
-    let logical = config.source.mode == crate::config::SourceMode::Logical;
+    let logical = config.source.mode.is_logical();
     let slot_lag_bytes = match logical {
         true => crate::source::logical::slot::lag(&session.client, &config.source.logical.slot)
             .await?

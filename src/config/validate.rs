@@ -45,6 +45,10 @@ impl Config {
             }
         }
         source.logical.validate()?;
+        source.cdc.validate(
+            source.mode == super::SourceMode::Cdc,
+            source.mode.is_logical(),
+        )?;
         if source.tls.root_cert.is_some() && tls_mode == TlsMode::Disable {
             return Err(Error::config(
                 "source.tls.root_cert",
