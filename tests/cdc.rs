@@ -212,33 +212,32 @@ async fn rows_written_around_add_rename_drop_and_retype_of_columns_carry_the_sha
 
     // When rows are written between schema changes, without a pause or a restart
     let steps = [
-        "",
-        "ALTER TABLE shapes ADD COLUMN b text",
-        "ALTER TABLE shapes RENAME COLUMN a TO a2",
-        "ALTER TABLE shapes ALTER COLUMN b TYPE int USING 0",
-        "ALTER TABLE shapes DROP COLUMN a2",
+        ("", "(id, a) VALUES ($1, 1)"),
+        ("ALTER TABLE shapes ADD COLUMN b text", "(id, a, b) VALUES ($1, 1, 'x')"),
+        ("ALTER TABLE shapes RENAME COLUMN a TO a2", "(id, a2, b) VALUES ($1, 1, 'x')"),
+        ("ALTER TABLE shapes ALTER COLUMN b TYPE int USING 0", "(id, a2, b) VALUES ($1, 1, 5)"),
+        ("ALTER TABLE shapes DROP COLUMN a2", "(id, b) VALUES ($1, 5)"),
     ];
     let mut id = 0;
-    for step in steps {
-        client.batch_execute(step).await.unwrap();
+    for (change, insert) in steps {
+        client.batch_execute(change).await.unwrap();
         for _ in 0..100 {
             id += 1;
-            client
-                .execute("INSERT INTO shapes (id) VALUES ($1)", &[&id])
-                .await
-                .unwrap();
+            let sql = format!("INSERT INTO shapes {insert}");
+            client.execute(&sql, &[&id]).await.unwrap();
         }
     }
-    let records = wait_for(&log, "the last row", |r| r.event.key == format!("{{\"id\":{id}}}")).await;
+    let last = format!("{{\"id\":{id}}}");
+    let records = wait_for(&log, "the last row", |r| r.event.key == last).await;
 
     // Then every row arrived, each with the columns and types of its time
     assert_eq!(records.len(), 500);
     let expected = [
-        json!({"a": null}),
-        json!({"a": null, "b": null}),
-        json!({"a2": null, "b": null}),
-        json!({"a2": null, "b": null}),
-        json!({}),
+        json!({"a": 1}),
+        json!({"a": 1, "b": "x"}),
+        json!({"a2": 1, "b": "x"}),
+        json!({"a2": 1, "b": 5}),
+        json!({"b": 5}),
     ];
     for (i, record) in records.iter().enumerate() {
         let mut after = payload(record)["after"].clone();

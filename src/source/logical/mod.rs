@@ -154,7 +154,12 @@ impl LogicalSource {
             config: config.clone(),
             relay: relay.clone(),
             mapping: OutboxMapping::new(config, &table),
-            tables: TableMapping::new(patterns, catalog, config.max_event_bytes),
+            tables: TableMapping::new(
+                patterns,
+                tables::publication::own_tables(config),
+                catalog,
+                config.max_event_bytes,
+            ),
             table,
             stream: None,
             sql: Some(session),

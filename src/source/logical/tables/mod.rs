@@ -49,6 +49,8 @@ struct Table {
 pub(super) struct TableMapping {
     /// Which tables are captured.
     patterns: Vec<TablePattern>,
+    /// outboxd's own tables, which a `schema.*` entry does not capture.
+    own: Vec<(String, String)>,
     /// The database's name, key columns and user types.
     catalog: Catalog,
     /// Largest payload of one event; a larger change becomes a dead letter.
@@ -69,10 +71,17 @@ pub(super) struct At {
 }
 
 impl TableMapping {
-    /// A mapping for the tables `patterns` match, with what `catalog` knows of them.
-    pub(super) fn new(patterns: Vec<TablePattern>, catalog: Catalog, max_bytes: usize) -> Self {
+    /// A mapping for the tables `patterns` match but for outboxd's `own`, with what `catalog`
+    /// knows of them.
+    pub(super) fn new(
+        patterns: Vec<TablePattern>,
+        own: Vec<(String, String)>,
+        catalog: Catalog,
+        max_bytes: usize,
+    ) -> Self {
         TableMapping {
             patterns,
+            own,
             catalog,
             max_event_bytes: max_bytes,
             relations: HashMap::new(),
@@ -103,7 +112,12 @@ impl TableMapping {
     /// Learns a relation's columns, if it is a captured table.
     pub(super) fn relation(&mut self, relation: &Relation) {
         let (schema, name) = (&relation.namespace, &relation.name);
-        if !self.patterns.iter().any(|p| p.matches(schema, name)) {
+        let own = self.own.iter().any(|(s, t)| s == schema && t == name);
+        let captured = self.patterns.iter().any(|p| match p {
+            TablePattern::Schema(_) => !own && p.matches(schema, name),
+            TablePattern::Table { .. } => p.matches(schema, name),
+        });
+        if !captured {
             self.relations.remove(&relation.id);
             return;
         }

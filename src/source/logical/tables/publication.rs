@@ -39,10 +39,33 @@ pub struct Found {
 }
 
 impl Found {
-    /// `"schema"."table"`, quoted for SQL.
+    /// `schema.table` for SQL, each part quoted only if it needs it.
     pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+        format!("{}.{}", sql_name(&self.schema), sql_name(&self.table))
     }
+}
+
+/// A name as SQL needs it: bare if it is a plain lower-case identifier, quoted otherwise.
+fn sql_name(name: &str) -> String {
+    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    match plain {
+        true => name.to_owned(),
+        false => quote_ident(name),
+    }
+}
+
+/// outboxd's own tables, never captured by a `schema.*` entry: the slot records
+/// (`outboxd_slots`) and, in logical mode, the outbox (its inserts are outbox events).
+pub fn own_tables(source: &SourceConfig) -> Vec<(String, String)> {
+    let table = &source.table;
+    let mut own = vec![(table.schema.clone(), "outboxd_slots".to_owned())];
+    if source.mode.uses_outbox() {
+        own.push((table.schema.clone(), table.name.clone()));
+    }
+    own
 }
 
 /// The tables the configured entries match; an entry that matches nothing is an error that
@@ -84,13 +107,15 @@ pub async fn resolve(client: &Client, source: &SourceConfig) -> Result<Vec<Found
                 },
             ));
         }
+        let own = own_tables(source);
         for row in rows {
             let item = Found {
                 schema: schema.clone(),
                 table: row.get(0),
                 unusable_identity: row.get(1),
             };
-            if !found.contains(&item) {
+            let is_own = own.contains(&(item.schema.clone(), item.table.clone()));
+            if !(is_own && table.is_none()) && !found.contains(&item) {
                 found.push(item);
             }
         }

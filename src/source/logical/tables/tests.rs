@@ -36,7 +36,7 @@ fn mapping(relation: &Relation) -> TableMapping {
         .keys
         .insert(("public".into(), "orders".into()), vec!["id".into()]);
     let patterns = vec![TablePattern::parse("public.*").unwrap()];
-    let mut mapping = TableMapping::new(patterns, catalog, 1 << 20);
+    let mut mapping = TableMapping::new(patterns, vec![], catalog, 1 << 20);
     mapping.begin();
     mapping.relation(relation);
     mapping
