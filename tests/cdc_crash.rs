@@ -38,7 +38,7 @@ async fn create_tables(db: &TestDb) {
 /// One writer's random inserts, updates (each bumps `version`) and deletes of its own rows.
 async fn writer(url: String, w: i64) {
     let mut client = connect(&url).await;
-    let rng = fastrand::Rng::with_seed(w as u64);
+    let mut rng = fastrand::Rng::with_seed(w as u64);
     let mut keys: [Vec<String>; 3] = Default::default();
     let mut next = 0i64;
     for _ in 0..CHANGES_PER_WRITER {
@@ -52,8 +52,8 @@ async fn writer(url: String, w: i64) {
                     let id = w * 1_000_000 + next;
                     client
                         .execute(
-                            "INSERT INTO t_int VALUES ($1, 0, md5($1::text), $1::numeric / 7, \
-                             ARRAY['x', NULL, $1::text])",
+                            "INSERT INTO t_int VALUES ($1::int8, 0, md5($1::int8::text), \
+                             $1::int8::numeric / 7, ARRAY['x', NULL, $1::int8::text])",
                             &[&id],
                         )
                         .await
@@ -189,16 +189,24 @@ async fn eight_writers_and_ten_sigkills_leave_a_log_that_replays_to_the_final_ta
     let writers: Vec<_> = (0..WRITERS as i64)
         .map(|w| tokio::spawn(writer(db.url.clone(), w)))
         .collect();
-    let per_run = WRITERS * CHANGES_PER_WRITER / (KILLS + 2);
+    // Each run delivers a little (proving it started and streamed), then dies mid-stream.
+    let per_run = 300;
+    let mut kills_while_writing = 0;
     for kill in 1..=KILLS {
         let start = read_log(&log).len();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while read_log(&log).len() < start + per_run && Instant::now() < deadline {
+        let writing = || writers.iter().any(|w| !w.is_finished());
+        while read_log(&log).len() < start + per_run && Instant::now() < deadline && writing() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if writing() {
+            kills_while_writing += 1;
+        }
+        eprintln!("kill {kill}: {} records in the log", read_log(&log).len());
         relay.kill();
         relay = RelayProcess::spawn(&config, dir.path(), &format!("run-{kill}"), &["run"]);
     }
+    assert!(kills_while_writing >= KILLS / 2, "only {kills_while_writing} kills under load");
     for writer in writers {
         writer.await.expect("writer");
     }
@@ -216,6 +224,7 @@ async fn eight_writers_and_ten_sigkills_leave_a_log_that_replays_to_the_final_ta
 
     // Then the log, applied per key in order, is exactly the tables' contents
     let replayed = apply_log(&log);
+    eprintln!("{} records, {} rows at the end", read_log(&log).len(), replayed.len());
     let expected = table_contents(&db).await;
     assert_eq!(replayed.len(), expected.len(), "rows");
     for (at, version) in &expected {
