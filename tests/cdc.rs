@@ -34,7 +34,11 @@ async fn wait_for(log: &Path, what: &str, matches: impl Fn(&Record) -> bool) -> 
         if records.iter().any(&matches) {
             return records;
         }
-        assert!(Instant::now() < deadline, "never saw {what}; have {} records", records.len());
+        assert!(
+            Instant::now() < deadline,
+            "never saw {what}; have {} records",
+            records.len()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -70,7 +74,10 @@ async fn inserts_updates_deletes_and_truncates_arrive_as_debezium_envelopes_unde
     let records = wait_for(&log, "the truncate", |r| r.event.op.name() == "truncate").await;
 
     // Then each is one event under the topic public.orders, keyed by the primary key
-    let ops: Vec<String> = records.iter().map(|r| payload(r)["op"].to_string()).collect();
+    let ops: Vec<String> = records
+        .iter()
+        .map(|r| payload(r)["op"].to_string())
+        .collect();
     assert_eq!(ops, [r#""c""#, r#""u""#, r#""d""#, r#""t""#]);
     assert!(records.iter().all(|r| r.topic == "public.orders"));
     assert!(records[..3].iter().all(|r| r.event.key == r#"{"id":42}"#));
@@ -107,14 +114,20 @@ async fn outbox_events_and_table_changes_share_one_slot_in_logical_mode_each_in_
     let config = cdc_config(SourceMode::Logical, &db, &log, &["public.counters"]);
     let relay = InProcessRelay::start(&config).await;
     let slots: i64 = client
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&db.name])
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(slots, 1);
 
     // When each transaction bumps the counter and writes an outbox event with the same number
-    client.batch_execute("INSERT INTO counters VALUES (1, 0)").await.unwrap();
+    client
+        .batch_execute("INSERT INTO counters VALUES (1, 0)")
+        .await
+        .unwrap();
     for n in 1..=50 {
         client
             .batch_execute(&format!(
@@ -188,7 +201,11 @@ async fn an_update_of_another_column_never_turns_a_one_megabyte_toast_value_into
     assert_eq!(full["after"]["body"].as_str().unwrap().len(), 1 << 20);
     assert_eq!(full["after"]["n"], 1);
     let default = update("docs_default");
-    assert!(default["after"].get("body").is_none(), "never null: {}", default["after"]);
+    assert!(
+        default["after"].get("body").is_none(),
+        "never null: {}",
+        default["after"]
+    );
     assert_eq!(default["after"]["n"], 1);
     assert_eq!(default["unchanged_toast"], json!(["body"]));
     relay.stop().await;
@@ -196,8 +213,7 @@ async fn an_update_of_another_column_never_turns_a_one_megabyte_toast_value_into
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_written_around_add_rename_drop_and_retype_of_columns_carry_the_shape_of_their_time()
-{
+async fn rows_written_around_add_rename_drop_and_retype_of_columns_carry_the_shape_of_their_time() {
     // Given a streaming relay and a table it captures
     let db = test_db().await;
     let client = connect(&db.url).await;
@@ -213,10 +229,22 @@ async fn rows_written_around_add_rename_drop_and_retype_of_columns_carry_the_sha
     // When rows are written between schema changes, without a pause or a restart
     let steps = [
         ("", "(id, a) VALUES ($1, 1)"),
-        ("ALTER TABLE shapes ADD COLUMN b text", "(id, a, b) VALUES ($1, 1, 'x')"),
-        ("ALTER TABLE shapes RENAME COLUMN a TO a2", "(id, a2, b) VALUES ($1, 1, 'x')"),
-        ("ALTER TABLE shapes ALTER COLUMN b TYPE int USING 0", "(id, a2, b) VALUES ($1, 1, 5)"),
-        ("ALTER TABLE shapes DROP COLUMN a2", "(id, b) VALUES ($1, 5)"),
+        (
+            "ALTER TABLE shapes ADD COLUMN b text",
+            "(id, a, b) VALUES ($1, 1, 'x')",
+        ),
+        (
+            "ALTER TABLE shapes RENAME COLUMN a TO a2",
+            "(id, a2, b) VALUES ($1, 1, 'x')",
+        ),
+        (
+            "ALTER TABLE shapes ALTER COLUMN b TYPE int USING 0",
+            "(id, a2, b) VALUES ($1, 1, 5)",
+        ),
+        (
+            "ALTER TABLE shapes DROP COLUMN a2",
+            "(id, b) VALUES ($1, 5)",
+        ),
     ];
     let mut id = 0;
     for (change, insert) in steps {
@@ -275,17 +303,29 @@ async fn missing_tables_empty_patterns_and_tables_without_identity_stop_migrate_
     let err = migrate_error(&db, &["empty.*"]).await;
     assert!(err.contains("\"empty.*\" matches no table"), "{err}");
     let err = migrate_error(&db, &["public.*"]).await;
-    assert!(err.contains("table public.nokey has no usable replica identity"), "{err}");
-    assert!(err.contains("ALTER TABLE public.nokey REPLICA IDENTITY FULL"), "{err}");
+    assert!(
+        err.contains("table public.nokey has no usable replica identity"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ALTER TABLE public.nokey REPLICA IDENTITY FULL"),
+        "{err}"
+    );
 
     // Nothing was published, so the application's writes to the table still work
     let published: i64 = client
-        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&db.name])
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+            &[&db.name],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(published, 0);
-    client.batch_execute("UPDATE nokey SET n = 1").await.unwrap();
+    client
+        .batch_execute("UPDATE nokey SET n = 1")
+        .await
+        .unwrap();
 
     // A publication of that name that carries another table is refused too
     client
@@ -355,13 +395,22 @@ async fn a_table_created_later_in_a_captured_schema_is_added_on_a_heartbeat() {
         if published {
             break;
         }
-        assert!(Instant::now() < deadline, "the new table was never published");
+        assert!(
+            Instant::now() < deadline,
+            "the new table was never published"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    client.batch_execute("INSERT INTO inventory.bins VALUES (7)").await.unwrap();
+    client
+        .batch_execute("INSERT INTO inventory.bins VALUES (7)")
+        .await
+        .unwrap();
 
     // Then its change arrives under its own topic
-    let records = wait_for(&log, "the new table's insert", |r| r.topic == "inventory.bins").await;
+    let records = wait_for(&log, "the new table's insert", |r| {
+        r.topic == "inventory.bins"
+    })
+    .await;
     assert_eq!(records.last().unwrap().event.key, r#"{"id":7}"#);
     relay.stop().await;
     drop_slot(&db).await;

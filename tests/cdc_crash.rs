@@ -129,9 +129,18 @@ async fn table_contents(db: &TestDb) -> HashMap<(String, String), i64> {
     let client = connect(&db.url).await;
     let mut rows = HashMap::new();
     let queries = [
-        ("public.t_int", "SELECT json_build_object('id', id)::text, version FROM t_int"),
-        ("public.t_uuid", "SELECT json_build_object('id', id)::text, version FROM t_uuid"),
-        ("public.t_comp", "SELECT json_build_object('a', a, 'b', b)::text, version FROM t_comp"),
+        (
+            "public.t_int",
+            "SELECT json_build_object('id', id)::text, version FROM t_int",
+        ),
+        (
+            "public.t_uuid",
+            "SELECT json_build_object('id', id)::text, version FROM t_uuid",
+        ),
+        (
+            "public.t_comp",
+            "SELECT json_build_object('a', a, 'b', b)::text, version FROM t_comp",
+        ),
     ];
     for (topic, sql) in queries {
         for row in client.query(sql, &[]).await.unwrap() {
@@ -151,7 +160,11 @@ fn apply_log(log: &Path) -> HashMap<(String, String), i64> {
     let mut last_version: HashMap<(String, String), i64> = HashMap::new();
     let mut ids = HashSet::new();
     for record in read_log(log) {
-        assert!(ids.insert(record.event.id.clone()), "stored twice: {}", record.event.id);
+        assert!(
+            ids.insert(record.event.id.clone()),
+            "stored twice: {}",
+            record.event.id
+        );
         let payload: Value = serde_json::from_str(record.event.payload.get()).unwrap();
         let key: Value = serde_json::from_str(&record.event.key).unwrap();
         let at = (record.topic.clone(), key.to_string());
@@ -159,7 +172,10 @@ fn apply_log(log: &Path) -> HashMap<(String, String), i64> {
             "c" | "u" => {
                 let version = payload["after"]["version"].as_i64().unwrap();
                 if let Some(previous) = last_version.insert(at.clone(), version) {
-                    assert!(version > previous, "{at:?} went from version {previous} to {version}");
+                    assert!(
+                        version > previous,
+                        "{at:?} went from version {previous} to {version}"
+                    );
                 }
                 rows.insert(at, version);
             }
@@ -206,7 +222,10 @@ async fn eight_writers_and_ten_sigkills_leave_a_log_that_replays_to_the_final_ta
         relay.kill();
         relay = RelayProcess::spawn(&config, dir.path(), &format!("run-{kill}"), &["run"]);
     }
-    assert!(kills_while_writing >= KILLS / 2, "only {kills_while_writing} kills under load");
+    assert!(
+        kills_while_writing >= KILLS / 2,
+        "only {kills_while_writing} kills under load"
+    );
     for writer in writers {
         writer.await.expect("writer");
     }
@@ -224,7 +243,11 @@ async fn eight_writers_and_ten_sigkills_leave_a_log_that_replays_to_the_final_ta
 
     // Then the log, applied per key in order, is exactly the tables' contents
     let replayed = apply_log(&log);
-    eprintln!("{} records, {} rows at the end", read_log(&log).len(), replayed.len());
+    eprintln!(
+        "{} records, {} rows at the end",
+        read_log(&log).len(),
+        replayed.len()
+    );
     let expected = table_contents(&db).await;
     assert_eq!(replayed.len(), expected.len(), "rows");
     for (at, version) in &expected {

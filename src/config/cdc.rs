@@ -55,7 +55,10 @@ impl TablePattern {
     /// Whether the table `schema`.`table` is matched.
     pub fn matches(&self, schema: &str, table: &str) -> bool {
         match self {
-            TablePattern::Table { schema: s, table: t } => s == schema && t == table,
+            TablePattern::Table {
+                schema: s,
+                table: t,
+            } => s == schema && t == table,
             TablePattern::Schema(s) => s == schema,
         }
     }

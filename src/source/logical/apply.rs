@@ -3,8 +3,8 @@
 //! and what it maps to queued for handing out.
 
 use super::mapping::Txn;
-use super::tables::At;
 use super::pending::Decoded;
+use super::tables::At;
 use super::{LogicalSource, slot};
 use crate::error::Result;
 use crate::event::Position;

@@ -23,9 +23,7 @@ impl LogicalSource {
             };
             slot::heartbeat(&sql.client, &self.config.logical.message_prefix).await?;
             let membership = match self.config.mode.uses_outbox() {
-                true => {
-                    publication::membership(&sql.client, &self.config, &self.table).await?
-                }
+                true => publication::membership(&sql.client, &self.config, &self.table).await?,
                 false => Membership::Covered,
             };
             if !self.tables.is_empty() {

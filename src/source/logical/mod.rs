@@ -79,8 +79,8 @@ use progress::Progress;
 use replay::Replay;
 use resume::Resume;
 use standby::Standby;
-use tables::TableMapping;
 use std::time::Duration;
+use tables::TableMapping;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -136,8 +136,7 @@ impl LogicalSource {
         let table = OutboxTable::new(config);
         let session = crate::pg::connect(config).await?;
         if config.mode.uses_outbox() {
-            crate::outbox::migrate::verify(&session.client, &table, &config.columns.all())
-                .await?;
+            crate::outbox::migrate::verify(&session.client, &table, &config.columns.all()).await?;
             publication::check(&session.client, config, &table).await?;
         }
         let patterns = config.cdc.patterns();

@@ -89,7 +89,13 @@ mod tests {
         assert_eq!(parse("{}").unwrap(), vec![]);
         assert_eq!(
             parse(r#"{1,NULL,"NULL","a,b","c\"d\\e"}"#).unwrap(),
-            vec![text("1"), Item::Null, text("NULL"), text("a,b"), text("c\"d\\e")]
+            vec![
+                text("1"),
+                Item::Null,
+                text("NULL"),
+                text("a,b"),
+                text("c\"d\\e")
+            ]
         );
     }
 

@@ -93,9 +93,8 @@ pub fn envelope(
     unchanged: &[String],
     now_ms: i64,
 ) -> String {
-    let mut out = String::with_capacity(
-        before.map_or(4, str::len) + after.map_or(4, str::len) + 256,
-    );
+    let mut out =
+        String::with_capacity(before.map_or(4, str::len) + after.map_or(4, str::len) + 256);
     out.push_str("{\"before\":");
     out.push_str(before.unwrap_or("null"));
     out.push_str(",\"after\":");
@@ -146,7 +145,15 @@ mod tests {
     fn the_key_is_an_object_of_the_key_columns_only() {
         let mut out = String::new();
         let values = [Value::Text(b"42"), Value::Null, Value::Null];
-        row(&mut out, &Types::default(), &columns(), &values, Some(&[0]), None).unwrap();
+        row(
+            &mut out,
+            &Types::default(),
+            &columns(),
+            &values,
+            Some(&[0]),
+            None,
+        )
+        .unwrap();
         assert_eq!(out, r#"{"id":42}"#);
     }
 
@@ -155,12 +162,27 @@ mod tests {
         let new = [Value::Text(b"42"), Value::Unchanged, Value::Text(b"1")];
         let old = [Value::Text(b"42"), Value::Text(b"big"), Value::Text(b"0")];
         let mut full = String::new();
-        let left = row(&mut full, &Types::default(), &columns(), &new, None, Some(&old));
+        let left = row(
+            &mut full,
+            &Types::default(),
+            &columns(),
+            &new,
+            None,
+            Some(&old),
+        );
         assert!(left.unwrap().is_empty());
         assert_eq!(full, r#"{"id":42,"doc":"big","data":1}"#);
 
         let mut default = String::new();
-        let left = row(&mut default, &Types::default(), &columns(), &new, None, None).unwrap();
+        let left = row(
+            &mut default,
+            &Types::default(),
+            &columns(),
+            &new,
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(default, r#"{"id":42,"data":1}"#);
         assert_eq!(left, ["doc"]);
     }
@@ -168,8 +190,18 @@ mod tests {
     #[test]
     fn a_value_that_is_not_of_its_type_names_the_column() {
         let values = [Value::Text(b"42"), Value::Null, Value::Text(b"{oops")];
-        let err = row(&mut String::new(), &Types::default(), &columns(), &values, None, None);
-        assert!(err.unwrap_err().starts_with("column \"data\": invalid JSON"));
+        let err = row(
+            &mut String::new(),
+            &Types::default(),
+            &columns(),
+            &values,
+            None,
+            None,
+        );
+        assert!(
+            err.unwrap_err()
+                .starts_with("column \"data\": invalid JSON")
+        );
     }
 
     #[test]

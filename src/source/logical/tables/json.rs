@@ -129,10 +129,9 @@ pub fn write(out: &mut String, types: &Types, oid: u32, text: &str) -> Result<()
         },
         Kind::Numeric | Kind::Text => string(out, text),
         Kind::Float => match text.parse::<f64>() {
-            Ok(f) if f.is_finite() => out.push_str(&serde_json::Number::from_f64(f).map_or_else(
-                || text.to_owned(),
-                |n| n.to_string(),
-            )),
+            Ok(f) if f.is_finite() => out.push_str(
+                &serde_json::Number::from_f64(f).map_or_else(|| text.to_owned(), |n| n.to_string()),
+            ),
             Ok(_) => string(out, text),
             Err(_) => return Err(format!("{text:?} is not a floating-point number")),
         },
@@ -164,7 +163,12 @@ pub fn write(out: &mut String, types: &Types, oid: u32, text: &str) -> Result<()
 }
 
 /// Appends nested array items as JSON arrays.
-fn write_items(out: &mut String, types: &Types, element: u32, items: &[Item]) -> Result<(), String> {
+fn write_items(
+    out: &mut String,
+    types: &Types,
+    element: u32,
+    items: &[Item],
+) -> Result<(), String> {
     out.push('[');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
@@ -194,7 +198,7 @@ pub fn string(out: &mut String, text: &str) {
 /// Hex digits to bytes.
 fn hex(text: &str) -> Option<Vec<u8>> {
     let digits = text.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
@@ -206,11 +210,14 @@ fn hex(text: &str) -> Option<Vec<u8>> {
 
 /// Standard base64 with padding.
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {

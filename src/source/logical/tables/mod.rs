@@ -174,7 +174,14 @@ impl TableMapping {
             && old.is_some_and(|old| {
                 let (mut a, mut b) = (String::new(), String::new());
                 let old_key = row(&mut a, types, &table.columns, old, Some(&table.key), None);
-                let new_key = row(&mut b, types, &table.columns, new, Some(&table.key), Some(old));
+                let new_key = row(
+                    &mut b,
+                    types,
+                    &table.columns,
+                    new,
+                    Some(&table.key),
+                    Some(old),
+                );
                 old_key.is_ok() && new_key.is_ok() && a != b
             });
         let seq = self.seq;
@@ -231,7 +238,11 @@ impl TableMapping {
             if let (false, Some(values)) = (table.key.is_empty(), new.or(old)) {
                 row(&mut key, types, columns, values, Some(&table.key), old)?;
             }
-            let whole_old = if table.full { None } else { Some(table.key.as_slice()) };
+            let whole_old = if table.full {
+                None
+            } else {
+                Some(table.key.as_slice())
+            };
             let before = match (op, old) {
                 (Operation::Update | Operation::Delete, Some(old)) => {
                     let mut out = String::new();
@@ -275,7 +286,11 @@ impl TableMapping {
             ))
         })();
         let rejected = |reason: String| {
-            let key = if key.is_empty() { "(none)" } else { key.as_str() };
+            let key = if key.is_empty() {
+                "(none)"
+            } else {
+                key.as_str()
+            };
             Decoded::Rejected(Rejected {
                 position,
                 id: id.clone(),

@@ -115,7 +115,8 @@ pub async fn resolve(client: &Client, source: &SourceConfig) -> Result<Vec<Found
                 unusable_identity: row.get(1),
             };
             let is_own = own.contains(&(item.schema.clone(), item.table.clone()));
-            if !(is_own && table.is_none()) && !found.contains(&item) {
+            let skipped = is_own && table.is_none();
+            if !skipped && !found.contains(&item) {
                 found.push(item);
             }
         }
@@ -140,7 +141,10 @@ pub fn unusable(table: &Found) -> Error {
 }
 
 /// The tables the publication lists, and whether it publishes every operation.
-async fn published(client: &Client, publication: &str) -> Result<Option<(Vec<(String, String)>, bool)>> {
+async fn published(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<(Vec<(String, String)>, bool)>> {
     let row = client
         .query_opt(
             "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate AND pubviaroot, \
@@ -207,7 +211,9 @@ pub async fn ensure(
         return Ok(());
     };
     let ours = |schema: &str, table: &str| {
-        tables.iter().any(|t| t.schema == schema && t.table == table)
+        tables
+            .iter()
+            .any(|t| t.schema == schema && t.table == table)
             || outbox.is_some_and(|o| o.schema == schema && o.name == table)
     };
     if let Some((schema, table)) = listed.iter().find(|(s, t)| !ours(s, t)) {
@@ -274,8 +280,7 @@ pub async fn check(client: &Client, source: &SourceConfig) -> Result<()> {
     }
     let publication = quote_ident(&source.logical.publication);
     let fix = "run outboxd migrate (or start with source.auto_migrate = true)";
-    let Some((listed, every_operation)) =
-        published(client, &source.logical.publication).await?
+    let Some((listed, every_operation)) = published(client, &source.logical.publication).await?
     else {
         return Err(Error::new(
             ErrorKind::Schema,
@@ -285,7 +290,9 @@ pub async fn check(client: &Client, source: &SourceConfig) -> Result<()> {
     if !every_operation {
         return Err(Error::new(
             ErrorKind::Schema,
-            format!("publication {publication} does not publish '{PUBLISH}' via the partition root; {fix}"),
+            format!(
+                "publication {publication} does not publish '{PUBLISH}' via the partition root; {fix}"
+            ),
         ));
     }
     if let Some(table) = tables

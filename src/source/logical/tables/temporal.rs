@@ -10,7 +10,7 @@ pub fn date(text: &str) -> Option<String> {
         return Some(text.to_owned());
     }
     let (body, bc) = strip_bc(text);
-    Some(with_year(body, bc)?)
+    with_year(body, bc)
 }
 
 /// A `timestamp` (`2020-01-02 03:04:05.678`): not shifted, only the separator changes.
@@ -30,7 +30,11 @@ pub fn timestamptz(text: &str) -> Option<String> {
     }
     let (body, bc) = strip_bc(text);
     let (day, time) = body.split_once(' ')?;
-    Some(format!("{}T{}", with_year(day, bc)?, time_with_offset(time)?))
+    Some(format!(
+        "{}T{}",
+        with_year(day, bc)?,
+        time_with_offset(time)?
+    ))
 }
 
 /// A `time` (`03:04:05.678`): already ISO 8601.

@@ -72,11 +72,20 @@ fn an_insert_is_a_create_keyed_by_the_primary_key_with_debeziums_envelope() {
     assert_eq!(event.id, "1/100:0");
     assert_eq!(event.headers.as_ref().unwrap().get(), r#"{"lsn":"1/10"}"#);
     assert_eq!(payload["before"], serde_json::Value::Null);
-    assert_eq!(payload["after"], serde_json::json!({"id": 42, "note": "hi", "doc": null}));
+    assert_eq!(
+        payload["after"],
+        serde_json::json!({"id": 42, "note": "hi", "doc": null})
+    );
     assert_eq!(payload["op"], "c");
     let source = &payload["source"];
-    assert_eq!((&source["db"], &source["table"]), (&"shop".into(), &"orders".into()));
-    assert_eq!((&source["lsn"], &source["txId"]), (&0x1_0000_0010u64.into(), &901.into()));
+    assert_eq!(
+        (&source["db"], &source["table"]),
+        (&"shop".into(), &"orders".into())
+    );
+    assert_eq!(
+        (&source["lsn"], &source["txId"]),
+        (&0x1_0000_0010u64.into(), &901.into())
+    );
     assert_eq!(source["snapshot"], "false");
 }
 
@@ -114,13 +123,26 @@ fn under_default_identity_a_delete_carries_the_old_key_and_an_update_no_before()
 #[test]
 fn under_full_identity_before_is_the_whole_old_row_and_unchanged_toast_comes_from_it() {
     let mut mapping = mapping(&orders(ReplicaIdentity::Full));
-    let old = OldRow::Row(vec![Value::Text(b"42"), Value::Text(b"old"), Value::Text(b"[1]")]);
+    let old = OldRow::Row(vec![
+        Value::Text(b"42"),
+        Value::Text(b"old"),
+        Value::Text(b"[1]"),
+    ]);
     let new = [Value::Text(b"42"), Value::Text(b"new"), Value::Unchanged];
     let items = mapping.update(7, Some(&old), &new, at());
     let (event_, payload) = event(&items[0]);
-    assert_eq!(event_.key, r#"{"id":42}"#, "the key is the primary key, not every column");
-    assert_eq!(payload["before"], serde_json::json!({"id": 42, "note": "old", "doc": [1]}));
-    assert_eq!(payload["after"], serde_json::json!({"id": 42, "note": "new", "doc": [1]}));
+    assert_eq!(
+        event_.key, r#"{"id":42}"#,
+        "the key is the primary key, not every column"
+    );
+    assert_eq!(
+        payload["before"],
+        serde_json::json!({"id": 42, "note": "old", "doc": [1]})
+    );
+    assert_eq!(
+        payload["after"],
+        serde_json::json!({"id": 42, "note": "new", "doc": [1]})
+    );
     assert!(payload.get("unchanged_toast").is_none());
 }
 
@@ -142,8 +164,14 @@ fn an_update_of_the_key_is_a_delete_of_the_old_key_and_a_create_of_the_new() {
     assert_eq!(items.len(), 2);
     let (deleted, delete) = event(&items[0]);
     let (created, create) = event(&items[1]);
-    assert_eq!((deleted.key.as_str(), delete["op"].as_str()), (r#"{"id":1}"#, Some("d")));
-    assert_eq!((created.key.as_str(), create["op"].as_str()), (r#"{"id":2}"#, Some("c")));
+    assert_eq!(
+        (deleted.key.as_str(), delete["op"].as_str()),
+        (r#"{"id":1}"#, Some("d"))
+    );
+    assert_eq!(
+        (created.key.as_str(), create["op"].as_str()),
+        (r#"{"id":2}"#, Some("c"))
+    );
     assert_ne!(deleted.id, created.id);
 }
 
@@ -153,7 +181,10 @@ fn a_truncate_is_one_event_per_captured_table() {
     let items = mapping.truncate(&[7, 99], at());
     assert_eq!(items.len(), 1);
     let (truncated, payload) = event(&items[0]);
-    assert_eq!((truncated.op, truncated.key.as_str()), (Operation::Truncate, ""));
+    assert_eq!(
+        (truncated.op, truncated.key.as_str()),
+        (Operation::Truncate, "")
+    );
     assert_eq!(payload["op"], "t");
 }
 
@@ -165,7 +196,9 @@ fn a_value_that_cannot_be_decoded_is_a_dead_letter_naming_table_key_and_column()
         panic!("expected a dead letter");
     };
     assert!(
-        rejected.reason.starts_with(r#"table public.orders, key {"id":42}: column "doc""#),
+        rejected
+            .reason
+            .starts_with(r#"table public.orders, key {"id":42}: column "doc""#),
         "{}",
         rejected.reason
     );
@@ -180,7 +213,10 @@ fn a_new_relation_message_changes_how_later_rows_are_read() {
     mapping.relation(&relation);
     let values = [Value::Text(b"1"), Value::Text(b"r"), Value::Text(b"{}")];
     let (_, payload) = event(&mapping.insert(7, &values, at()).unwrap());
-    assert_eq!(payload["after"], serde_json::json!({"id": 1, "remark": "r", "doc": "{}"}));
+    assert_eq!(
+        payload["after"],
+        serde_json::json!({"id": 1, "remark": "r", "doc": "{}"})
+    );
 }
 
 #[test]

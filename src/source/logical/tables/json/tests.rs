@@ -25,7 +25,10 @@ fn integers_are_numbers() {
 
 #[test]
 fn numeric_is_an_exact_string_with_nan_and_infinity_kept() {
-    assert_eq!(json(1700, "12345678901234567890.000001"), r#""12345678901234567890.000001""#);
+    assert_eq!(
+        json(1700, "12345678901234567890.000001"),
+        r#""12345678901234567890.000001""#
+    );
     assert_eq!(json(1700, "NaN"), r#""NaN""#);
     assert_eq!(json(1700, "-Infinity"), r#""-Infinity""#);
 }
@@ -60,7 +63,10 @@ fn text_types_and_uuid_are_strings() {
 
 #[test]
 fn json_and_jsonb_are_embedded_not_quoted() {
-    assert_eq!(json(114, r#"{"b": 1, "a": [true]}"#), r#"{"b": 1, "a": [true]}"#);
+    assert_eq!(
+        json(114, r#"{"b": 1, "a": [true]}"#),
+        r#"{"b": 1, "a": [true]}"#
+    );
     assert_eq!(json(3802, "null"), "null");
     assert!(refused(3802, "{oops").contains("invalid JSON"));
 }
@@ -80,8 +86,14 @@ fn dates_and_times_are_iso_8601() {
     assert_eq!(json(1082, "infinity"), r#""infinity""#);
     assert_eq!(json(1083, "03:04:05.5"), r#""03:04:05.5""#);
     assert_eq!(json(1266, "03:04:05+02"), r#""03:04:05+02:00""#);
-    assert_eq!(json(1114, "2020-01-02 03:04:05"), r#""2020-01-02T03:04:05""#);
-    assert_eq!(json(1184, "2020-01-02 03:04:05.1+00"), r#""2020-01-02T03:04:05.1+00:00""#);
+    assert_eq!(
+        json(1114, "2020-01-02 03:04:05"),
+        r#""2020-01-02T03:04:05""#
+    );
+    assert_eq!(
+        json(1184, "2020-01-02 03:04:05.1+00"),
+        r#""2020-01-02T03:04:05.1+00:00""#
+    );
     assert_eq!(json(1184, "-infinity"), r#""-infinity""#);
 }
 
@@ -94,10 +106,16 @@ fn interval_is_an_iso_duration() {
 fn arrays_nest_keep_nulls_and_map_their_elements() {
     assert_eq!(json(1007, "{1,NULL,3}"), "[1,null,3]");
     assert_eq!(json(1007, "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
-    assert_eq!(json(1009, r#"{a,"b c",NULL,"NULL"}"#), r#"["a","b c",null,"NULL"]"#);
+    assert_eq!(
+        json(1009, r#"{a,"b c",NULL,"NULL"}"#),
+        r#"["a","b c",null,"NULL"]"#
+    );
     assert_eq!(json(1000, "{t,f}"), "[true,false]");
     assert_eq!(json(3807, r#"{"{\"a\": 1}",NULL}"#), r#"[{"a": 1},null]"#);
-    assert_eq!(json(1185, r#"{"2020-01-02 03:04:05+00"}"#), r#"["2020-01-02T03:04:05+00:00"]"#);
+    assert_eq!(
+        json(1185, r#"{"2020-01-02 03:04:05+00"}"#),
+        r#"["2020-01-02T03:04:05+00:00"]"#
+    );
     assert_eq!(json(1231, "{1.50,NaN}"), r#"["1.50","NaN"]"#);
     assert_eq!(json(1007, "{}"), "[]");
 }
