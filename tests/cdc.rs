@@ -96,6 +96,20 @@ async fn inserts_updates_deletes_and_truncates_arrive_as_debezium_envelopes_unde
     assert_eq!(payload(&records[2])["before"], json!({"id": 42}));
     let headers = records[1].event.headers.as_ref().unwrap().get();
     assert!(headers.starts_with(r#"{"lsn":""#), "{headers}");
+
+    // And `outboxd log read` prints the update with its envelope (the README's example)
+    let path = write_config(&config, dir.path(), "cdc");
+    let (code, stdout, stderr) = run_cli(&path, &["log", "read", "--from", "1", "--limit", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+    eprintln!("{stdout}");
+    let line: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(line["topic"], "public.orders");
+    assert_eq!(line["event"]["op"], "update");
+    assert_eq!(
+        line["event"]["origin"],
+        json!({"kind": "table", "schema": "public", "table": "orders"})
+    );
+    assert_eq!(line["event"]["payload"]["op"], "u");
     relay.stop().await;
     drop_slot(&db).await;
 }
