@@ -97,6 +97,20 @@ async fn inserts_updates_deletes_and_truncates_arrive_as_debezium_envelopes_unde
     let headers = records[1].event.headers.as_ref().unwrap().get();
     assert!(headers.starts_with(r#"{"lsn":""#), "{headers}");
 
+    // And each change is counted under its table and operation
+    for op in ["insert", "update", "delete", "truncate"] {
+        let labels = outboxd::metrics::TableLabels {
+            schema: "public".into(),
+            table: "orders".into(),
+            op,
+        };
+        let counted = outboxd::metrics::get()
+            .table_changes
+            .get_or_create(&labels)
+            .get();
+        assert_eq!(counted, 1, "{op}");
+    }
+
     // And `outboxd log read` prints the update with its envelope (the README's example)
     let path = write_config(&config, dir.path(), "cdc");
     let (code, stdout, stderr) = run_cli(&path, &["log", "read", "--from", "1", "--limit", "1"]);

@@ -144,6 +144,19 @@ impl LogicalSource {
             return;
         }
         self.progress.decoded(position);
+        if let Decoded::Event(event) = &item
+            && let crate::event::Origin::Table { schema, table } = &event.origin
+        {
+            let labels = crate::metrics::TableLabels {
+                schema: schema.clone(),
+                table: table.clone(),
+                op: event.op.name(),
+            };
+            crate::metrics::get()
+                .table_changes
+                .get_or_create(&labels)
+                .inc();
+        }
         self.pending.push(item);
     }
 }
