@@ -151,6 +151,17 @@ mod tests {
     }
 
     #[test]
+    fn logical_mode_refuses_the_outbox_table_as_a_captured_table() {
+        let mut config = crate::config::Config::default();
+        config.source.mode = crate::config::SourceMode::Logical;
+        config.source.cdc = tables(&["public.outbox"]);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("is the outbox table"), "{err}");
+        config.source.cdc = tables(&["public.*"]);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn cdc_mode_needs_a_table_and_polling_mode_takes_none() {
         let err = tables(&[]).validate(true, true).unwrap_err().to_string();
         assert!(err.contains("at least one table"), "{err}");
