@@ -124,6 +124,14 @@ async fn inserts_updates_deletes_and_truncates_arrive_as_debezium_envelopes_unde
         json!({"kind": "table", "schema": "public", "table": "orders"})
     );
     assert_eq!(line["event"]["payload"]["op"], "u");
+
+    // And `outboxd status` names the captured table and the slot's lag (no outbox table)
+    let (code, stdout, stderr) = run_cli(&path, &["status", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["mode"], "cdc");
+    assert_eq!(status["tables"], json!(["public.orders"]));
+    assert!(status["slot_lag_bytes"].is_i64(), "{status}");
     relay.stop().await;
     drop_slot(&db).await;
 }
