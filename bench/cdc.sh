@@ -71,7 +71,7 @@ stream_rate=$(calc "int($ROWS/($t1-$t0))")
 echo "pg_recvlogical: $stream_rate changes/s ($(calc "round($t1-$t0,2)") s)"
 
 delivered() {
-  curl -s "http://$listen/metrics" |
+  { curl -s "http://$listen/metrics" || true; } |
     awk 'index($0, "outboxd_events_published_total{sink=\"log\",outcome=\"delivered\"}") == 1 {v=$2} END {print v+0}'
 }
 confirmed_past() {
