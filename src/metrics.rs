@@ -64,6 +64,20 @@ pub struct PublishLabels {
     pub outcome: &'static str,
 }
 
+/// Changes of captured tables decoded from the stream (change data capture).
+pub const TABLE_CHANGES: &str = "outboxd_table_changes";
+
+/// Labels of [`TABLE_CHANGES`]: bounded by the configured tables.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// The table's schema.
+    pub schema: String,
+    /// The table's name.
+    pub table: String,
+    /// `insert`, `update`, `delete` or `truncate`.
+    pub op: &'static str,
+}
+
 /// Labels naming a sink.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
@@ -84,6 +98,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// See [`EVENTS_PUBLISHED`].
     pub published: Family<PublishLabels, Counter>,
+    /// See [`TABLE_CHANGES`].
+    pub table_changes: Family<TableLabels, Counter>,
     /// See [`EVENT_LATENCY`].
     pub latency: Histogram,
     /// See [`BATCH_SIZE`].
@@ -155,6 +171,7 @@ impl Metrics {
             batch_size,
             retries,
             busy: Family::default(),
+            table_changes: Family::default(),
             dead_letters: Counter::default(),
             dead_letters_current: Gauge::default(),
             pending: Gauge::default(),
@@ -226,6 +243,11 @@ impl Metrics {
             HOLDING_TRANSACTION_PID,
             "Server process id of the oldest open transaction while events are held back",
             m.holding_transaction_pid.clone(),
+        );
+        registry.register(
+            TABLE_CHANGES,
+            "Changes of captured tables decoded from the stream, by table and operation",
+            m.table_changes.clone(),
         );
         registry.register(
             SLOT_LAG,

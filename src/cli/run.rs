@@ -122,10 +122,7 @@ async fn relay(
 fn started(config: &Config, origin: &str, sink: &str) {
     let database = config.source.url.masked();
     let table = OutboxTable::new(&config.source).qualified;
-    let mode = match config.source.mode {
-        SourceMode::Poll => "poll",
-        SourceMode::Logical => "logical",
-    };
+    let mode = config.source.mode.name();
     if config.sink.kind == crate::config::SinkKind::Log {
         let dir = &config.sink.log.dir;
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
@@ -164,13 +161,16 @@ pub fn sink_context(config: &Config) -> SinkContext {
 pub async fn migrate(config: &Config) -> Result<()> {
     let table = OutboxTable::new(&config.source);
     let mut session = crate::pg::connect(&config.source).await?;
-    let applied = crate::outbox::migrate::migrate(session.exclusive()?, &table).await?;
-    if applied.is_empty() {
-        tracing::info!(table = %table.qualified, "schema up to date");
-    } else {
-        tracing::info!(table = %table.qualified, versions = ?applied, "migrations applied");
+    // Change data capture alone has no outbox table.
+    if config.source.mode.uses_outbox() {
+        let applied = crate::outbox::migrate::migrate(session.exclusive()?, &table).await?;
+        if applied.is_empty() {
+            tracing::info!(table = %table.qualified, "schema up to date");
+        } else {
+            tracing::info!(table = %table.qualified, versions = ?applied, "migrations applied");
+        }
     }
-    if config.source.mode == SourceMode::Logical {
+    if config.source.mode.is_logical() {
         crate::source::logical::slot::prepare(&session.client, &config.source).await?;
     }
     Ok(())

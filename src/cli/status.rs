@@ -36,14 +36,17 @@ struct Status<'a> {
     standby_relays: i64,
 }
 
-/// Prints the status of the configured outbox.
+/// Prints the status of the configured outbox (in cdc mode, of the slot and captured tables).
 pub async fn run(config: &Config, json: bool) -> Result<()> {
     let table = OutboxTable::new(&config.source);
     let session = crate::pg::connect(&config.source).await?;
+    if config.source.mode == crate::config::SourceMode::Cdc {
+        return cdc(config, &session.client, json).await;
+    }
     crate::outbox::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;
     let blocking = config.relay.on_dead_letter == OnDeadLetter::BlockAggregate;
     let stats = sample(&session.client, &table, blocking).await?;
-    let logical = config.source.mode == crate::config::SourceMode::Logical;
+    let logical = config.source.mode.is_logical();
     let slot_lag_bytes = match logical {
         true => crate::source::logical::slot::lag(&session.client, &config.source.logical.slot)
             .await?
@@ -115,6 +118,30 @@ pub async fn run(config: &Config, json: bool) -> Result<()> {
     };
     println!("{:<16}{lag}", "slot lag");
     println!("{:<16}{}", "last publish", last);
+    Ok(())
+}
+
+/// `status` in cdc mode: there is no outbox table; the slot's lag and the captured tables.
+async fn cdc(config: &Config, client: &tokio_postgres::Client, json: bool) -> Result<()> {
+    let slot = &config.source.logical.slot;
+    let lag = crate::source::logical::slot::lag(client, slot).await?;
+    let lag = lag.map(|(bytes, _)| bytes);
+    let tables = crate::source::logical::tables::publication::resolve(client, &config.source)
+        .await?
+        .iter()
+        .map(|found| format!("{}.{}", found.schema, found.table))
+        .collect::<Vec<_>>();
+    if json {
+        let status = serde_json::json!({"mode": "cdc", "tables": tables, "slot_lag_bytes": lag});
+        println!("{status:#}");
+        return Ok(());
+    }
+    println!("{:<16}cdc", "mode");
+    println!("{:<16}{}", "tables", tables.join(", "));
+    match lag {
+        Some(bytes) => println!("{:<16}{bytes} bytes", "slot lag"),
+        None => println!("{:<16}slot {slot:?} does not exist", "slot lag"),
+    }
     Ok(())
 }
 

@@ -69,6 +69,9 @@ pub fn from_sources(
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true)
+            // OUTBOXD_SOURCE__CDC__TABLES="public.orders,inventory.*"; every other key stays text.
+            .list_separator(",")
+            .with_list_parse_key("source.cdc.tables")
             .source(Some(env.clone().into_iter().collect())),
     );
     let invalid = |reason: String| Error::new(ErrorKind::Config, reason);
@@ -178,6 +181,17 @@ mod tests {
     fn unknown_key_in_env_is_an_error_naming_it() {
         let err = from_sources(None, env(&[("OUTBOXD_SOURCE__URLL", "x")]), "test").unwrap_err();
         assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn cdc_tables_come_from_the_environment_as_a_comma_separated_list() {
+        let tables = [("OUTBOXD_SOURCE__CDC__TABLES", "public.orders,inventory.*")];
+        let servers = [("OUTBOXD_SINK__KAFKA__BOOTSTRAP_SERVERS", "a:9092,b:9092")];
+        let mode = ("OUTBOXD_SOURCE__MODE", "cdc");
+        let config = from_sources(None, env(&[mode, tables[0], servers[0]]), "test").unwrap();
+        assert_eq!(config.source.mode, super::super::SourceMode::Cdc);
+        assert_eq!(config.source.cdc.tables, ["public.orders", "inventory.*"]);
+        assert_eq!(config.sink.kafka.bootstrap_servers, "a:9092,b:9092");
     }
 
     #[test]

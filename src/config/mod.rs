@@ -4,6 +4,7 @@
 //! setting that silently does nothing. Defaults are documented on each field and shown in full by
 //! `outboxd check-config`.
 
+mod cdc;
 mod explain;
 mod load;
 mod logical;
@@ -14,6 +15,7 @@ pub use crate::secret::{Conninfo, DbUrl, MASK, Secret, mask_connection_string};
 pub use crate::sink::{
     AmqpSinkConfig, ExchangeType, KafkaSinkConfig, LogSinkConfig, SinkConfig, SinkKind,
 };
+pub use cdc::{CdcConfig, TablePattern};
 pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
 pub use logical::LogicalConfig;
 
@@ -64,7 +66,32 @@ pub enum SourceMode {
     Poll,
     /// Follow the outbox table's inserts (and event messages) through a logical replication
     /// slot with `pgoutput`; needs `wal_level = logical` and the REPLICATION attribute.
+    /// `source.cdc.tables` adds table changes through the same slot.
     Logical,
+    /// Change data capture only: the inserts, updates, deletes and truncates of the tables in
+    /// `source.cdc.tables`, through a logical replication slot; no outbox table.
+    Cdc,
+}
+
+impl SourceMode {
+    /// Whether the mode reads a logical replication slot (`logical` or `cdc`).
+    pub fn is_logical(self) -> bool {
+        matches!(self, SourceMode::Logical | SourceMode::Cdc)
+    }
+
+    /// Whether the mode reads the outbox table (`poll` or `logical`).
+    pub fn uses_outbox(self) -> bool {
+        matches!(self, SourceMode::Poll | SourceMode::Logical)
+    }
+
+    /// The mode's name as configured.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceMode::Poll => "poll",
+            SourceMode::Logical => "logical",
+            SourceMode::Cdc => "cdc",
+        }
+    }
 }
 
 /// What happens to an outbox row once its event is durably in the sink.
@@ -150,8 +177,11 @@ pub struct SourceConfig {
     pub table: TableConfig,
     /// Column names, for running against an outbox table that already exists.
     pub columns: ColumnsConfig,
-    /// Logical replication settings (used when `mode = "logical"`).
+    /// Logical replication settings (used when `mode = "logical"` or `"cdc"`).
     pub logical: LogicalConfig,
+    /// The tables whose changes are captured (`mode = "cdc"`, or beside the outbox in
+    /// `"logical"`).
+    pub cdc: CdcConfig,
 }
 
 impl Default for SourceConfig {
@@ -179,6 +209,7 @@ impl Default for SourceConfig {
             table: TableConfig::default(),
             columns: ColumnsConfig::default(),
             logical: LogicalConfig::default(),
+            cdc: CdcConfig::default(),
         }
     }
 }

@@ -45,6 +45,23 @@ impl Config {
             }
         }
         source.logical.validate()?;
+        source.cdc.validate(
+            source.mode == super::SourceMode::Cdc,
+            source.mode.is_logical(),
+        )?;
+        let outbox = super::TablePattern::Table {
+            schema: source.table.schema.clone(),
+            table: source.table.name.clone(),
+        };
+        if source.mode == super::SourceMode::Logical && source.cdc.patterns().contains(&outbox) {
+            return Err(Error::config(
+                "source.cdc.tables",
+                format!(
+                    "\"{outbox}\" is the outbox table, whose inserts logical mode already turns \
+                     into outbox events; remove it (or use mode = \"cdc\" to capture it as a table)"
+                ),
+            ));
+        }
         if source.tls.root_cert.is_some() && tls_mode == TlsMode::Disable {
             return Err(Error::config(
                 "source.tls.root_cert",

@@ -20,7 +20,7 @@ impl AnySource {
     pub async fn start(config: &SourceConfig, relay: &RelayConfig) -> Result<Self> {
         Ok(match config.mode {
             SourceMode::Poll => AnySource::Poll(Box::new(PollSource::start(config, relay).await?)),
-            SourceMode::Logical => {
+            SourceMode::Logical | SourceMode::Cdc => {
                 AnySource::Logical(Box::new(LogicalSource::start(config, relay).await?))
             }
         })

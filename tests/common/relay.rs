@@ -107,10 +107,12 @@ impl InProcessRelay {
 pub async fn migrate(config: &Config) {
     let table = outboxd::outbox::OutboxTable::new(&config.source);
     let mut session = outboxd::pg::connect(&config.source).await.expect("connect");
-    outboxd::outbox::migrate::migrate(session.exclusive().expect("unshared"), &table)
-        .await
-        .expect("migrate");
-    if config.source.mode == outboxd::config::SourceMode::Logical {
+    if config.source.mode.uses_outbox() {
+        outboxd::outbox::migrate::migrate(session.exclusive().expect("unshared"), &table)
+            .await
+            .expect("migrate");
+    }
+    if config.source.mode.is_logical() {
         outboxd::source::logical::slot::prepare(&session.client, &config.source)
             .await
             .expect("publication and slot");

@@ -4,6 +4,7 @@
 
 use super::mapping::Txn;
 use super::pending::Decoded;
+use super::tables::At;
 use super::{LogicalSource, slot};
 use crate::error::Result;
 use crate::event::Position;
@@ -18,12 +19,14 @@ impl LogicalSource {
             ReplicationEvent::Begin {
                 final_lsn,
                 commit_time_micros,
-                ..
+                xid,
             } => {
                 self.txn = Some(Txn {
                     position: Position(final_lsn.as_u64()),
                     commit_time: super::event::pg_time(commit_time_micros),
+                    xid,
                 });
+                self.tables.begin();
                 self.progress.begin(final_lsn.as_u64());
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
@@ -38,24 +41,60 @@ impl LogicalSource {
                 prefix,
                 content,
             } => self.message(transactional, lsn.as_u64(), &prefix, &content),
-            ReplicationEvent::XLogData { data, .. } => self.xlog(&data)?,
+            ReplicationEvent::XLogData {
+                data, wal_start, ..
+            } => self.xlog(&data, wal_start.as_u64())?,
             ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(false)
     }
 
-    /// A Relation or Insert (anything else in XLogData is skipped).
-    fn xlog(&mut self, data: &[u8]) -> Result<()> {
-        match pgoutput::decode(data)? {
-            Message::Relation(relation) => self.mapping.relation(&relation),
+    /// A Relation, or a change at `lsn`: an outbox insert, or a captured table's change
+    /// (anything else in XLogData is skipped).
+    fn xlog(&mut self, data: &[u8], lsn: u64) -> Result<()> {
+        let message = pgoutput::decode(data)?;
+        if let Message::Relation(relation) = &message {
+            self.mapping.relation(relation);
+            self.tables.relation(relation);
+            return Ok(());
+        }
+        let Some(txn) = self.txn else {
+            return Ok(());
+        };
+        let at = At { lsn, txn };
+        match message {
+            Message::Insert {
+                relation_id,
+                values,
+            } if self.tables.captures(relation_id) => {
+                if let Some(decoded) = self.tables.insert(relation_id, &values, at) {
+                    self.push(decoded);
+                }
+            }
             Message::Insert {
                 relation_id,
                 values,
             } => {
-                let Some(txn) = self.txn else {
-                    return Ok(());
-                };
                 if let Some(decoded) = self.mapping.insert(relation_id, &values, txn)? {
+                    self.push(decoded);
+                }
+            }
+            Message::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                for decoded in self.tables.update(relation_id, old.as_ref(), &new, at) {
+                    self.push(decoded);
+                }
+            }
+            Message::Delete { relation_id, old } => {
+                if let Some(decoded) = self.tables.delete(relation_id, &old, at) {
+                    self.push(decoded);
+                }
+            }
+            Message::Truncate { relation_ids, .. } => {
+                for decoded in self.tables.truncate(&relation_ids, at) {
                     self.push(decoded);
                 }
             }
@@ -105,6 +144,19 @@ impl LogicalSource {
             return;
         }
         self.progress.decoded(position);
+        if let Decoded::Event(event) = &item
+            && let crate::event::Origin::Table { schema, table } = &event.origin
+        {
+            let labels = crate::metrics::TableLabels {
+                schema: schema.clone(),
+                table: table.clone(),
+                op: event.op.name(),
+            };
+            crate::metrics::get()
+                .table_changes
+                .get_or_create(&labels)
+                .inc();
+        }
         self.pending.push(item);
     }
 }

@@ -22,8 +22,16 @@ impl LogicalSource {
                 return Ok(None);
             };
             slot::heartbeat(&sql.client, &self.config.logical.message_prefix).await?;
-            let membership = publication::membership(&sql.client, &self.config, &self.table);
-            let membership = membership.await?;
+            let membership = match self.config.mode.uses_outbox() {
+                true => publication::membership(&sql.client, &self.config, &self.table).await?,
+                false => Membership::Covered,
+            };
+            if !self.tables.is_empty() {
+                self.refresh_tables().await?;
+            }
+            let Some(sql) = &self.sql else {
+                return Ok(None);
+            };
             let lag = slot::lag(&sql.client, &self.config.logical.slot).await?;
             Ok::<_, crate::error::Error>(Some((membership, lag)))
         }
@@ -58,6 +66,24 @@ impl LogicalSource {
                 tracing::warn!(error = %err.chain(), "heartbeat failed");
             }
         }
+        Ok(())
+    }
+
+    /// Adds tables created since that a `schema.*` entry matches (with `source.auto_migrate`),
+    /// and re-reads keys and types for the table mapping.
+    async fn refresh_tables(&mut self) -> Result<()> {
+        let Some(sql) = &self.sql else {
+            return Ok(());
+        };
+        if self.config.auto_migrate {
+            let added = super::tables::publication::add_new(&sql.client, &self.config).await?;
+            if !added.is_empty() {
+                tracing::info!(tables = %added.join(", "), "new tables captured from now on");
+            }
+        }
+        let patterns = self.config.cdc.patterns();
+        let catalog = super::tables::catalog::load(&sql.client, &patterns).await?;
+        self.tables.set_catalog(catalog);
         Ok(())
     }
 

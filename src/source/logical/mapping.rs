@@ -30,6 +30,8 @@ pub(super) struct Txn {
     pub(super) position: Position,
     /// Its commit time, the `created_at` of emitted events.
     pub(super) commit_time: DateTime<Utc>,
+    /// Its transaction id.
+    pub(super) xid: u32,
 }
 
 /// What a relation of the stream is to outboxd.
@@ -57,6 +59,8 @@ pub(super) struct OutboxMapping {
     table: OutboxTable,
     /// Relations announced on this stream: what each is to outboxd.
     relations: HashMap<u32, Layout>,
+    /// Whether the outbox table is read (`logical` mode; not `cdc`).
+    outbox: bool,
 }
 
 impl OutboxMapping {
@@ -66,6 +70,7 @@ impl OutboxMapping {
             config: config.clone(),
             table: table.clone(),
             relations: HashMap::new(),
+            outbox: config.mode.uses_outbox(),
         }
     }
 
@@ -77,7 +82,9 @@ impl OutboxMapping {
     /// Learns what a relation is: the outbox (with its columns, or missing some), or another
     /// table.
     pub(super) fn relation(&mut self, relation: &Relation) {
-        let ours = relation.namespace == self.table.schema && relation.name == self.table.name;
+        let ours = self.outbox
+            && relation.namespace == self.table.schema
+            && relation.name == self.table.name;
         let layout = match ours {
             false => Layout::Other,
             true => {

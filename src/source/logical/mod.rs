@@ -62,6 +62,7 @@ mod resume;
 pub mod slot;
 mod standby;
 mod stream;
+pub mod tables;
 mod timestamp;
 
 use super::{Batch, Source};
@@ -79,6 +80,7 @@ use replay::Replay;
 use resume::Resume;
 use standby::Standby;
 use std::time::Duration;
+use tables::TableMapping;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +103,8 @@ pub struct LogicalSource {
     sql: Option<Session>,
     /// What the stream's changes are as events (the outbox's rows, event messages).
     mapping: OutboxMapping,
+    /// What the captured tables' changes are as events (change data capture).
+    tables: TableMapping,
     /// The transaction being decoded, between Begin and Commit.
     txn: Option<Txn>,
     /// Events and rows that cannot become events, decoded and not yet handed out.
@@ -131,14 +135,30 @@ impl LogicalSource {
     pub async fn start(config: &SourceConfig, relay: &RelayConfig) -> Result<Self> {
         let table = OutboxTable::new(config);
         let session = crate::pg::connect(config).await?;
-        crate::outbox::migrate::verify(&session.client, &table, &config.columns.all()).await?;
-        publication::check(&session.client, config, &table).await?;
+        if config.mode.uses_outbox() {
+            crate::outbox::migrate::verify(&session.client, &table, &config.columns.all()).await?;
+            publication::check(&session.client, config, &table).await?;
+        }
+        let patterns = config.cdc.patterns();
+        let catalog = match patterns.is_empty() {
+            true => tables::catalog::Catalog::default(),
+            false => {
+                tables::publication::check(&session.client, config).await?;
+                tables::catalog::load(&session.client, &patterns).await?
+            }
+        };
         slot::check_slot(&session.client, config).await?;
         history::record_quietly(&session.client, &table, &config.logical.slot, false).await;
         Ok(LogicalSource {
             config: config.clone(),
             relay: relay.clone(),
             mapping: OutboxMapping::new(config, &table),
+            tables: TableMapping::new(
+                patterns,
+                tables::publication::own_tables(config),
+                catalog,
+                config.max_event_bytes,
+            ),
             table,
             stream: None,
             sql: Some(session),
@@ -163,6 +183,7 @@ impl LogicalSource {
             stream.abort();
         }
         self.mapping.clear();
+        self.tables.clear();
         self.txn = None;
         self.pending.clear();
         self.progress.rewind();

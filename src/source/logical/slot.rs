@@ -23,7 +23,13 @@ pub async fn prepare(client: &Client, source: &SourceConfig) -> Result<()> {
     let table = OutboxTable::new(source);
     check_prerequisites(client, &logical.slot).await?;
     let slot_exists = slot_status(client, &logical.slot).await?.is_some();
-    publication::ensure(client, source, &table, slot_exists).await?;
+    let outbox = source.mode.uses_outbox().then_some(&table);
+    if !source.cdc.tables.is_empty() {
+        super::tables::publication::ensure(client, source, outbox, slot_exists).await?;
+    }
+    if outbox.is_some() {
+        publication::ensure(client, source, &table, slot_exists).await?;
+    }
     if let Err(err) = history::create_table(client, &table).await {
         tracing::warn!(error = %err.chain(), "cannot keep slot records; a dropped slot would \
             not be told from a new one");
