@@ -32,7 +32,7 @@ pub async fn run(config: &Config, origin: &str) -> Result<()> {
     // Served before the sink opens, so a relay standing by for the log answers /readyz.
     let http = match config.http.enabled {
         true => Some(
-            crate::http::serve(&config.http.listen, shutdown.clone())
+            crate::http::serve_with(&config.http, &config.sink.log.dir, shutdown.clone())
                 .await?
                 .1,
         ),

@@ -10,6 +10,7 @@ use self::cut_back::{Failure, IoFailure};
 use super::frame;
 use super::index::{self, Entry, Sampler};
 use super::record::NewRecord;
+use super::notify::{self, DurableEnd};
 use super::{Durability, WriterOptions, permissions, recovery, retention, segment};
 use crate::error::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
 
 /// Name of the file whose lock marks the directory's writer.
 const LOCK_FILE: &str = "LOCK";
@@ -75,6 +77,8 @@ pub struct LogWriter {
     retention_checked: Instant,
     /// Set by the first failed fsync (or failed cut-back): what failed, for every later error.
     poisoned: Option<String>,
+    /// Announces how far the log is durable to followers in this process (see `notify.rs`).
+    durable: watch::Sender<DurableEnd>,
     /// Test hook: makes a coming segment write fail part-way, as on a full disk.
     #[cfg(test)]
     fail_write: Option<FailWrite>,
@@ -121,6 +125,10 @@ impl LogWriter {
             sampler.take(last.pos);
         }
         retention::apply(dir, &options, SystemTime::now())?;
+        // Everything recovered is durable (fsynced above) or, with `none`, as durable as that
+        // mode makes anything.
+        let durable = notify::channel(dir);
+        notify::announce(&durable, recovered.next_offset);
         Ok(LogWriter {
             dir: dir.to_owned(),
             options,
@@ -137,6 +145,7 @@ impl LogWriter {
             next_offset: recovered.next_offset,
             retention_checked: Instant::now(),
             poisoned: None,
+            durable,
             #[cfg(test)]
             fail_write: None,
         })
@@ -175,6 +184,11 @@ impl LogWriter {
         };
         self.last_at = appended_at;
         self.next_offset = first + batch.len() as u64;
+        if self.options.durability != Durability::Interval {
+            // `batch`: fsynced; `none`: written, all that mode promises. `interval`: the
+            // syncer announces after its fsync.
+            notify::announce(&self.durable, self.next_offset);
+        }
         if rolled || self.retention_checked.elapsed() >= RETENTION_CHECK {
             self.apply_retention();
         }
@@ -216,6 +230,12 @@ impl LogWriter {
         tracing::error!(error = %cause, "embedded log poisoned");
         self.poisoned.get_or_insert(cause);
         Error::with_source(ErrorKind::SinkPoisoned, message, err)
+    }
+
+    /// The channel announcing how far the log is durable (the syncer announces its fsyncs on
+    /// it).
+    pub(crate) fn durable_channel(&self) -> watch::Sender<DurableEnd> {
+        self.durable.clone()
     }
 
     /// Offset the next appended record will get.
@@ -353,6 +373,13 @@ impl LogWriter {
         self.segment_first_at = None;
         self.sampler = Sampler::new(self.options.index_interval_bytes);
         Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    /// Tells followers in this process that nobody here announces this log any more.
+    fn drop(&mut self) {
+        notify::forget(&self.durable);
     }
 }
 

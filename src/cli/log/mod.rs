@@ -353,7 +353,7 @@ impl Output {
 
     /// Prints one record as a JSON line; `false` once the reader of our output went away.
     fn print(&mut self, record: &Record) -> Result<bool> {
-        let line = serde_json::to_string(record)
+        let line = serde_json::to_string(&record.view())
             .map_err(|err| Error::with_source(ErrorKind::Internal, "encoding a record", err))?;
         match writeln!(self.stdout, "{line}").and_then(|_| self.stdout.flush()) {
             Ok(()) => Ok(true),

@@ -1,0 +1,123 @@
+use super::*;
+use crate::log::testing::append_range;
+use crate::log::{LogWriter, WriterOptions};
+
+/// A log of `n` events (keys `order-0` … `order-6`, by number modulo 7) in a fresh directory.
+fn log_of(n: u64) -> (tempfile::TempDir, LogWriter) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = LogWriter::open(dir.path(), WriterOptions::DEFAULT).unwrap();
+    if n > 0 {
+        append_range(&mut writer, 0..n, 10);
+    }
+    (dir, writer)
+}
+
+/// Offsets of `handed`.
+fn offsets(handed: &[Handed]) -> Vec<u64> {
+    handed.iter().map(|h| h.record.offset).collect()
+}
+
+/// Ack ids of `handed`.
+fn ids(handed: &[Handed]) -> Vec<String> {
+    handed.iter().map(|h| h.ack_id.clone()).collect()
+}
+
+const VISIBLE: Duration = Duration::from_secs(30);
+
+#[test]
+fn while_a_message_of_a_key_is_out_no_later_message_of_that_key_is_handed_out() {
+    let (dir, _writer) = log_of(14);
+    let mut queue = GroupQueue::open(dir.path(), "g", None, 100).unwrap();
+    let now = Instant::now();
+    let first = queue.receive(100, VISIBLE, now).unwrap();
+    assert_eq!(offsets(&first), (0..7).collect::<Vec<_>>(), "one per key");
+    assert!(queue.receive(100, VISIBLE, now).unwrap().is_empty());
+    // Acking offset 3 (key order-3) frees offset 10, the next of that key, and only it.
+    assert_eq!(queue.ack(&ids(&first[3..4])).unwrap(), 1);
+    assert_eq!(offsets(&queue.receive(100, VISIBLE, now).unwrap()), vec![10]);
+}
+
+#[test]
+fn a_message_not_acked_within_its_visibility_timeout_is_handed_out_again_and_a_stale_ack_is_ignored()
+ {
+    let (dir, _writer) = log_of(1);
+    let mut queue = GroupQueue::open(dir.path(), "g", None, 100).unwrap();
+    let now = Instant::now();
+    let first = queue.receive(10, VISIBLE, now).unwrap();
+    assert!(queue.receive(10, VISIBLE, now + VISIBLE / 2).unwrap().is_empty());
+    let again = queue.receive(10, VISIBLE, now + VISIBLE).unwrap();
+    assert_eq!(offsets(&again), vec![0]);
+    assert!(again[0].redelivered);
+    assert_eq!(queue.redeliveries, 1);
+    assert_eq!(queue.ack(&ids(&first)).unwrap(), 0, "that delivery is over");
+    assert_eq!(queue.ack(&ids(&again)).unwrap(), 1);
+    assert_eq!(queue.committed(), 1);
+}
+
+#[test]
+fn a_nacked_message_comes_back_after_its_delay_and_keeps_its_key_blocked_until_then() {
+    let (dir, _writer) = log_of(8);
+    let mut queue = GroupQueue::open(dir.path(), "g", None, 100).unwrap();
+    let now = Instant::now();
+    let first = queue.receive(1, VISIBLE, now).unwrap();
+    assert_eq!(offsets(&first), vec![0]);
+    let delay = VISIBLE / 3;
+    assert_eq!(queue.nack(&ids(&first), delay, now).unwrap(), 1);
+    let others = queue.receive(100, VISIBLE, now).unwrap();
+    assert_eq!(offsets(&others), (1..7).collect::<Vec<_>>(), "not 0, not 7");
+    assert_eq!(queue.next_timer(), Some(now + delay));
+    assert!(queue.receive(100, VISIBLE, now + delay / 2).unwrap().is_empty());
+    assert_eq!(offsets(&queue.receive(100, VISIBLE, now + delay).unwrap()), vec![0]);
+}
+
+#[test]
+fn no_more_than_max_in_flight_messages_are_out_at_once() {
+    let (dir, _writer) = log_of(20);
+    let mut queue = GroupQueue::open(dir.path(), "g", None, 3).unwrap();
+    let now = Instant::now();
+    let out = queue.receive(100, VISIBLE, now).unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(queue.receive(100, VISIBLE, now).unwrap().is_empty());
+    queue.ack(&ids(&out[..1])).unwrap();
+    assert_eq!(queue.receive(100, VISIBLE, now).unwrap().len(), 1);
+}
+
+#[test]
+fn acks_out_of_order_survive_reopening_and_acked_messages_are_never_handed_out_again() {
+    let (dir, _writer) = log_of(7);
+    let now = Instant::now();
+    {
+        let mut queue = GroupQueue::open(dir.path(), "g", None, 100).unwrap();
+        let out = queue.receive(100, VISIBLE, now).unwrap();
+        // Ack 1, 2 and 5, not 0: the committed offset stays at 0.
+        let acked: Vec<String> = [1, 2, 5].iter().map(|&i| out[i].ack_id.clone()).collect();
+        assert_eq!(queue.ack(&acked).unwrap(), 3);
+        assert_eq!(queue.committed(), 0);
+    }
+    let mut queue = GroupQueue::open(dir.path(), "g", None, 100).unwrap();
+    let out = queue.receive(100, VISIBLE, now).unwrap();
+    assert_eq!(offsets(&out), vec![0, 3, 4, 6]);
+    queue.ack(&ids(&out)).unwrap();
+    assert_eq!(queue.committed(), 7);
+    let group = ConsumerGroup::open(dir.path(), "g").unwrap();
+    assert_eq!(group.offset().unwrap(), Some(7), "log read --group sees it");
+}
+
+#[test]
+fn a_group_keeps_the_topic_it_was_created_with() {
+    let (dir, _writer) = log_of(3);
+    let mut queue = GroupQueue::open(dir.path(), "g", Some("invoices"), 100).unwrap();
+    assert!(queue.receive(100, VISIBLE, Instant::now()).unwrap().is_empty());
+    assert!(queue.check_topic("g", Some("orders")).is_err());
+    let mut orders = GroupQueue::open(dir.path(), "h", Some("orders"), 100).unwrap();
+    assert_eq!(orders.receive(100, VISIBLE, Instant::now()).unwrap().len(), 3);
+}
+
+#[test]
+fn a_malformed_ack_id_is_refused_naming_the_field() {
+    let (dir, _writer) = log_of(1);
+    let mut queue = GroupQueue::open(dir.path(), "g", None, 100).unwrap();
+    let err = queue.ack(&["nope".to_owned()]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert!(err.to_string().starts_with("ack_ids:"), "{err}");
+}
