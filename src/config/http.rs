@@ -99,7 +99,10 @@ impl HttpConfig {
                 64 << 20,
             )?;
             if consume.tokens.iter().any(Secret::is_empty) {
-                return Err(Error::config("http.consume.tokens", "must not be empty strings"));
+                return Err(Error::config(
+                    "http.consume.tokens",
+                    "must not be empty strings",
+                ));
             }
             if consume.tokens.is_empty() && !addr.ip().is_loopback() {
                 return Err(Error::config(

@@ -15,8 +15,8 @@ pub use crate::secret::{Conninfo, DbUrl, MASK, Secret, mask_connection_string};
 pub use crate::sink::{
     AmqpSinkConfig, ExchangeType, KafkaSinkConfig, LogSinkConfig, SinkConfig, SinkKind,
 };
-pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
 pub use http::{ConsumeConfig, HttpConfig, HttpTlsConfig};
+pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
 pub use logical::LogicalConfig;
 
 use serde::{Deserialize, Serialize};

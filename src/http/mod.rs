@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Most connections served at once. Well below any file-descriptor limit, so scrapers (or
@@ -100,10 +100,7 @@ pub async fn serve_with(
         .then(|| consume::Api::new(&config.consume, log_dir));
     let metrics_consume = consume.clone();
     let mut app = Router::new()
-        .route(
-            "/metrics",
-            get(move || metrics(metrics_consume.clone())),
-        )
+        .route("/metrics", get(move || metrics(metrics_consume.clone())))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
     let limits = match &consume {

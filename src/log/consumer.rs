@@ -123,7 +123,11 @@ impl Consumer {
                 return Ok(None);
             }
             self.position = record.offset + 1;
-            if self.topic.as_ref().is_none_or(|topic| &record.topic == topic) {
+            if self
+                .topic
+                .as_ref()
+                .is_none_or(|topic| &record.topic == topic)
+            {
                 return Ok(Some(record));
             }
         }

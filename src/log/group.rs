@@ -71,7 +71,8 @@ impl ConsumerGroup {
         };
         let mut names = BTreeSet::new();
         for entry in entries {
-            let entry = entry.map_err(|err| Error::io(format!("listing {}", dir.display()), err))?;
+            let entry =
+                entry.map_err(|err| Error::io(format!("listing {}", dir.display()), err))?;
             let file = entry.file_name().to_string_lossy().into_owned();
             let name = file.strip_suffix(".offset").or(file.strip_suffix(".acks"));
             if let Some(name) = name.filter(|name| !name.starts_with('.')) {
@@ -199,7 +200,10 @@ impl ConsumerGroup {
         match std::fs::remove_file(self.acks_path()) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(Error::io(format!("committing {}", self.path.display()), err)),
+            Err(err) => Err(Error::io(
+                format!("committing {}", self.path.display()),
+                err,
+            )),
         }
     }
 
@@ -243,7 +247,11 @@ mod tests {
         group.save_ack_state(&state).unwrap();
         let again = ConsumerGroup::open(dir.path(), "shipping").unwrap();
         assert_eq!(again.ack_state().unwrap(), state);
-        assert_eq!(again.offset().unwrap(), Some(5), "log read --group starts there");
+        assert_eq!(
+            again.offset().unwrap(),
+            Some(5),
+            "log read --group starts there"
+        );
         assert_eq!(ConsumerGroup::list(dir.path()).unwrap(), vec!["shipping"]);
         again.commit(8).unwrap();
         assert_eq!(again.ack_state().unwrap().committed, 8);

@@ -88,7 +88,10 @@ impl GroupMetrics {
         let raise = |counter: &Counter, total: u64| {
             counter.inc_by(total.saturating_sub(counter.get()));
         };
-        raise(&self.redeliveries.get_or_create(&labels), status.redeliveries);
+        raise(
+            &self.redeliveries.get_or_create(&labels),
+            status.redeliveries,
+        );
         raise(&self.acks.get_or_create(&labels), status.acks);
     }
 }

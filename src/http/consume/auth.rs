@@ -26,7 +26,11 @@ pub async fn require(State(api): State<Api>, request: Request, next: Next) -> Re
         .map(str::trim);
     let accepted = offered.is_some_and(|offered| {
         tokens.iter().fold(0u8, |found, token| {
-            found | offered.as_bytes().ct_eq(token.expose().as_bytes()).unwrap_u8()
+            found
+                | offered
+                    .as_bytes()
+                    .ct_eq(token.expose().as_bytes())
+                    .unwrap_u8()
         }) == 1
     });
     if accepted {

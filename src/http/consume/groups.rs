@@ -32,7 +32,10 @@ pub async fn receive(
 ) -> Result<impl IntoResponse, ApiError> {
     body.only(&["max", "wait_ms", "visibility_ms", "topic"])?;
     let request = Receive {
-        max: body.number("max", MAX_RECEIVE)?.unwrap_or(DEFAULT_RECEIVE).max(1) as usize,
+        max: body
+            .number("max", MAX_RECEIVE)?
+            .unwrap_or(DEFAULT_RECEIVE)
+            .max(1) as usize,
         wait: Duration::from_millis(body.number("wait_ms", MAX_WAIT_MS)?.unwrap_or(0)),
         visibility: Duration::from_millis(
             body.number("visibility_ms", MAX_VISIBILITY_MS)?

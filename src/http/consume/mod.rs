@@ -58,7 +58,10 @@ impl Api {
             .route("/v1/records", get(records::records))
             .route("/v1/stream", get(records::stream))
             .route("/v1/groups", get(groups::list))
-            .route("/v1/groups/{group}", get(groups::status).delete(groups::delete))
+            .route(
+                "/v1/groups/{group}",
+                get(groups::status).delete(groups::delete),
+            )
             .route("/v1/groups/{group}/receive", post(groups::receive))
             .route("/v1/groups/{group}/ack", post(groups::ack))
             .route("/v1/groups/{group}/nack", post(groups::nack))

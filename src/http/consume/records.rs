@@ -29,7 +29,10 @@ const STREAM_BATCH: usize = 512;
 pub async fn records(State(api): State<Api>, uri: Uri) -> Result<impl IntoResponse, ApiError> {
     let query = Query::of(&uri);
     let from = query.number("from", u64::MAX - 1)?.unwrap_or(0);
-    let limit = query.number("limit", MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT).max(1) as usize;
+    let limit = query
+        .number("limit", MAX_LIMIT)?
+        .unwrap_or(DEFAULT_LIMIT)
+        .max(1) as usize;
     let wait = Duration::from_millis(query.number("wait_ms", MAX_WAIT_MS)?.unwrap_or(0));
     let topic = query.string("topic");
     let deadline = Instant::now() + wait;

@@ -46,9 +46,7 @@ impl From<Error> for ApiError {
         let status = match err.kind() {
             ErrorKind::Invalid | ErrorKind::Config => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::SinkPoisoned | ErrorKind::SinkUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorKind::SinkPoisoned | ErrorKind::SinkUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

@@ -53,7 +53,10 @@ async fn in_interval_mode_a_record_is_handed_out_only_after_the_syncer_fsynced_i
     let syncer = Syncer::start(writer.clone(), Duration::from_secs(3600)).unwrap();
     let mut consumer = Consumer::open(dir.path(), Start::Offset(0)).unwrap();
     append_range(&mut writer.lock().unwrap(), 0..2, 10);
-    assert!(consumer.next().unwrap().is_none(), "written but not fsynced yet");
+    assert!(
+        consumer.next().unwrap().is_none(),
+        "written but not fsynced yet"
+    );
     {
         let mut waiting = std::pin::pin!(consumer.wait());
         tokio::task::yield_now().await;
@@ -84,7 +87,10 @@ async fn a_consumer_starts_at_an_offset_a_time_or_a_group_and_filters_by_topic()
     append_range(&mut writer, 5..10, 10);
 
     let mut from_offset = Consumer::open(dir.path(), Start::Offset(7)).unwrap();
-    assert_eq!(offsets(&from_offset.next_batch(100).unwrap()), vec![7, 8, 9]);
+    assert_eq!(
+        offsets(&from_offset.next_batch(100).unwrap()),
+        vec![7, 8, 9]
+    );
 
     let mut from_time = Consumer::open(dir.path(), Start::Time(middle)).unwrap();
     assert_eq!(
@@ -102,7 +108,11 @@ async fn a_consumer_starts_at_an_offset_a_time_or_a_group_and_filters_by_topic()
         .unwrap()
         .with_topic(Some("invoices".into()));
     assert!(none.next_batch(100).unwrap().is_empty());
-    assert_eq!(none.position(), 10, "skipped records still move the position");
+    assert_eq!(
+        none.position(),
+        10,
+        "skipped records still move the position"
+    );
     let mut orders = Consumer::open(dir.path(), Start::Offset(0))
         .unwrap()
         .with_topic(Some("orders".into()));

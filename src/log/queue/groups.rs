@@ -4,8 +4,8 @@
 
 use super::{GroupQueue, Handed};
 use crate::error::{Error, ErrorKind, Result};
-use crate::log::notify::{self, DurableEnd};
 use crate::log::consumer::blocking;
+use crate::log::notify::{self, DurableEnd};
 use crate::log::{ConsumerGroup, LogReader, UNANNOUNCED_RECHECK};
 use chrono::Utc;
 use std::collections::HashMap;

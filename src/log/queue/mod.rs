@@ -105,8 +105,8 @@ impl GroupQueue {
             state.topic = topic.map(str::to_owned);
         }
         check_topic(name, &state, topic)?;
-        let consumer = Consumer::open(dir, Start::Offset(state.committed))?
-            .with_topic(state.topic.clone());
+        let consumer =
+            Consumer::open(dir, Start::Offset(state.committed))?.with_topic(state.topic.clone());
         Ok(GroupQueue {
             group,
             state,
@@ -129,7 +129,12 @@ impl GroupQueue {
     /// Hands out up to `max` messages for `visibility`: the oldest unacked message of each key
     /// that is not out and not delayed, in offset order, within `max_in_flight`. Blocking I/O
     /// (reads ahead).
-    pub fn receive(&mut self, max: usize, visibility: Duration, now: Instant) -> Result<Vec<Handed>> {
+    pub fn receive(
+        &mut self,
+        max: usize,
+        visibility: Duration,
+        now: Instant,
+    ) -> Result<Vec<Handed>> {
         self.expire(now);
         self.read_ahead()?;
         let room = self.max_in_flight.saturating_sub(self.in_flight).min(max);
@@ -183,7 +188,10 @@ impl GroupQueue {
         // Durable first: the new state is written before the messages leave memory.
         let mut state = self.state.clone();
         state.acked.extend(&offsets);
-        let lowest_unacked = self.messages.keys().find(|offset| !offsets.contains(offset));
+        let lowest_unacked = self
+            .messages
+            .keys()
+            .find(|offset| !offsets.contains(offset));
         state.committed = lowest_unacked.map_or(self.consumer.position(), |&offset| offset);
         let committed = state.committed;
         state.acked.retain(|&acked| acked >= committed);
@@ -316,5 +324,10 @@ fn check_topic(name: &str, state: &AckState, topic: Option<&str>) -> Result<()> 
 fn parse_ack_id(id: &str) -> Result<(u64, u64)> {
     id.split_once('-')
         .and_then(|(offset, delivery)| Some((offset.parse().ok()?, delivery.parse().ok()?)))
-        .ok_or_else(|| Error::new(ErrorKind::Invalid, format!("ack_ids: {id:?} is not an ack id")))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("ack_ids: {id:?} is not an ack id"),
+            )
+        })
 }

@@ -34,7 +34,10 @@ fn while_a_message_of_a_key_is_out_no_later_message_of_that_key_is_handed_out() 
     assert!(queue.receive(100, VISIBLE, now).unwrap().is_empty());
     // Acking offset 3 (key order-3) frees offset 10, the next of that key, and only it.
     assert_eq!(queue.ack(&ids(&first[3..4])).unwrap(), 1);
-    assert_eq!(offsets(&queue.receive(100, VISIBLE, now).unwrap()), vec![10]);
+    assert_eq!(
+        offsets(&queue.receive(100, VISIBLE, now).unwrap()),
+        vec![10]
+    );
 }
 
 #[test]
@@ -44,7 +47,12 @@ fn a_message_not_acked_within_its_visibility_timeout_is_handed_out_again_and_a_s
     let mut queue = GroupQueue::open(dir.path(), "g", None, 100).unwrap();
     let now = Instant::now();
     let first = queue.receive(10, VISIBLE, now).unwrap();
-    assert!(queue.receive(10, VISIBLE, now + VISIBLE / 2).unwrap().is_empty());
+    assert!(
+        queue
+            .receive(10, VISIBLE, now + VISIBLE / 2)
+            .unwrap()
+            .is_empty()
+    );
     let again = queue.receive(10, VISIBLE, now + VISIBLE).unwrap();
     assert_eq!(offsets(&again), vec![0]);
     assert!(again[0].redelivered);
@@ -66,8 +74,16 @@ fn a_nacked_message_comes_back_after_its_delay_and_keeps_its_key_blocked_until_t
     let others = queue.receive(100, VISIBLE, now).unwrap();
     assert_eq!(offsets(&others), (1..7).collect::<Vec<_>>(), "not 0, not 7");
     assert_eq!(queue.next_timer(), Some(now + delay));
-    assert!(queue.receive(100, VISIBLE, now + delay / 2).unwrap().is_empty());
-    assert_eq!(offsets(&queue.receive(100, VISIBLE, now + delay).unwrap()), vec![0]);
+    assert!(
+        queue
+            .receive(100, VISIBLE, now + delay / 2)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        offsets(&queue.receive(100, VISIBLE, now + delay).unwrap()),
+        vec![0]
+    );
 }
 
 #[test]
@@ -107,10 +123,18 @@ fn acks_out_of_order_survive_reopening_and_acked_messages_are_never_handed_out_a
 fn a_group_keeps_the_topic_it_was_created_with() {
     let (dir, _writer) = log_of(3);
     let mut queue = GroupQueue::open(dir.path(), "g", Some("invoices"), 100).unwrap();
-    assert!(queue.receive(100, VISIBLE, Instant::now()).unwrap().is_empty());
+    assert!(
+        queue
+            .receive(100, VISIBLE, Instant::now())
+            .unwrap()
+            .is_empty()
+    );
     assert!(queue.check_topic("g", Some("orders")).is_err());
     let mut orders = GroupQueue::open(dir.path(), "h", Some("orders"), 100).unwrap();
-    assert_eq!(orders.receive(100, VISIBLE, Instant::now()).unwrap().len(), 3);
+    assert_eq!(
+        orders.receive(100, VISIBLE, Instant::now()).unwrap().len(),
+        3
+    );
 }
 
 #[test]
