@@ -89,4 +89,4 @@ pub use self::reader::LogReader;
 pub use self::record::{NewRecord, Record, RecordView};
 pub(crate) use self::syncer::lock as lock_writer;
 pub use self::syncer::{Durable, SyncProbe, Syncer};
-pub use self::writer::LogWriter;
+pub use self::writer::{LogWriter, create_dir};

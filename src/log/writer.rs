@@ -409,8 +409,9 @@ fn open_append(path: &Path) -> Result<File, IoFailure> {
 }
 
 /// Creates `dir` with `mode` if missing (narrowing it to `mode` if it exists with more), and
-/// makes its entry in the parent durable.
-fn create_dir(dir: &Path, mode: u32) -> Result<()> {
+/// makes its entry in the parent durable. Readers that start before the writer (the HTTP
+/// consumer API) call it so they find an empty log rather than none.
+pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
     let create_error = |err| Error::io(format!("creating log directory {}", dir.display()), err);
     if !permissions::ensure_dir(dir, mode).map_err(create_error)? {
         return Ok(());

@@ -74,6 +74,20 @@ pub async fn call(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> Answer {
+    try_call(addr, method, path, token, body)
+        .await
+        .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+}
+
+/// [`call`] that returns an error instead of panicking when the server is gone (refused, reset
+/// or closed before a whole answer).
+pub async fn try_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> std::io::Result<Answer> {
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut request = format!("{method} {path} HTTP/1.0\r\nHost: test\r\n");
     if let Some(token) = token {
@@ -83,18 +97,20 @@ pub async fn call(
         request.push_str("Content-Type: application/json\r\n");
     }
     request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
+    stream.read_to_end(&mut response).await?;
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response[9..12].parse().expect("status");
+    let Some(status) = response.get(9..12).and_then(|code| code.parse().ok()) else {
+        return Err(std::io::Error::other("no HTTP answer"));
+    };
     let text = response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer { status, json, text }
+    Ok(Answer { status, json, text })
 }
 
 /// `call` with [`TOKEN`], panicking unless the answer is 200; returns the JSON.
