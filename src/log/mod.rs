@@ -58,7 +58,7 @@
 //! corruption.
 
 pub(crate) mod codec;
-pub(crate) mod consumer;
+pub mod consumer;
 mod durability;
 pub(crate) mod frame;
 mod group;
