@@ -216,6 +216,10 @@ async fn metrics(consume: Option<consume::Api>) -> impl IntoResponse {
     if let Some(api) = consume {
         api.refresh_metrics().await;
     }
+    crate::metrics::get().groups.observe_retention(
+        crate::log::held_segments(),
+        crate::log::unacked_deleted_records(),
+    );
     (
         [(
             header::CONTENT_TYPE,

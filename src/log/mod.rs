@@ -87,6 +87,7 @@ pub use self::options::WriterOptions;
 pub use self::permissions::DEFAULT_DIR_MODE;
 pub use self::reader::LogReader;
 pub use self::record::{NewRecord, Record, RecordView};
+pub use self::retention::{held_segments, unacked_deleted_records};
 pub(crate) use self::syncer::lock as lock_writer;
 pub use self::syncer::{Durable, SyncProbe, Syncer};
 pub use self::writer::{LogWriter, create_dir};

@@ -19,6 +19,11 @@ pub const GROUP_REDELIVERIES: &str = "outboxd_consumer_group_redeliveries";
 /// Messages of a group acked.
 pub const GROUP_ACKS: &str = "outboxd_consumer_group_acks";
 
+/// Segments past a retention limit kept because a consumer group has not acked their records.
+pub const RETENTION_HELD: &str = "outboxd_log_retention_held_segments";
+/// Records retention deleted before every group acked them (`retention_over_groups`).
+pub const RETENTION_UNACKED_DELETED: &str = "outboxd_log_retention_unacked_deleted_records";
+
 /// Labels naming a group.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
@@ -39,6 +44,10 @@ pub struct GroupMetrics {
     pub redeliveries: Family<GroupLabels, Counter>,
     /// See [`GROUP_ACKS`].
     pub acks: Family<GroupLabels, Counter>,
+    /// See [`RETENTION_HELD`].
+    pub retention_held: Gauge,
+    /// See [`RETENTION_UNACKED_DELETED`].
+    pub retention_unacked_deleted: Counter,
 }
 
 impl GroupMetrics {
@@ -69,6 +78,23 @@ impl GroupMetrics {
             "Messages of a consumer group acked",
             self.acks.clone(),
         );
+        registry.register(
+            RETENTION_HELD,
+            "Log segments past a retention limit kept because a consumer group has not acked them",
+            self.retention_held.clone(),
+        );
+        registry.register(
+            RETENTION_UNACKED_DELETED,
+            "Log records retention deleted before every consumer group acked them",
+            self.retention_unacked_deleted.clone(),
+        );
+    }
+
+    /// Takes the log's retention numbers (see `log::retention`).
+    pub fn observe_retention(&self, held_segments: u64, unacked_deleted_records: u64) {
+        self.retention_held.set(held_segments as i64);
+        let counter = &self.retention_unacked_deleted;
+        counter.inc_by(unacked_deleted_records.saturating_sub(counter.get()));
     }
 
     /// Sets a group's gauges, and moves its counters up to the totals given.

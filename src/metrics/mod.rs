@@ -5,7 +5,7 @@ mod groups;
 
 pub use self::groups::{
     GROUP_ACKS, GROUP_IN_FLIGHT, GROUP_LAG_RECORDS, GROUP_LAG_SECONDS, GROUP_REDELIVERIES,
-    GroupMetrics, GroupSample,
+    GroupMetrics, GroupSample, RETENTION_HELD, RETENTION_UNACKED_DELETED,
 };
 
 use crate::event::Event;
