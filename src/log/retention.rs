@@ -54,8 +54,10 @@ pub(crate) fn apply(dir: &Path, options: &WriterOptions, now: SystemTime) -> Res
     Ok(run(dir, options, now)?.deleted)
 }
 
-/// What one retention run did.
+/// What one retention run did (the counts also go to [`held_segments`] and
+/// [`unacked_deleted_records`], which the metrics read).
 #[derive(Debug, Default)]
+#[cfg_attr(not(test), expect(dead_code, reason = "the counts are read by tests"))]
 pub(crate) struct Run {
     /// Base offsets of the segments deleted.
     pub deleted: Vec<u64>,
