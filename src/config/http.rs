@@ -76,6 +76,12 @@ impl HttpConfig {
     /// without a token.
     pub fn validate(&self) -> Result<()> {
         if !self.enabled {
+            if self.consume.enabled {
+                return Err(Error::config(
+                    "http.consume.enabled",
+                    "is served on the HTTP endpoint, which http.enabled = false turns off",
+                ));
+            }
             return Ok(());
         }
         let Ok(addr) = self.listen.parse::<SocketAddr>() else {

@@ -22,8 +22,9 @@ pub async fn require(State(api): State<Api>, request: Request, next: Next) -> Re
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let accepted = offered.is_some_and(|offered| {
         tokens.iter().fold(0u8, |found, token| {
             found
