@@ -123,3 +123,37 @@ impl HttpConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endpoint on `listen` with the consumer API on and `tokens`.
+    fn consume_on(listen: &str, tokens: &[&str]) -> HttpConfig {
+        let mut config = HttpConfig {
+            listen: listen.into(),
+            ..HttpConfig::default()
+        };
+        config.consume.enabled = true;
+        config.consume.tokens = tokens.iter().map(|t| Secret::new(*t)).collect();
+        config
+    }
+
+    #[test]
+    fn the_consumer_api_needs_a_token_unless_it_listens_on_loopback() {
+        assert!(consume_on("127.0.0.1:9187", &[]).validate().is_ok());
+        assert!(consume_on("[::1]:9187", &[]).validate().is_ok());
+        let err = consume_on("0.0.0.0:9187", &[]).validate().unwrap_err();
+        assert!(err.to_string().starts_with("http.consume.tokens:"), "{err}");
+        assert!(consume_on("0.0.0.0:9187", &["s3cret"]).validate().is_ok());
+        let err = consume_on("0.0.0.0:9187", &[""]).validate().unwrap_err();
+        assert!(err.to_string().starts_with("http.consume.tokens:"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_masked_when_the_configuration_is_printed() {
+        let config = consume_on("0.0.0.0:9187", &["s3cret"]);
+        let printed = format!("{config:?} {}", toml::to_string(&config).unwrap());
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+}
