@@ -145,3 +145,67 @@ fn a_malformed_ack_id_is_refused_naming_the_field() {
     assert_eq!(err.kind(), ErrorKind::Invalid);
     assert!(err.to_string().starts_with("ack_ids:"), "{err}");
 }
+
+/// A receive of up to `max` messages waiting up to a minute.
+fn waiting(max: usize) -> Receive {
+    Receive {
+        max,
+        wait: Duration::from_secs(60),
+        visibility: VISIBLE,
+        topic: None,
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_receive_wakes_when_an_ack_frees_the_key_and_when_a_record_becomes_durable() {
+    // Given a group whose only key's first message is out.
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = LogWriter::open(dir.path(), WriterOptions::DEFAULT).unwrap();
+    let events: Vec<_> = (0..2)
+        .map(|n| {
+            let mut event = crate::log::testing::event(n, 5);
+            event.key = "one-key".into();
+            event
+        })
+        .collect();
+    let batch: Vec<_> = events
+        .iter()
+        .map(|event| crate::log::NewRecord {
+            topic: "orders",
+            event,
+        })
+        .collect();
+    writer.append(&batch).unwrap();
+    let groups = Arc::new(Groups::new(dir.path(), 100));
+    let first = groups.receive("g", &waiting(10)).await.unwrap();
+    assert_eq!(offsets(&first), vec![0]);
+
+    // When a receive waits and the first message is acked, then it gets the second at once.
+    let second = tokio::spawn({
+        let groups = groups.clone();
+        async move { groups.receive("g", &waiting(10)).await.unwrap() }
+    });
+    tokio::task::yield_now().await;
+    groups.ack("g", &ids(&first)).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("woken by the ack")
+        .unwrap();
+    assert_eq!(offsets(&second), vec![1]);
+    groups.ack("g", &ids(&second)).await.unwrap();
+
+    // When a receive waits at the end of the log and a record is appended, then it gets it.
+    let third = tokio::spawn({
+        let groups = groups.clone();
+        async move { groups.receive("g", &waiting(10)).await.unwrap() }
+    });
+    tokio::task::yield_now().await;
+    append_range(&mut writer, 2..3, 5);
+    let third = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("woken by the append")
+        .unwrap();
+    assert_eq!(offsets(&third), vec![2]);
+    let status = groups.status("g").await.unwrap();
+    assert_eq!((status.committed, status.in_flight, status.acks), (2, 1, 2));
+}
