@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::consume::{Sse, TOKEN, call, consume_config, ok, start_relay};
+use common::consume::{Sse, TOKEN, call, consume_config, ok, start_relay, wait_served};
 use common::pg::test_db;
-use common::relay::{create_aggregates, run_cli, wait_for_records, write_config, write_events};
+use common::relay::{create_aggregates, run_cli, write_config, write_events};
+use outboxd::log::Durability;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ async fn records_are_served_in_pages_and_a_long_poll_returns_as_soon_as_one_is_d
     create_aggregates(&db, 5).await;
     let (_relay, addr) = start_relay(&config, dir.path(), "relay").await;
     write_events(&db, 1, 30, 5).await;
-    wait_for_records(&log, 30).await;
+    wait_served(addr, 30).await;
 
     // When a consumer pages through them, it gets them in order, as `log read` prints them.
     let page = ok(addr, "GET", "/v1/records?from=0&limit=20", None).await;
@@ -81,7 +82,7 @@ async fn a_stream_resumed_with_last_event_id_misses_nothing_and_repeats_nothing(
     create_aggregates(&db, 10).await;
     let (_relay, addr) = start_relay(&config, dir.path(), "relay").await;
     write_events(&db, 2, 50, 10).await;
-    wait_for_records(&log, 100).await;
+    wait_served(addr, 100).await;
     let writers = {
         let db = db.clone();
         tokio::spawn(async move { write_events(&db, 4, 100, 10).await })
@@ -119,7 +120,7 @@ async fn the_consumer_api_needs_a_configured_token_and_never_logs_it() {
     create_aggregates(&db, 2).await;
     let (mut relay, addr) = start_relay(&config, dir.path(), "relay").await;
     write_events(&db, 1, 3, 2).await;
-    wait_for_records(&log, 3).await;
+    wait_served(addr, 3).await;
 
     // No token, a wrong token, a token of another scheme: 401 with a JSON error.
     for token in [None, Some("wrong"), Some(&TOKEN[..TOKEN.len() - 1])] {
@@ -193,7 +194,7 @@ async fn malformed_requests_get_a_400_naming_the_field_unknown_groups_404_big_bo
     create_aggregates(&db, 2).await;
     let (_relay, addr) = start_relay(&config, dir.path(), "relay").await;
     write_events(&db, 1, 1, 2).await;
-    wait_for_records(&log, 1).await;
+    wait_served(addr, 1).await;
 
     let bad = |path: &'static str, body: Option<serde_json::Value>, field: &'static str| async move {
         let method = if body.is_some() { "POST" } else { "GET" };
@@ -262,4 +263,32 @@ async fn the_consumer_api_is_off_unless_enabled() {
     let (_relay, addr) = start_relay(&config, dir.path(), "relay").await;
     let answer = call(addr, "GET", "/v1/records", Some(TOKEN), None).await;
     assert_eq!(answer.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_for_a_new_record_in_the_interval_and_none_durability_modes_too() {
+    for durability in [Durability::Interval, Durability::None] {
+        // Given a relay writing its log in this mode, and a consumer waiting at its end.
+        let db = test_db().await;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut config = consume_config(&db, &log);
+        config.sink.log.durability = durability;
+        create_aggregates(&db, 1).await;
+        let (_relay, addr) = start_relay(&config, dir.path(), "relay").await;
+        let waiting =
+            tokio::spawn(
+                async move { ok(addr, "GET", "/v1/records?from=0&wait_ms=60000", None).await },
+            );
+
+        // When an event is written, then the waiting consumer gets it well before its wait ends.
+        let started = Instant::now();
+        write_events(&db, 1, 1, 1).await;
+        let page = waiting.await.unwrap();
+        assert_eq!(page["records"][0]["offset"], 0, "{durability:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{durability:?}"
+        );
+    }
 }

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::consume::{TOKEN, consume_config, ok, record, start_relay, try_call};
+use common::consume::{TOKEN, consume_config, ok, record, start_relay, try_call, wait_served};
 use common::http::{get, sample};
 use common::pg::test_db;
-use common::relay::{assert_in_order, create_aggregates, run_cli, wait_for_records, write_events};
+use common::relay::{assert_in_order, create_aggregates, run_cli, write_events};
 use outboxd::log::Record;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -185,7 +185,7 @@ async fn a_relay_restart_loses_no_ack_and_hands_out_no_acked_message_again() {
     create_aggregates(&db, 20).await;
     let (mut relay, addr) = start_relay(&config, dir.path(), "relay").await;
     write_events(&db, 4, 500, 20).await;
-    wait_for_records(&log, 2000).await;
+    wait_served(addr, 2000).await;
     let acked: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));

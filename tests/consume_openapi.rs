@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::consume::{TOKEN, call, consume_config, start_relay};
+use common::consume::{TOKEN, call, consume_config, start_relay, wait_served};
 use common::pg::test_db;
-use common::relay::{create_aggregates, wait_for_records, write_events};
+use common::relay::{create_aggregates, write_events};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -162,7 +162,7 @@ async fn every_answer_of_the_consumer_api_fits_its_openapi_document() {
     create_aggregates(&db, 3).await;
     let (_relay, addr) = start_relay(&config, dir.path(), "relay").await;
     write_events(&db, 1, 6, 3).await;
-    wait_for_records(&log, 6).await;
+    wait_served(addr, 6).await;
     let covered = &mut BTreeSet::new();
     let t = Some(TOKEN);
 

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::consume::{TOKEN, consume_config, ok, start_relay};
+use common::consume::{TOKEN, consume_config, ok, start_relay, wait_served};
 use common::pg::test_db;
-use common::relay::{create_aggregates, wait_for_records, write_events};
+use common::relay::{create_aggregates, write_events};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -48,7 +48,7 @@ async fn the_python_example_processes_each_event_once_in_key_order() {
     create_aggregates(&db, 5).await;
     let (_relay, addr) = start_relay(&config, dir.path(), "relay").await;
     write_events(&db, 2, 100, 5).await;
-    wait_for_records(&log, 200).await;
+    wait_served(addr, 200).await;
 
     // When the example consumes them, then it processes all 200, each key in order.
     let dir_path = dir.path().to_owned();

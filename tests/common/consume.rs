@@ -202,3 +202,24 @@ impl Sse {
         }
     }
 }
+
+/// Waits (long polls) until the API serves at least `count` records; a record on disk is
+/// served only once the relay made it durable.
+pub async fn wait_served(addr: SocketAddr, count: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut next = 0;
+    while next < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {next} of {count} records served"
+        );
+        let page = ok(
+            addr,
+            "GET",
+            &format!("/v1/records?from={next}&limit=10000&wait_ms=5000"),
+            None,
+        )
+        .await;
+        next = page["next"].as_u64().unwrap();
+    }
+}
