@@ -10,6 +10,7 @@ use crate::log::{ConsumerGroup, LogReader, UNANNOUNCED_RECHECK};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -55,6 +56,20 @@ struct Loaded {
     queue: Mutex<GroupQueue>,
     /// Woken on every ack and nack, which may free a key or room in flight.
     changed: Notify,
+    /// Set (under the queue's lock) once the group is deleted: requests still holding it get
+    /// 404 instead of writing its files again.
+    deleted: AtomicBool,
+}
+
+impl Loaded {
+    /// The queue, locked, unless the group was deleted meanwhile.
+    fn queue(&self, name: &str) -> Result<MutexGuard<'_, GroupQueue>> {
+        let queue = lock(&self.queue);
+        if self.deleted.load(Ordering::SeqCst) {
+            return Err(unknown(name));
+        }
+        Ok(queue)
+    }
 }
 
 /// The groups of one log directory.
@@ -92,7 +107,7 @@ impl Groups {
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
             let (handed, timer) = blocking(|| {
-                let mut queue = lock(&group.queue);
+                let mut queue = group.queue(name)?;
                 queue.check_topic(name, topic)?;
                 let handed = queue.receive(request.max, request.visibility, Instant::now())?;
                 Ok((handed, queue.next_timer()))
@@ -116,7 +131,7 @@ impl Groups {
     /// Acks `ack_ids` of group `name`, durably; returns how many were acked.
     pub async fn ack(&self, name: &str, ack_ids: &[String]) -> Result<usize> {
         let group = self.get(name, false, None)?;
-        let acked = blocking(|| lock(&group.queue).ack(ack_ids))?;
+        let acked = blocking(|| group.queue(name)?.ack(ack_ids))?;
         group.changed.notify_waiters();
         Ok(acked)
     }
@@ -124,7 +139,7 @@ impl Groups {
     /// Nacks `ack_ids` of group `name`: handed out again after `delay`; returns how many.
     pub async fn nack(&self, name: &str, ack_ids: &[String], delay: Duration) -> Result<usize> {
         let group = self.get(name, false, None)?;
-        let nacked = lock(&group.queue).nack(ack_ids, delay, Instant::now())?;
+        let nacked = group.queue(name)?.nack(ack_ids, delay, Instant::now())?;
         group.changed.notify_waiters();
         Ok(nacked)
     }
@@ -134,7 +149,7 @@ impl Groups {
         let group = self.get(name, false, None)?;
         blocking(|| {
             let end = LogReader::open(&self.dir)?.bounds()?.1;
-            let mut queue = lock(&group.queue);
+            let mut queue = group.queue(name)?;
             let oldest = queue.oldest_unacked()?;
             let lag_seconds = oldest.map_or(0.0, |record| {
                 (Utc::now() - record.appended_at).num_milliseconds().max(0) as f64 / 1000.0
@@ -184,6 +199,13 @@ impl Groups {
         if loaded.is_none() && !group.exists() {
             return Err(unknown(name));
         }
+        // Under the queue's lock, so no request still holding the group writes it again.
+        let _queue = loaded.as_ref().map(|loaded| {
+            let queue = lock(&loaded.queue);
+            loaded.deleted.store(true, Ordering::SeqCst);
+            loaded.changed.notify_waiters();
+            queue
+        });
         blocking(|| group.remove())
     }
 
@@ -200,6 +222,7 @@ impl Groups {
         let group = Arc::new(Loaded {
             queue: Mutex::new(queue),
             changed: Notify::new(),
+            deleted: AtomicBool::new(false),
         });
         loaded.insert(name.to_owned(), group.clone());
         Ok(group)

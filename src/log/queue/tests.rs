@@ -208,4 +208,10 @@ async fn a_waiting_receive_wakes_when_an_ack_frees_the_key_and_when_a_record_bec
     assert_eq!(offsets(&third), vec![2]);
     let status = groups.status("g").await.unwrap();
     assert_eq!((status.committed, status.in_flight, status.acks), (2, 1, 2));
+
+    // When the group is deleted, then its files are gone and its old ack ids find no group.
+    groups.delete("g").await.unwrap();
+    let err = groups.ack("g", &ids(&third)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(!ConsumerGroup::open(dir.path(), "g").unwrap().exists());
 }
