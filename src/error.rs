@@ -30,6 +30,10 @@ pub enum ErrorKind {
     Corrupt,
     /// Another process holds a resource that must be exclusive.
     Locked,
+    /// A request names something that does not exist (an unknown consumer group).
+    NotFound,
+    /// A request is malformed or contradicts what exists; the message names the field.
+    Invalid,
     /// Anything else: a bug or an unexpected state.
     Internal,
 }

@@ -29,10 +29,15 @@ pub async fn run(config: &Config, origin: &str) -> Result<()> {
         migrate(config).await?;
     }
     let mut source = AnySource::start(&config.source, &config.relay).await?;
-    // Served before the sink opens, so a relay standing by for the log answers /readyz.
+    // Served before the sink opens, so a relay standing by for the log answers /readyz. The
+    // consumer API reads the log meanwhile: an empty one if nothing was ever written.
+    if config.http.enabled && config.http.consume.enabled {
+        let options = config.sink.log.writer_options();
+        crate::log::create_dir(&config.sink.log.dir, options.dir_mode)?;
+    }
     let http = match config.http.enabled {
         true => Some(
-            crate::http::serve(&config.http.listen, shutdown.clone())
+            crate::http::serve_with(&config.http, &config.sink.log.dir, shutdown.clone())
                 .await?
                 .1,
         ),

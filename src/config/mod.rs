@@ -6,6 +6,7 @@
 
 mod cdc;
 mod explain;
+mod http;
 mod load;
 mod logical;
 mod source_url;
@@ -16,6 +17,7 @@ pub use crate::sink::{
     AmqpSinkConfig, ExchangeType, KafkaSinkConfig, LogSinkConfig, SinkConfig, SinkKind,
 };
 pub use cdc::{CdcConfig, TablePattern};
+pub use http::{ConsumeConfig, HttpConfig, HttpTlsConfig};
 pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
 pub use logical::LogicalConfig;
 
@@ -36,25 +38,6 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// The HTTP endpoint for metrics and health checks.
     pub http: HttpConfig,
-}
-
-/// The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Serve the endpoint at all. Default `true`.
-    pub enabled: bool,
-    /// Address to listen on. Default `127.0.0.1:9187`; use `0.0.0.0:9187` in a container.
-    pub listen: String,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            enabled: true,
-            listen: "127.0.0.1:9187".into(),
-        }
-    }
 }
 
 /// How events are captured from PostgreSQL.

@@ -162,13 +162,14 @@ impl Config {
             100,
             3_600_000,
         )?;
-        if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+        self.http.validate()?;
+        if self.http.enabled
+            && self.http.consume.enabled
+            && self.sink.kind != crate::sink::SinkKind::Log
+        {
             return Err(Error::config(
-                "http.listen",
-                format!(
-                    "\"{}\" is not an address like 127.0.0.1:9187",
-                    self.http.listen
-                ),
+                "http.consume.enabled",
+                "serves the embedded log, so it needs sink.type = \"log\"",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {

@@ -58,12 +58,15 @@
 //! corruption.
 
 pub(crate) mod codec;
+pub mod consumer;
 mod durability;
 pub(crate) mod frame;
 mod group;
 pub(crate) mod index;
+pub(crate) mod notify;
 mod options;
 pub(crate) mod permissions;
+pub mod queue;
 mod reader;
 pub(crate) mod record;
 mod recovery;
@@ -76,12 +79,15 @@ mod syncer;
 pub(crate) mod testing;
 mod writer;
 
+pub use self::consumer::{Consumer, Start, UNANNOUNCED_RECHECK, blocking};
 pub use self::durability::Durability;
-pub use self::group::ConsumerGroup;
+pub use self::group::{AckState, ConsumerGroup};
+pub use self::notify::DurableEnd;
 pub use self::options::WriterOptions;
 pub use self::permissions::DEFAULT_DIR_MODE;
 pub use self::reader::LogReader;
-pub use self::record::{NewRecord, Record};
+pub use self::record::{NewRecord, Record, RecordView};
+pub use self::retention::{held_segments, unacked_deleted_records};
 pub(crate) use self::syncer::lock as lock_writer;
 pub use self::syncer::{Durable, SyncProbe, Syncer};
-pub use self::writer::LogWriter;
+pub use self::writer::{LogWriter, create_dir};

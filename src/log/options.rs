@@ -20,6 +20,9 @@ pub struct WriterOptions {
     pub retention_bytes: Option<u64>,
     /// Segments last written longer ago than this are deleted. Default none.
     pub retention: Option<Duration>,
+    /// Whether retention deletes segments holding records a consumer group has not acked (see
+    /// `retention.rs`). Default `false`: the groups win.
+    pub retention_over_groups: bool,
     /// Permission bits of the log directory (created with them, narrowed to them if wider);
     /// files get the same bits without execute. Default `0o700` (files `0o600`): records hold
     /// payloads.
@@ -35,6 +38,7 @@ impl WriterOptions {
         durability: Durability::Batch,
         retention_bytes: None,
         retention: None,
+        retention_over_groups: false,
         dir_mode: super::permissions::DEFAULT_DIR_MODE,
     };
 

@@ -26,3 +26,32 @@ pub struct NewRecord<'a> {
     /// The event to store.
     pub event: &'a Event,
 }
+
+/// How a record is printed (`outboxd log read`) and served (the HTTP consumer API): its
+/// fields, with the event's ordering key beside the offset and topic.
+#[derive(Debug, Serialize)]
+pub struct RecordView<'a> {
+    /// The record's offset.
+    pub offset: u64,
+    /// Its topic.
+    pub topic: &'a str,
+    /// The event's ordering key (also in the event, as `aggregateid`).
+    pub key: &'a str,
+    /// When it was appended.
+    pub appended_at: DateTime<Utc>,
+    /// The event.
+    pub event: &'a Event,
+}
+
+impl Record {
+    /// The record as printed and served.
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            offset: self.offset,
+            topic: &self.topic,
+            key: &self.event.key,
+            appended_at: self.appended_at,
+            event: &self.event,
+        }
+    }
+}

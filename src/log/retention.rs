@@ -4,19 +4,73 @@
 //! consecutive offsets; the active (newest) segment is never deleted. A reader that still has a
 //! deleted segment open reads it to its end (the file lives on until closed) and moves on to
 //! the next; a reader positioned before the first remaining offset starts at that offset.
+//!
+//! Consumer groups win by default: a segment holding a record at or after some group's
+//! committed offset (not acked by that group yet) is kept even past a limit, and counted in
+//! [`held_segments`], so a stalled or abandoned group shows instead of silently filling the
+//! disk (delete it with `DELETE /v1/groups/{group}` or commit it past). With
+//! `retention_over_groups` retention wins: such segments go, and the records deleted before a
+//! group acked them are counted in [`unacked_deleted_records`].
 
-use super::{WriterOptions, segment};
+use super::{ConsumerGroup, WriterOptions, segment};
 use crate::error::{Error, Result};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+
+/// See [`held_segments`].
+static HELD_SEGMENTS: AtomicU64 = AtomicU64::new(0);
+/// See [`unacked_deleted_records`].
+static UNACKED_DELETED: AtomicU64 = AtomicU64::new(0);
+
+/// Segments past a retention limit that the last retention run kept because a consumer group
+/// has not acked their records.
+pub fn held_segments() -> u64 {
+    HELD_SEGMENTS.load(Ordering::Relaxed)
+}
+
+/// Records retention deleted (with `retention_over_groups`) before every group acked them,
+/// since start.
+pub fn unacked_deleted_records() -> u64 {
+    UNACKED_DELETED.load(Ordering::Relaxed)
+}
+
+/// The lowest committed offset of the groups of the log at `dir`: every group has acked what
+/// is below it. `None` without groups.
+fn groups_floor(dir: &Path) -> Result<Option<u64>> {
+    let mut floor: Option<u64> = None;
+    for name in ConsumerGroup::list(dir)? {
+        let committed = ConsumerGroup::open(dir, &name)?.ack_state()?.committed;
+        floor = Some(floor.map_or(committed, |floor| floor.min(committed)));
+    }
+    Ok(floor)
+}
 
 /// Deletes the oldest segments of `dir` while the log breaks a limit of `options`, keeping at
 /// least the newest segment. Returns the base offsets deleted.
 ///
 /// Age is the segment file's modification time: the time of its last append.
 pub(crate) fn apply(dir: &Path, options: &WriterOptions, now: SystemTime) -> Result<Vec<u64>> {
+    Ok(run(dir, options, now)?.deleted)
+}
+
+/// What one retention run did (the counts also go to [`held_segments`] and
+/// [`unacked_deleted_records`], which the metrics read).
+#[derive(Debug, Default)]
+#[cfg_attr(not(test), expect(dead_code, reason = "the counts are read by tests"))]
+pub(crate) struct Run {
+    /// Base offsets of the segments deleted.
+    pub deleted: Vec<u64>,
+    /// Segments past a limit kept for the groups.
+    pub held: u64,
+    /// Records deleted before every group acked them.
+    pub unacked_deleted: u64,
+}
+
+/// [`apply`], reporting what was kept for the groups and what they lost.
+pub(crate) fn run(dir: &Path, options: &WriterOptions, now: SystemTime) -> Result<Run> {
     if !options.has_retention() {
-        return Ok(Vec::new());
+        return Ok(Run::default());
     }
     let bases = segment::list(dir)?;
     let mut sizes = Vec::with_capacity(bases.len());
@@ -29,7 +83,11 @@ pub(crate) fn apply(dir: &Path, options: &WriterOptions, now: SystemTime) -> Res
     }
     let mut total: u64 = sizes.iter().map(|(_, len, _)| len).sum();
     let mut deleted = Vec::new();
-    for &(base, len, modified) in sizes.iter().take(sizes.len().saturating_sub(1)) {
+    let floor = groups_floor(dir)?;
+    let mut held = 0;
+    let mut unacked_deleted = 0;
+    for (i, &(base, len, modified)) in sizes.iter().enumerate().take(sizes.len().saturating_sub(1))
+    {
         let too_big = options.retention_bytes.is_some_and(|max| total > max);
         let too_old = options
             .retention
@@ -37,17 +95,36 @@ pub(crate) fn apply(dir: &Path, options: &WriterOptions, now: SystemTime) -> Res
         if !too_big && !too_old {
             break;
         }
+        // The segment's records are base..end; those at or after `floor` are unacked.
+        let end = sizes[i + 1].0;
+        let unacked = floor.map_or(0, |floor| end.saturating_sub(floor.max(base)));
+        if held > 0 || (unacked > 0 && !options.retention_over_groups) {
+            held += 1;
+            continue;
+        }
+        if unacked > 0 {
+            unacked_deleted += unacked;
+            UNACKED_DELETED.fetch_add(unacked, Ordering::Relaxed);
+            tracing::warn!(dir = %dir.display(), base, unacked,
+                "retention deleted records a consumer group has not acked \
+                 (sink.log.retention_over_groups)");
+        }
         delete(dir, base)?;
         total -= len;
         deleted.push(base);
     }
+    HELD_SEGMENTS.store(held, Ordering::Relaxed);
     if !deleted.is_empty() {
         segment::sync_dir(dir)
             .map_err(|err| Error::io(format!("fsyncing log directory {}", dir.display()), err))?;
         tracing::info!(dir = %dir.display(), segments = deleted.len(), first_kept_bytes = total,
             "retention deleted old log segments");
     }
-    Ok(deleted)
+    Ok(Run {
+        deleted,
+        held,
+        unacked_deleted,
+    })
 }
 
 /// Deletes one segment: the index first, so a crash in between leaves a segment without an
@@ -67,7 +144,7 @@ fn delete(dir: &Path, base: u64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::log::testing::{append_range, read_all, segment_paths};
-    use crate::log::{LogReader, LogWriter};
+    use crate::log::{ConsumerGroup, LogReader, LogWriter};
     use std::fs::File;
     use std::time::Duration;
 
@@ -155,6 +232,48 @@ mod tests {
         assert_eq!(deleted.len(), paths.len() - 2);
         assert_eq!(segment_paths(dir.path()), paths[paths.len() - 2..].to_vec());
         assert!(!segment::index_path(dir.path(), deleted[0]).exists());
+    }
+
+    #[test]
+    fn retention_keeps_what_a_group_has_not_acked_unless_it_is_told_to_win() {
+        // given a log of many small segments, and a group that has acked only offset 0..10
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer =
+            LogWriter::open(dir.path(), WriterOptions::with_segment_bytes(2048)).unwrap();
+        append_range(&mut writer, 0..40, 200);
+        drop(writer);
+        ConsumerGroup::open(dir.path(), "slow")
+            .unwrap()
+            .commit(10)
+            .unwrap();
+        let bases = segment::list(dir.path()).unwrap();
+        assert!(bases.len() >= 4, "{bases:?}");
+        let limit = WriterOptions {
+            retention_bytes: Some(2048),
+            ..WriterOptions::with_segment_bytes(2048)
+        };
+
+        // when retention runs with a limit of one segment, then only segments wholly below
+        // offset 10 go, and the others are counted as held for the group
+        let deleted = apply(dir.path(), &limit, SystemTime::now()).unwrap();
+        let first_kept = segment::list(dir.path()).unwrap()[0];
+        assert!(
+            first_kept <= 10,
+            "kept from {first_kept}; deleted {deleted:?}"
+        );
+        assert!(held_segments() > 0);
+
+        // when retention is told to win, then it deletes down to its limit and counts what the
+        // group lost
+        let over = WriterOptions {
+            retention_over_groups: true,
+            ..limit
+        };
+        let before = unacked_deleted_records();
+        let lost = run(dir.path(), &over, SystemTime::now()).unwrap();
+        assert_eq!(segment::list(dir.path()).unwrap().len(), 1);
+        assert!(lost.unacked_deleted > 0 && lost.held == 0, "{lost:?}");
+        assert!(unacked_deleted_records() >= before + lost.unacked_deleted);
     }
 
     #[test]

@@ -25,6 +25,8 @@ struct Shared {
     writer: Arc<Mutex<LogWriter>>,
     /// The latest [`Durable`], for waiters.
     durable: watch::Sender<Durable>,
+    /// Announces durable offsets to followers (see `notify.rs`).
+    announce: watch::Sender<super::notify::DurableEnd>,
     /// Completed fsyncs, so tests can observe that publishing waited for one.
     fsyncs: AtomicU64,
 }
@@ -46,11 +48,16 @@ impl Syncer {
     /// Starts syncing `writer` every `interval`; everything appended before now counts as
     /// durable only once the first fsync completes.
     pub fn start(writer: Arc<Mutex<LogWriter>>, interval: Duration) -> Result<Syncer> {
-        let start = lock(&writer).sync()?;
+        let (start, announce) = {
+            let mut writer = lock(&writer);
+            (writer.sync()?, writer.durable_channel())
+        };
+        super::notify::announce(&announce, start);
         let (durable, _) = watch::channel(Durable::Below(start));
         let shared = Arc::new(Shared {
             writer,
             durable,
+            announce,
             fsyncs: AtomicU64::new(0),
         });
         let (stop, stopped) = mpsc::channel::<()>();
@@ -138,6 +145,7 @@ impl Shared {
         match file.sync_data() {
             Ok(()) => {
                 self.fsyncs.fetch_add(1, Ordering::SeqCst);
+                super::notify::announce(&self.announce, end);
                 self.durable.send_if_modified(|durable| match durable {
                     Durable::Below(done) if *done < end => {
                         *done = end;

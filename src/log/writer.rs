@@ -9,6 +9,7 @@ use self::cut_back::FailWrite;
 use self::cut_back::{Failure, IoFailure};
 use super::frame;
 use super::index::{self, Entry, Sampler};
+use super::notify::{self, DurableEnd};
 use super::record::NewRecord;
 use super::{Durability, WriterOptions, permissions, recovery, retention, segment};
 use crate::error::{Error, ErrorKind, Result};
@@ -18,6 +19,7 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
 
 /// Name of the file whose lock marks the directory's writer.
 const LOCK_FILE: &str = "LOCK";
@@ -75,6 +77,8 @@ pub struct LogWriter {
     retention_checked: Instant,
     /// Set by the first failed fsync (or failed cut-back): what failed, for every later error.
     poisoned: Option<String>,
+    /// Announces how far the log is durable to followers in this process (see `notify.rs`).
+    durable: watch::Sender<DurableEnd>,
     /// Test hook: makes a coming segment write fail part-way, as on a full disk.
     #[cfg(test)]
     fail_write: Option<FailWrite>,
@@ -121,6 +125,10 @@ impl LogWriter {
             sampler.take(last.pos);
         }
         retention::apply(dir, &options, SystemTime::now())?;
+        // Everything recovered is durable (fsynced above) or, with `none`, as durable as that
+        // mode makes anything.
+        let durable = notify::channel(dir);
+        notify::announce(&durable, recovered.next_offset);
         Ok(LogWriter {
             dir: dir.to_owned(),
             options,
@@ -137,6 +145,7 @@ impl LogWriter {
             next_offset: recovered.next_offset,
             retention_checked: Instant::now(),
             poisoned: None,
+            durable,
             #[cfg(test)]
             fail_write: None,
         })
@@ -175,6 +184,11 @@ impl LogWriter {
         };
         self.last_at = appended_at;
         self.next_offset = first + batch.len() as u64;
+        if self.options.durability != Durability::Interval {
+            // `batch`: fsynced; `none`: written, all that mode promises. `interval`: the
+            // syncer announces after its fsync.
+            notify::announce(&self.durable, self.next_offset);
+        }
         if rolled || self.retention_checked.elapsed() >= RETENTION_CHECK {
             self.apply_retention();
         }
@@ -216,6 +230,12 @@ impl LogWriter {
         tracing::error!(error = %cause, "embedded log poisoned");
         self.poisoned.get_or_insert(cause);
         Error::with_source(ErrorKind::SinkPoisoned, message, err)
+    }
+
+    /// The channel announcing how far the log is durable (the syncer announces its fsyncs on
+    /// it).
+    pub(crate) fn durable_channel(&self) -> watch::Sender<DurableEnd> {
+        self.durable.clone()
     }
 
     /// Offset the next appended record will get.
@@ -356,6 +376,13 @@ impl LogWriter {
     }
 }
 
+impl Drop for LogWriter {
+    /// Tells followers in this process that nobody here announces this log any more.
+    fn drop(&mut self) {
+        notify::forget(&self.durable);
+    }
+}
+
 /// Makes sure the sealed segment `base` has an index that fits it, rebuilding it by a full
 /// scan (which reports any damage in the segment as corruption) when it is missing or stale.
 fn ensure_index(dir: &Path, base: u64, interval: u64) -> Result<()> {
@@ -382,8 +409,9 @@ fn open_append(path: &Path) -> Result<File, IoFailure> {
 }
 
 /// Creates `dir` with `mode` if missing (narrowing it to `mode` if it exists with more), and
-/// makes its entry in the parent durable.
-fn create_dir(dir: &Path, mode: u32) -> Result<()> {
+/// makes its entry in the parent durable. Readers that start before the writer (the HTTP
+/// consumer API) call it so they find an empty log rather than none.
+pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
     let create_error = |err| Error::io(format!("creating log directory {}", dir.display()), err);
     if !permissions::ensure_dir(dir, mode).map_err(create_error)? {
         return Ok(());

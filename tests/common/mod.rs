@@ -6,6 +6,7 @@
 pub mod amqp;
 pub mod certs;
 pub mod conformance;
+pub mod consume;
 pub mod disk;
 pub mod faults;
 pub mod http;

@@ -143,11 +143,23 @@ impl RelayProcess {
         env: &[(&str, &str)],
     ) -> Self {
         let path = write_config(config, dir, name);
+        RelayProcess::spawn_file(&path, dir, name, args, env)
+    }
+
+    /// Starts `outboxd --config <path> <args>` with a configuration file written already (e.g.
+    /// with a secret that [`write_config`] would mask), stderr to `dir/<name>.log`.
+    pub fn spawn_file(
+        path: &Path,
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_outboxd"))
             .arg("--config")
-            .arg(&path)
+            .arg(path)
             .args(args)
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())

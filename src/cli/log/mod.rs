@@ -10,16 +10,12 @@ mod stats;
 
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::log::{ConsumerGroup, LogReader, Record};
+use crate::log::{Consumer, ConsumerGroup, LogReader, Record, consumer};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-/// How often `tail --follow` looks for new records.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The `log` subcommands.
 #[derive(Debug, Subcommand)]
@@ -183,7 +179,8 @@ fn open(config: &Config, common: &CommonArgs) -> Result<LogReader> {
     LogReader::open(&log_dir(config, common)?)
 }
 
-/// `log read`.
+/// `log read`, through a [`Consumer`] started at `start`, else at the group's committed
+/// offset, else at the beginning.
 fn read(
     config: &Config,
     start: Option<Start>,
@@ -192,17 +189,13 @@ fn read(
     common: &CommonArgs,
 ) -> Result<()> {
     let dir = log_dir(config, common)?;
-    let mut reader = LogReader::open(&dir)?;
+    // Checks the group's name even when --from and the like override where it starts.
     let group = group
-        .map(|name| ConsumerGroup::open(&dir, name))
+        .map(|name| ConsumerGroup::open(&dir, name).map(|_| name.to_owned()))
         .transpose()?;
-    let resume = match &group {
-        Some(group) => group.offset()?,
-        None => None,
-    };
-    let end = reader.bounds()?.1;
-    match (start, resume) {
-        (Some(Start::Time(time)), _) => reader.seek_time(time)?,
+    let end = LogReader::open(&dir)?.bounds()?.1;
+    let from = match (start, group) {
+        (Some(Start::Time(time)), _) => consumer::Start::Time(time),
         (Some(Start::Offset(offset)), _) => {
             // Not an error (a consumer may poll ahead), but an empty answer must not look like
             // an empty log.
@@ -212,23 +205,24 @@ fn read(
                      offset {end}"
                 );
             }
-            reader.seek(offset)?
+            consumer::Start::Offset(offset)
         }
-        (None, Some(offset)) => reader.seek(offset)?,
-        (None, None) => reader.seek(0)?,
-    }
+        (None, Some(group)) => consumer::Start::Group(group),
+        (None, None) => consumer::Start::Offset(0),
+    };
+    let mut consumer = Consumer::open(&dir, from)?.with_topic(common.topic.clone());
     let mut out = Output::new();
     let mut printed = 0;
     let mut progress = Progress::new(end);
     while limit.is_none_or(|limit| printed < limit) {
-        let Some(record) = reader.next()? else { break };
+        let Some(record) = consumer.next()? else {
+            break;
+        };
         progress.at(record.offset);
-        if matches(&record, common) {
-            if !out.print(&record)? {
-                break;
-            }
-            printed += 1;
+        if !out.print(&record)? {
+            break;
         }
+        printed += 1;
     }
     progress.done();
     Ok(())
@@ -281,7 +275,9 @@ fn tail(config: &Config, lines: usize, follow: bool, common: &CommonArgs) -> Res
     };
     reader.seek(start)?;
     let mut last: VecDeque<Record> = VecDeque::with_capacity(lines);
+    let mut read_to = start;
     while let Some(record) = reader.next()? {
+        read_to = record.offset + 1;
         if matches(&record, common) {
             if last.len() == lines {
                 last.pop_front();
@@ -300,18 +296,23 @@ fn tail(config: &Config, lines: usize, follow: bool, common: &CommonArgs) -> Res
     if !follow {
         return Ok(());
     }
+    // Follow through a consumer: it wakes on the writer's announcements when the writer runs in
+    // this process, and re-checks every `UNANNOUNCED_RECHECK` when (as usual) it runs in another.
+    let dir = log_dir(config, common)?;
+    let mut consumer =
+        Consumer::open(&dir, consumer::Start::Offset(read_to))?.with_topic(common.topic.clone());
+    let runtime = tokio::runtime::Handle::current();
     loop {
-        match reader.next()? {
-            Some(record) if matches(&record, common) => {
+        match consumer.next()? {
+            Some(record) => {
                 if !out.print(&record)? {
                     return Ok(());
                 }
             }
-            Some(_) => {}
             // Nothing is written while waiting, so a closed pipe would go unnoticed until the
             // next record: look for it.
             None if reader_gone() => return Ok(()),
-            None => std::thread::sleep(FOLLOW_INTERVAL),
+            None => runtime.block_on(consumer.wait()),
         }
     }
 }
@@ -353,7 +354,7 @@ impl Output {
 
     /// Prints one record as a JSON line; `false` once the reader of our output went away.
     fn print(&mut self, record: &Record) -> Result<bool> {
-        let line = serde_json::to_string(record)
+        let line = serde_json::to_string(&record.view())
             .map_err(|err| Error::with_source(ErrorKind::Internal, "encoding a record", err))?;
         match writeln!(self.stdout, "{line}").and_then(|_| self.stdout.flush()) {
             Ok(()) => Ok(true),

@@ -37,6 +37,11 @@ pub struct LogSinkConfig {
     /// Segments last written longer ago than this are deleted. Default: unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_ms: Option<u64>,
+    /// Whether retention may delete records a consumer group has not acked. Default `false`:
+    /// segments a group still needs are kept past the limits (counted in
+    /// `outboxd_log_retention_held_segments`); with `true` they go, and what the groups lost is
+    /// counted in `outboxd_log_retention_unacked_deleted_records_total`.
+    pub retention_over_groups: bool,
     /// Bytes of records between two entries of a segment's sparse index. Default 4096.
     pub index_interval_bytes: u64,
     /// Permissions of the log directory, octal: it is created with them and narrowed to them
@@ -58,6 +63,7 @@ impl Default for LogSinkConfig {
             fsync_interval_ms: 50,
             retention_bytes: None,
             retention_ms: None,
+            retention_over_groups: false,
             index_interval_bytes: defaults.index_interval_bytes,
             dir_mode: format!("{:04o}", defaults.dir_mode),
         }
@@ -74,6 +80,7 @@ impl LogSinkConfig {
             durability: self.durability,
             retention_bytes: self.retention_bytes,
             retention: self.retention_ms.map(Duration::from_millis),
+            retention_over_groups: self.retention_over_groups,
             dir_mode: self.dir_mode_bits().unwrap_or(crate::log::DEFAULT_DIR_MODE),
         }
     }

@@ -1,6 +1,12 @@
 //! The HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz` (alive) and `/readyz` (source
-//! connected and sink accepting; active or standing by).
+//! connected and sink accepting; active or standing by), always open; with `[http.consume]`
+//! the consumer API of the embedded log under `/v1/` (see `consume/`); with `[http.tls]` over
+//! HTTPS.
 
+pub mod consume;
+mod tls;
+
+use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, Result};
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -10,11 +16,14 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Most connections served at once. Well below any file-descriptor limit, so scrapers (or
@@ -30,14 +39,51 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// requests); scrapers simply reconnect.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Binds `listen` and serves until `shutdown`; returns the bound address (useful with port 0).
-///
-/// At most [`MAX_CONNECTIONS`] connections at once, each given [`HEADER_READ_TIMEOUT`] per
-/// request's headers and [`CONNECTION_LIFETIME`] in all.
+/// Most connections at once while the consumer API is served: consumers hold theirs open
+/// (long polls, streams).
+pub const CONSUME_MAX_CONNECTIONS: usize = 256;
+
+/// Longest a connection may live while the consumer API is served; a stream's client
+/// reconnects after it with `Last-Event-ID` and misses nothing.
+pub const CONSUME_CONNECTION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// How many connections, and for how long each.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Most connections served at once.
+    connections: usize,
+    /// Longest a connection lives.
+    lifetime: Duration,
+}
+
+/// Binds `listen` and serves `/metrics`, `/healthz` and `/readyz` over plain HTTP until
+/// `shutdown`; returns the bound address (useful with port 0).
 pub async fn serve(
     listen: &str,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let config = HttpConfig {
+        listen: listen.to_owned(),
+        ..HttpConfig::default()
+    };
+    serve_with(&config, Path::new(""), shutdown).await
+}
+
+/// Binds `config.listen` and serves until `shutdown`, with the consumer API of the log at
+/// `log_dir` if `[http.consume]` enables it and over HTTPS if `[http.tls]` is set; returns the
+/// bound address (useful with port 0).
+///
+/// At most [`MAX_CONNECTIONS`] connections at once ([`CONSUME_MAX_CONNECTIONS`] with the
+/// consumer API), each given [`HEADER_READ_TIMEOUT`] per request's headers and
+/// [`CONNECTION_LIFETIME`] in all ([`CONSUME_CONNECTION_LIFETIME`]).
+pub async fn serve_with(
+    config: &HttpConfig,
+    log_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    config.validate()?;
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let listen = &config.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| {
         Error::with_source(
             ErrorKind::Config,
@@ -48,13 +94,33 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|err| Error::io("reading the HTTP listener address", err))?;
-    let app = Router::new()
-        .route("/metrics", get(metrics))
+    let consume = config
+        .consume
+        .enabled
+        .then(|| consume::Api::new(&config.consume, log_dir));
+    let metrics_consume = consume.clone();
+    let mut app = Router::new()
+        .route("/metrics", get(move || metrics(metrics_consume.clone())))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
+    let limits = match &consume {
+        Some(api) => {
+            app = app.merge(api.router());
+            Limits {
+                connections: CONSUME_MAX_CONNECTIONS,
+                lifetime: CONSUME_CONNECTION_LIFETIME,
+            }
+        }
+        None => Limits {
+            connections: MAX_CONNECTIONS,
+            lifetime: CONNECTION_LIFETIME,
+        },
+    };
     raise_open_files_limit();
-    let task = tokio::spawn(accept_loop(listener, app, shutdown));
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let https = tls.is_some();
+    let task = tokio::spawn(accept_loop(listener, app, tls, limits, shutdown));
+    let consume = consume.is_some();
+    tracing::info!(%addr, https, consume, "serving /metrics, /healthz and /readyz");
     Ok((addr, task))
 }
 
@@ -80,8 +146,14 @@ fn raise_open_files_limit() {
 }
 
 /// Accepts connections until `shutdown`, each served on a task of its own while a slot is free.
-async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.connections));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -107,22 +179,47 @@ async fn accept_loop(listener: TcpListener, app: Router, shutdown: CancellationT
             drop(stream);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            // Errors here are the client's (reset, timeout, garbage): nothing to report.
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            match tls {
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream));
+                    // A failed handshake is the client's problem (wrong CA, plain HTTP).
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve_connection(stream, app, limits.lifetime).await;
+                    }
+                }
+                None => serve_connection(stream, app, limits.lifetime).await,
+            }
             drop(slot);
         });
     }
 }
 
-/// `/metrics`.
-async fn metrics() -> impl IntoResponse {
+/// Serves HTTP/1.1 on one connection for at most `lifetime`.
+async fn serve_connection<S>(stream: S, app: Router, lifetime: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    // Errors here are the client's (reset, timeout, garbage): nothing to report.
+    let _ = tokio::time::timeout(lifetime, connection).await;
+}
+
+/// `/metrics`, with the consumer groups' metrics refreshed first when the API is served.
+async fn metrics(consume: Option<consume::Api>) -> impl IntoResponse {
+    if let Some(api) = consume {
+        api.refresh_metrics().await;
+    }
+    crate::metrics::get().groups.observe_retention(
+        crate::log::held_segments(),
+        crate::log::unacked_deleted_records(),
+    );
     (
         [(
             header::CONTENT_TYPE,

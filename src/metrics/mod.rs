@@ -1,6 +1,13 @@
 //! Prometheus metrics, one registry per process. Every metric is documented in docs/METRICS.md;
 //! labels stay low-cardinality (sink, outcome — never an aggregate or event id).
 
+mod groups;
+
+pub use self::groups::{
+    GROUP_ACKS, GROUP_IN_FLIGHT, GROUP_LAG_RECORDS, GROUP_LAG_SECONDS, GROUP_REDELIVERIES,
+    GroupMetrics, GroupSample, RETENTION_HELD, RETENTION_UNACKED_DELETED,
+};
+
 use crate::event::Event;
 use crate::sink::Outcome;
 use chrono::Utc;
@@ -136,6 +143,8 @@ pub struct Metrics {
     /// polling mode, the replication slot in logical mode) and, with the embedded log, its
     /// writer lock.
     pub relay_active: Gauge,
+    /// The consumer groups' metrics (see `groups.rs`).
+    pub groups: GroupMetrics,
     /// Not exported: whether the relay stands by for the embedded log's writer lock. Its sink
     /// is not open meanwhile, which `/readyz` must not take for a sink that is down.
     pub waiting_for_log: AtomicBool,
@@ -185,6 +194,7 @@ impl Metrics {
             source_up: Gauge::default(),
             sink_up: Gauge::default(),
             relay_active: Gauge::default(),
+            groups: GroupMetrics::default(),
             waiting_for_log: AtomicBool::new(false),
         };
         let m = &metrics;
@@ -280,6 +290,7 @@ impl Metrics {
             m.relay_active.clone(),
         );
         registry.register(BUILD_INFO, "Build information", build_info);
+        m.groups.register(&mut registry);
         Metrics {
             registry,
             ..metrics
