@@ -117,12 +117,14 @@ async fn half_sent_requests_are_closed_and_neither_readyz_nor_the_relay_starve()
             .await;
         held.push(stream);
     }
-    // and the relay's database sessions are cut, so it must open new ones
+    // and the relay's database sessions are cut, so it must open new ones (only this test's
+    // database: other tests' relays and migrations run on the same server at the same time)
     let client = connect(&db.url).await;
     client
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = 'outboxd' AND pid <> pg_backend_pid()",
+             WHERE application_name = 'outboxd' AND datname = current_database() \
+             AND pid <> pg_backend_pid()",
             &[],
         )
         .await
