@@ -2,7 +2,7 @@
 # base. The build stage copies everything Cargo.toml names (the bench under benches/, the bench
 # helpers under bench/, the examples), or cargo refuses the manifest; tests/deploy.rs checks that
 # by resolving the manifest from exactly these paths.
-FROM rust:1.89-bookworm AS build
+FROM rust:1.94-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

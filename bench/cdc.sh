@@ -6,36 +6,16 @@
 #
 #   bench/cdc.sh                  # 1,000,000 updates
 #   ROWS=200000 bench/cdc.sh      # quicker
+#   BENCH_PROFILE=profiling bench/cdc.sh      # the same code with symbols (what was measured)
+#   BENCH_PROFILE=profiling BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
+#     ROWS=20000 bench/cdc.sh      # instruction counts per function (callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-1000000}
 TABLE_ROWS=${TABLE_ROWS:-10000}
 
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-root=$(mktemp -d /tmp/outboxd-bench-cdc-XXXXXX)
-chmod 755 "$root"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres "$root"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-relay=
-cleanup() {
-  [ -n "$relay" ] && kill "$relay" 2>/dev/null || true
-  as_pg "$bin/pg_ctl" -D "$root/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$root"
-}
-trap cleanup EXIT
-
-echo "building (release)..." >&2
-cargo build --release --quiet --bin outboxd
-outboxd=${BENCH_OUTBOXD:-${CARGO_TARGET_DIR:-$PWD/target}/release/outboxd}
-
-as_pg "$bin/initdb" -D "$root/data" -A trust -U postgres --no-sync >/dev/null
-as_pg "$bin/pg_ctl" -D "$root/data" -l "$root/server.log" -w start -o \
-  "-p $port -k $root -c listen_addresses=127.0.0.1 -c wal_level=logical -c shared_buffers=1GB -c max_wal_size=8GB -c max_replication_slots=20 -c max_wal_senders=20" >/dev/null
-psql() { command psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }
-now() { date +%s.%N; }
-calc() { python3 -c "print($1)"; }
+. bench/lib.sh
+BENCH_PG_OPTS="-c max_replication_slots=20 -c max_wal_senders=20" bench_setup cdc
 
 psql -c "CREATE DATABASE cdc"
 psql -d cdc -c "CREATE TABLE items (id int PRIMARY KEY, v bigint NOT NULL, price numeric, \
@@ -78,7 +58,8 @@ confirmed_past() {
   psql -d cdc -At -c "SELECT confirmed_flush_lsn >= '$end_lsn' FROM pg_replication_slots WHERE slot_name = 'slot_cdc'"
 }
 t0=$(now)
-env "${envs[@]}" "$outboxd" run 2>"$root/relay.log" &
+# BENCH_WRAP runs the relay under another program in the same process (valgrind).
+env "${envs[@]}" ${BENCH_WRAP:-} "$outboxd" run 2>"$root/relay.log" &
 relay=$!
 while :; do
   got=$(delivered)

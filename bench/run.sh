@@ -17,12 +17,16 @@
 #            created before they were written), the rate PostgreSQL streams them to its own
 #            pg_recvlogical (to /dev/null), and the pgbench insert rate (8 clients, one row per
 #            transaction, synchronous_commit=on, PGBENCH_SECONDS)
-#   drain    per DRAINS entry MODE:SINK[:batch=N,lanes=N,on_sent=delete,queue=quorum,durability=D]:
+#   drain    per DRAINS entry MODE:SINK[:batch=N,lanes=N,on_sent=delete,queue=quorum,durability=D,
+#            webhook_batch=N]:
 #            a fresh database with ROWS pending
 #            rows (AGGS aggregates, ~300-byte payloads, committed INSERT_CHUNK rows per
 #            transaction), then outboxd started and timed until every row is acknowledged
 #            (poll: marked sent; logical: /metrics delivered counter = ROWS and the slot's
-#            confirmed_flush_lsn past the last insert), and its peak RSS (VmHWM)
+#            confirmed_flush_lsn past the last insert), and its peak RSS (VmHWM). A webhook drain
+#            first measures the receiver's own ceiling (bench_webhook_receiver, a minimal hyper
+#            server answering 204) with wrk (WRK_CONNECTIONS connections, WRK_SECONDS, POSTs of a
+#            relay-shaped body), then drains into a fresh receiver and records drain ÷ ceiling
 #   sustain  relay (poll and logical, log sink) running while pgbench inserts at full speed for
 #            SUSTAIN_SECONDS: delivered ÷ inserted at the end, events behind and catch-up time
 #   brokers  the NATS and Redis servers' own ceilings for ROWS messages shaped as the relay's
@@ -73,11 +77,13 @@ trap cleanup EXIT
 profile=${BENCH_PROFILE:-release}
 [ "$PERF" != 0 ] && profile=profiling
 echo "building ($profile)..." >&2
-cargo build --profile "$profile" --quiet --bin outboxd --example bench_latency --example bench_broker
+cargo build --profile "$profile" --quiet --bin outboxd --example bench_latency --example bench_broker \
+  --example bench_webhook_receiver
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 outboxd=${BENCH_OUTBOXD:-$target_dir/$profile/outboxd}
 helper=$target_dir/$profile/examples/bench_broker
 latency=$target_dir/$profile/examples/bench_latency
+receiver=$target_dir/$profile/examples/bench_webhook_receiver
 
 as_pg "$bin/initdb" -D "$root/data" -A trust -U postgres --no-sync >/dev/null
 as_pg "$bin/pg_ctl" -D "$root/data" -l "$root/server.log" -w start -o \
@@ -119,6 +125,8 @@ relay_env() { # db mode sink tuning -> env assignments on stdout
       durability=*) echo "OUTBOXD_SINK__LOG__DURABILITY=${kv#durability=}" ;;
       on_sent=*) echo "OUTBOXD_SOURCE__ON_SENT=${kv#on_sent=}" ;;
       queue=*) ;; # RabbitMQ queue type, read by drain_one
+      webhook_batch=*) echo "OUTBOXD_SINK__WEBHOOK__BATCH=true"
+        echo "OUTBOXD_SINK__WEBHOOK__BATCH_MAX=${kv#webhook_batch=}" ;;
       *) echo "unknown tuning $kv" >&2; exit 2 ;;
     esac
   done
@@ -266,6 +274,16 @@ drain_one() { # MODE:SINK[:tuning]
     redis)
       { echo "OUTBOXD_SINK__REDIS__URL=$REDIS_URL"; echo "OUTBOXD_SINK__REDIS__STREAM=bench:$db:{aggregatetype}"; } >>"$envfile"
       ;;
+    webhook)
+      webhook_ceiling
+      local line
+      coproc BROKER { exec "$receiver"; }
+      broker_pid=$BROKER_PID
+      read -r line <&"${BROKER[0]}"
+      receiver_addr=${line#listening=}
+      { echo "OUTBOXD_SINK__WEBHOOK__URL=http://$receiver_addr/events"
+        echo "OUTBOXD_SINK__WEBHOOK__SECRETS=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"; } >>"$envfile"
+      ;;
   esac
   wait_load
   local load_before t0 t1
@@ -311,10 +329,13 @@ drain_one() { # MODE:SINK[:tuning]
     amqp) got=$("$helper" amqp-count "$AMQP_URL" "$queue"); "$helper" amqp-delete "$AMQP_URL" "$exchange" "$queue" ;;
     nats) got=$("$helper" nats-count "$NATS_URL" "BENCH_$db"); "$helper" nats-delete "$NATS_URL" "BENCH_$db" ;;
     redis) got=$(redis-cli -u "$REDIS_URL" XLEN "bench:$db:order"); redis-cli -u "$REDIS_URL" DEL "bench:$db:order" >/dev/null ;;
+    webhook) got=$(curl -s "http://$receiver_addr/count" | awk '{print $2 " events in " $1 " requests"}')
+      kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; broker_pid= ;;
   esac
   local rate
   rate=$(calc "int($ROWS/($t1-$t0))")
   record drain "$spec" "$rate" rows/s "$(calc "round($t1-$t0,2)") s, relay CPU $cpu µs/row, peak RSS $rss MiB, in sink: $got, load before: $load_before"
+  [ "$sink" = webhook ] && record drain "$spec ÷ receiver ceiling" "$(calc "round($rate/$webhook_rate,2)")" x "drain $rate rows/s, receiver ceiling $webhook_rate req/s (wrk)"
   if [ "$PERF" != 0 ]; then
     local prof=$(dirname "$OUT")/perf-${PERF}-${spec//:/_}.txt
     {
@@ -329,6 +350,32 @@ drain_one() { # MODE:SINK[:tuning]
   [ "$mode" = logical ] && psql -d "$db" -c "SELECT pg_drop_replication_slot('slot_$db')" >/dev/null
   psql -c "DROP DATABASE $db"
   rm -rf "$root/log_$db"
+}
+
+# The webhook receiver's own ceiling: wrk POSTing a relay-shaped event (~600 bytes, as the
+# relay's JSON body) to a fresh bench_webhook_receiver, WRK_CONNECTIONS connections over 2
+# threads for WRK_SECONDS; sets webhook_rate (requests/s).
+webhook_rate=0 receiver_addr=
+webhook_ceiling() {
+  local line pad
+  pad=$(printf 'x%.0s' $(seq 1 270))
+  cat >"$root/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["webhook-id"] = "6f1c0000-0000-4000-8000-000000000001"
+wrk.headers["webhook-timestamp"] = "1700000000"
+wrk.headers["webhook-signature"] = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+wrk.body = '{"id":"6f1c0000-0000-4000-8000-000000000001","type":"Step","key":"1234","aggregatetype":"order","op":"insert","origin":{"kind":"outbox"},"time":"2026-12-07T15:00:00.123456Z","position":123456,"payload":{"pad": "$pad", "seq": 123456},"headers":{"id":"6f1c0000-0000-4000-8000-000000000001","type":"Step","aggregatetype":"order","aggregateid":"1234","position":123456}}'
+LUA
+  coproc CEILING { exec "$receiver"; }
+  broker_pid=$CEILING_PID
+  read -r line <&"${CEILING[0]}"
+  wait_load
+  webhook_rate=$(wrk -t 2 -c "${WRK_CONNECTIONS:-16}" -d "${WRK_SECONDS:-10}s" -s "$root/post.lua" "http://${line#listening=}/events" |
+    sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p')
+  webhook_rate=${webhook_rate%.*}
+  kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; broker_pid=
+  record brokers "webhook receiver ceiling (wrk)" "$webhook_rate" req/s "wrk -t 2 -c ${WRK_CONNECTIONS:-16} -d ${WRK_SECONDS:-10}s, POST of a relay-shaped event, HTTP/1.1 keep-alive"
 }
 
 step_sustain() {

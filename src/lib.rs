@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod error;
 pub mod event;
 #[doc(hidden)]

@@ -369,3 +369,67 @@ async fn wait_nacked(count: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_goes_to_the_dead_letter_routing_key_on_the_same_exchange() {
+    let Some(url) = rabbit().await else { return };
+    // Given a queue bound to the main routing keys and one bound to the dead-letter ones, and
+    // a relay whose sink refuses Poison with relay.dead_letter_topic = "dead.{aggregatetype}.{type}"
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let main = Topology::declare(&url, "main.#").await;
+    let dead = main.another_queue("dead.#", FieldTable::default()).await;
+    let mut config = config_for(&db, &dir.path().join("log"));
+    main.configure(&mut config);
+    config.sink.amqp.routing_key = "main.{aggregatetype}".into();
+    config.relay.dead_letter_topic = Some("dead.{aggregatetype}.{type}".into());
+    let faults = std::sync::Arc::new(std::sync::Mutex::new(common::faults::Faults::default()));
+    faults.lock().unwrap().refuse_types.insert("Poison".into());
+    let relay = InProcessRelay::start_with(&config, |inner| common::faults::FaultSink {
+        inner,
+        faults: faults.clone(),
+    })
+    .await;
+
+    // When p writes Step then Poison, and o writes Step
+    let client = connect(&db.url).await;
+    for (key, kind) in [("p", "Step"), ("p", "Poison"), ("o", "Step")] {
+        client
+            .execute(
+                "INSERT INTO outbox (aggregatetype, aggregateid, type, payload, headers) \
+                 VALUES ('order', $1, $2, '{\"seq\": 1}', '{\"trace\": \"t\"}')",
+                &[&key, &kind],
+            )
+            .await
+            .unwrap();
+    }
+
+    // Then the broker routes Poison, with its reason, to the dead-letter queue only
+    let letters = dead.consume(1, WAIT).await;
+    let delivered = main.consume(2, WAIT).await;
+    while failed_rows(&db).await < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.stop().await;
+    assert_eq!(letters[0].routing_key.as_str(), "dead.order.Poison");
+    assert_eq!(
+        header(&letters[0], "outboxd-dead-letter-reason").as_deref(),
+        Some("injected: refused for good")
+    );
+    assert_eq!(header(&letters[0], "trace").as_deref(), Some("t"));
+    assert_eq!(header(&letters[0], "type").as_deref(), Some("Poison"));
+    assert!(
+        delivered
+            .iter()
+            .all(|m| m.routing_key.as_str() == "main.order")
+    );
+    assert!(
+        delivered
+            .iter()
+            .all(|m| header(m, "type").as_deref() == Some("Step"))
+    );
+    assert_eq!((dead.depth().await, main.depth().await), (0, 0));
+    dead.delete().await;
+    main.delete().await;
+}

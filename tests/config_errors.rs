@@ -185,3 +185,23 @@ fn a_value_outside_a_fixed_set_lists_the_valid_values() {
         "expected one of `disable`, `require`, `verify-ca`, `verify-full`",
     );
 }
+
+#[test]
+fn a_bad_dead_letter_topic_is_named() {
+    refused(
+        "[relay]\ndead_letter_topic = \"dead.{aggregate}\"\n",
+        &[],
+        "relay.dead_letter_topic: unknown placeholder {aggregate}",
+    );
+    refused(
+        "[relay]\ndead_letter_topic = \"\"\n",
+        &[],
+        "relay.dead_letter_topic: must not be empty",
+    );
+    // Checked as the configured sink's destination: a NATS subject takes no wildcard
+    refused(
+        "[sink]\ntype = \"nats\"\n[relay]\ndead_letter_topic = \"dead.>\"\n",
+        &[],
+        "relay.dead_letter_topic: \"dead.>\" has an empty or wildcard token",
+    );
+}

@@ -6,7 +6,7 @@ mod common;
 
 use common::amqp::url_through;
 use common::amqp::{Topology, broker_addr, header, id_of, message_seq, rabbit, rabbitmqctl};
-use common::conformance::{Delivered, Refusal, SinkUnderTest, WAIT, total};
+use common::conformance::{Delivered, DeliveredChange, Refusal, SinkUnderTest, WAIT, total};
 use common::proxy::Proxy;
 use outboxd::config::{Config, DbUrl};
 
@@ -20,6 +20,8 @@ struct AmqpSink {
     proxied: String,
     /// What was consumed off the queue so far (reading consumes).
     received: Vec<Delivered>,
+    /// The change events consumed off the queue so far.
+    changes: Vec<DeliveredChange>,
 }
 
 /// Most messages the queue holds while it pushes back.
@@ -39,6 +41,7 @@ impl SinkUnderTest for AmqpSink {
             proxy,
             proxied,
             received: Vec::new(),
+            changes: Vec::new(),
         })
     }
 
@@ -129,6 +132,23 @@ impl SinkUnderTest for AmqpSink {
     /// past `relay.max_attempts` (2) had nacks counted as failed attempts.
     fn held_back(&self, metrics: &str, aggregates: usize) -> bool {
         total(metrics, "outboxd_publish_busy_total") > (3 * aggregates) as f64
+    }
+
+    /// The queue is bound to every routing key, so the table's events land in it too.
+    async fn prepare_changes(&mut self, _config: &mut Config, _table: &str) -> bool {
+        true
+    }
+
+    async fn delivered_changes(&mut self, _table: &str) -> Vec<DeliveredChange> {
+        let messages = self.topology.consume_all(WAIT).await;
+        self.changes
+            .extend(messages.iter().map(|message| DeliveredChange {
+                id: id_of(message),
+                key: header(message, "aggregateid").expect("aggregateid header"),
+                payload: serde_json::from_slice(&message.data).expect("JSON body"),
+                stream: 0,
+            }));
+        self.changes.clone()
     }
 
     async fn teardown(self) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::conformance::{Delivered, Refusal, SinkUnderTest, WAIT, total};
+use common::conformance::{Delivered, DeliveredChange, Refusal, SinkUnderTest, WAIT, total};
 use common::kafka::TestKafka;
 use outboxd::config::Config;
 use std::time::Duration;
@@ -128,6 +128,28 @@ impl SinkUnderTest for KafkaSink {
     /// for room, behind brokers that take 300 ms per request.
     fn held_back(&self, metrics: &str, _aggregates: usize) -> bool {
         total(metrics, "outboxd_in_flight_events") >= (5 * LOCAL_QUEUE) as f64
+    }
+
+    /// The template names `<prefix>.<schema>.<table>` for the table's events: six partitions.
+    async fn prepare_changes(&mut self, _config: &mut Config, table: &str) -> bool {
+        let topic = format!("{}.{table}", self.prefix);
+        self.kafka.create_topic(&topic, 6).await;
+        true
+    }
+
+    async fn delivered_changes(&mut self, table: &str) -> Vec<DeliveredChange> {
+        let topic = format!("{}.{table}", self.prefix);
+        let mut records = self.kafka.read_whole_topic(&topic, WAIT).await;
+        records.sort_by_key(|record| (record.partition, record.offset));
+        records
+            .iter()
+            .map(|record| DeliveredChange {
+                id: record.header("id").expect("id header").to_string(),
+                key: record.key.clone(),
+                payload: serde_json::from_slice(&record.value).expect("JSON value"),
+                stream: record.partition,
+            })
+            .collect()
     }
 }
 

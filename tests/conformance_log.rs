@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::conformance::{Delivered, Refusal, SinkUnderTest};
+use common::conformance::{Delivered, DeliveredChange, Refusal, SinkUnderTest};
 use common::disk::Tmpfs;
 use common::relay::{read_log, seq_of};
 use outboxd::config::Config;
@@ -43,6 +43,24 @@ impl SinkUnderTest for LogSink {
 
     fn configure(&self, config: &mut Config) {
         config.sink.log.dir = self.log.clone();
+    }
+
+    /// Change events go to the topic `<schema>.<table>` of the same log.
+    async fn prepare_changes(&mut self, _config: &mut Config, _table: &str) -> bool {
+        true
+    }
+
+    async fn delivered_changes(&mut self, table: &str) -> Vec<DeliveredChange> {
+        read_log(&self.log)
+            .iter()
+            .filter(|record| record.topic == table)
+            .map(|record| DeliveredChange {
+                id: record.event.id.clone(),
+                key: record.event.key.clone(),
+                payload: serde_json::from_str(record.event.payload.get()).expect("JSON payload"),
+                stream: 0,
+            })
+            .collect()
     }
 
     async fn delivered(&mut self) -> Vec<Delivered> {

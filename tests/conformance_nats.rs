@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::conformance::{Delivered, Refusal, SinkUnderTest, WAIT, total};
+use common::conformance::{Delivered, DeliveredChange, Refusal, SinkUnderTest, WAIT, total};
 use common::nats::{TestStream, nats, server_addr};
 use common::proxy::Proxy;
 use outboxd::config::Config;
@@ -51,6 +51,28 @@ impl SinkUnderTest for NatsSink {
                     .expect("aggregateid header")
                     .to_string(),
                 seq: message.seq(),
+                stream: 0,
+            })
+            .collect()
+    }
+
+    /// Subjects `<prefix>.public.items.<op>`, all in the test's stream.
+    async fn prepare_changes(&mut self, _config: &mut Config, _table: &str) -> bool {
+        true
+    }
+
+    async fn delivered_changes(&mut self, _table: &str) -> Vec<DeliveredChange> {
+        self.stream
+            .read_all(WAIT)
+            .await
+            .iter()
+            .map(|message| DeliveredChange {
+                id: message.header("id").expect("id header").to_string(),
+                key: message
+                    .header("aggregateid")
+                    .expect("aggregateid header")
+                    .to_string(),
+                payload: serde_json::from_slice(&message.payload).expect("JSON body"),
                 stream: 0,
             })
             .collect()

@@ -366,11 +366,14 @@ async fn a_slow_aggregate_holds_up_only_its_own_lane() {
 async fn in_logical_mode_a_failing_aggregate_is_retried_in_order_and_a_poisoned_one_dead_lettered()
 {
     // Given logical replication, a sink that fails aggregate "a" three times and refuses
-    // aggregate "p" transiently for ever, and at most 4 attempts
+    // aggregate "p" transiently for ever, at most 4 attempts, and on_dead_letter = "skip"
+    // (with the default block_aggregate, p's later events are parked instead:
+    // tests/logical_dead_letters.rs)
     let db = test_db().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let mut config = config_in(outboxd::config::SourceMode::Logical, &db, &log);
+    config.relay.on_dead_letter = outboxd::config::OnDeadLetter::Skip;
     config.relay.retry_initial_ms = 50;
     config.relay.retry_max_ms = 200;
     config.relay.max_attempts = 4;

@@ -318,6 +318,8 @@ fn each_sink_profile_wires_one_outboxd_to_its_broker_with_a_healthcheck() {
         ("amqp", "amqp"),
         ("nats", "nats"),
         ("redis", "redis"),
+        ("webhook", "webhook"),
+        ("sqs", "sqs"),
     ];
     for (profile, sink) in profiles {
         // Given the services of the profile: exactly one outboxd (built from this repository)
@@ -422,6 +424,27 @@ fn each_sink_profile_wires_one_outboxd_to_its_broker_with_a_healthcheck() {
                 assert!(depends.contains(&"redis".to_string()), "{depends:?}");
                 let url = config.sink.redis.url.expose();
                 assert!(url.contains("//redis:6379"), "{url}");
+            }
+            "webhook" => {
+                assert!(names.contains(&"webhook-receiver"), "{names:?}");
+                assert!(
+                    depends.contains(&"webhook-receiver".to_string()),
+                    "{depends:?}"
+                );
+                let url = config.sink.webhook.url.expose();
+                assert!(url.starts_with("http://webhook-receiver:8080/"), "{url}");
+                assert!(!config.sink.webhook.secrets.is_empty());
+            }
+            "sqs" => {
+                // The emulator of the profile, and the queue its setup creates
+                assert!(names.contains(&"moto"), "{names:?}");
+                assert!(depends.contains(&"moto-setup".to_string()), "{depends:?}");
+                let sqs = &config.sink.sqs;
+                assert_eq!(sqs.endpoint_url.as_deref(), Some("http://moto:5000"));
+                let setup = strings(&compose["services"]["moto-setup"]["command"]).join(" ");
+                let queue = sqs.queue_url.rsplit('/').next().unwrap();
+                assert!(setup.contains(&format!("QueueName={queue}")), "{setup}");
+                assert!(setup.contains("/sqs/aws4_request"), "{setup}");
             }
             _ => {
                 let dir = config.sink.log.dir.display().to_string();

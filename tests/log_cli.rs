@@ -223,3 +223,62 @@ fn log_read_fails_at_a_damaged_length_instead_of_stopping_silently() {
     );
     assert!(stderr.contains("(offset 1501 at byte"), "{stderr}");
 }
+
+/// Whether process `pid` holds an inotify descriptor (its follower watches the log).
+fn watches_with_inotify(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| target.to_string_lossy().contains("inotify"))
+}
+
+#[test]
+fn a_tail_follower_in_another_process_sees_an_append_through_the_kernels_report() {
+    // Given `log tail -f` in its own process on a log of 3 records, re-checking on its
+    // fallback timer only once an hour, and watching the log
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let config = config_file(dir.path(), &log);
+    let mut writer = LogWriter::open(&log, WriterOptions::default()).unwrap();
+    append(&mut writer, "order", 0..3);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["log", "tail", "-f", "-n", "1"])
+        .env(outboxd::log::RECHECK_ENV, "3600000")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, printed) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { return };
+            let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if lines.send(record["offset"].as_u64().unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(60);
+    assert_eq!(printed.recv_timeout(wait).unwrap(), 2);
+    let deadline = std::time::Instant::now() + wait;
+    while !watches_with_inotify(child.id()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower never watched the log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    // When this process appends a record
+    append(&mut writer, "order", 3..4);
+
+    // Then the follower prints it long before its timer would have looked again
+    let offset = printed.recv_timeout(wait);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(offset, Ok(3), "the follower missed the append");
+}

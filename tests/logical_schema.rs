@@ -120,7 +120,7 @@ async fn logical_renamed_column_stops_before_the_row_which_arrives_after_the_fix
     let mut renamed = config.clone();
     renamed.source.columns.aggregate_id = "agg_id".into();
     let relay = RelayProcess::spawn(&renamed, dir.path(), "renamed", &["run"]);
-    wait_for_events(&[&log], 2, WAIT).await;
+    wait_for_events_or_explain(&[&log], 2, WAIT, || relay.log_text()).await;
     assert_eq!(aggregates(&log), ["before", "renamed"]);
 
     // And when the column is renamed back and another row written, the same happens the
@@ -143,7 +143,7 @@ async fn logical_renamed_column_stops_before_the_row_which_arrives_after_the_fix
         relay.log_text()
     );
     let relay = RelayProcess::spawn(&config, dir.path(), "back", &["run"]);
-    wait_for_events(&[&log], 3, WAIT).await;
+    wait_for_events_or_explain(&[&log], 3, WAIT, || relay.log_text()).await;
     assert_eq!(aggregates(&log), ["before", "renamed", "back"]);
     stop(relay);
     drop_slot(&db).await;

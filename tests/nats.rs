@@ -346,3 +346,39 @@ async fn sent_rows(db: &common::pg::TestDb) -> i64 {
         .unwrap()
         .get(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_handle_publishes_dead_letters_to_its_subject_which_a_stream_must_cover() {
+    let Some(js) = nats().await else { return };
+    // Given a sink on a stream of subjects `<prefix>.>`
+    let stream = TestStream::create(&js).await;
+    let sink = open(&config_of(&stream)).await.expect("open");
+
+    // When it is redirected outside the stream's subjects, start-up fails naming the key
+    let Err(err) = sink.redirect("elsewhere.{type}").await else {
+        panic!("a dead-letter subject no stream covers was accepted");
+    };
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(
+        err.chain().starts_with("relay.dead_letter_topic: "),
+        "{}",
+        err.chain()
+    );
+
+    // And redirected within them, a dead letter lands on that subject with its reason
+    let prefix = &stream.prefix;
+    let mut dead = sink
+        .redirect(&format!("{prefix}.dead.{{aggregatetype}}.{{type}}"))
+        .await
+        .expect("redirect");
+    let letter = outboxd::sink::headers::dead_letter(&event("k", 1, 0), "too big", None);
+    assert_eq!(dead.publish(&[letter]).await.unwrap(), [Outcome::Delivered]);
+    let stored = stream.read_all(WAIT).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].subject, format!("{prefix}.dead.order.Placed"));
+    assert_eq!(
+        stored[0].header("outboxd-dead-letter-reason"),
+        Some("too big")
+    );
+    stream.delete().await;
+}

@@ -205,13 +205,15 @@ fn log_read_from_past_the_end_says_so_on_stderr() {
 
 #[test]
 fn log_tail_follow_exits_once_its_reader_goes_away() {
-    // Given `log tail -f` printing into a pipe, on a log nobody appends to
+    // Given `log tail -f` printing into a pipe, on a log nobody appends to, never re-checking
+    // the log on its own (so only noticing the closed pipe can end it)
     let dir = tempfile::tempdir().unwrap();
     let config = small_log(dir.path(), 3);
     let mut child = Command::new(env!("CARGO_BIN_EXE_outboxd"))
         .arg("--config")
         .arg(&config)
         .args(["log", "tail", "-f"])
+        .env(outboxd::log::RECHECK_ENV, "3600000")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -6,6 +6,7 @@
 mod common;
 
 use common::conformance::{Delivered, WAIT, check_order};
+use common::events::outbox_event;
 use common::pg::test_db;
 use common::redis::{
     PrivateRedis, config_set, configure, connect, read_stream, redis_server, unique_prefix,
@@ -13,26 +14,10 @@ use common::redis::{
 use common::relay::*;
 use outboxd::config::{Config, DbUrl, Secret};
 use outboxd::error::ErrorKind;
-use outboxd::event::{Event, Operation, Origin, Position};
+use outboxd::event::Event;
 use outboxd::sink::{Outcome, RedisSink, Sink, SinkContext};
 use serde_json::value::RawValue;
 use std::time::Duration;
-
-/// An outbox event of key `key` with payload `{"seq": seq}`.
-fn event(key: &str, seq: i64) -> Event {
-    Event {
-        id: uuid::Uuid::new_v4().to_string(),
-        subject: "order".into(),
-        key: key.into(),
-        event_type: "Placed".into(),
-        op: Operation::Insert,
-        origin: Origin::Outbox,
-        payload: RawValue::from_string(format!(r#"{{"seq":{seq}}}"#)).unwrap(),
-        headers: None,
-        created_at: chrono::Utc::now(),
-        position: Position(seq as u64),
-    }
-}
 
 /// A config writing to the server at `addr`, stream keys `<prefix>:{aggregatetype}`.
 fn config_at(addr: &str, prefix: &str) -> Config {
@@ -58,7 +43,7 @@ async fn entries_carry_the_event_fields_and_maxlen_trims_the_stream() {
     let mut sink = open(&config).await.unwrap();
 
     // When an event with row headers and then 1,000 more are appended
-    let mut first = event("42", 1);
+    let mut first = outbox_event("42", 1);
     first.headers = Some(RawValue::from_string(r#"{"trace":"t-1"}"#.into()).unwrap());
     assert_eq!(
         sink.publish(std::slice::from_ref(&first)).await.unwrap(),
@@ -67,7 +52,7 @@ async fn entries_carry_the_event_fields_and_maxlen_trims_the_stream() {
     let key = format!("{prefix}:order");
     let entries = read_stream(&mut shared, &key).await;
     let batch: Vec<Event> = (2..=1001)
-        .map(|seq| event(&format!("k{}", seq % 7), seq))
+        .map(|seq| outbox_event(&format!("k{}", seq % 7), seq))
         .collect();
     let outcomes = sink.publish(&batch).await.unwrap();
 
@@ -115,7 +100,12 @@ async fn a_key_of_another_type_is_a_dead_letter_naming_it_and_other_keys_flow() 
 
     // When events of that key and another are appended
     let outcomes = sink
-        .publish(&[event("a", 1), event("b", 1), event("a", 2), event("b", 2)])
+        .publish(&[
+            outbox_event("a", 1),
+            outbox_event("b", 1),
+            outbox_event("a", 2),
+            outbox_event("b", 2),
+        ])
         .await
         .unwrap();
 
@@ -145,7 +135,10 @@ async fn out_of_memory_pushes_back_and_a_read_only_replica_fails_the_batch_until
 
     // When it is out of memory: busy, the key's later event waits, nothing is stored
     config_set(&mut admin, "maxmemory", "1").await;
-    let outcomes = sink.publish(&[event("a", 1), event("a", 2)]).await.unwrap();
+    let outcomes = sink
+        .publish(&[outbox_event("a", 1), outbox_event("a", 2)])
+        .await
+        .unwrap();
     assert!(
         matches!(&outcomes[0], Outcome::Busy(r) if r.contains("OOM")),
         "{outcomes:?}"
@@ -162,7 +155,7 @@ async fn out_of_memory_pushes_back_and_a_read_only_replica_fails_the_batch_until
         .query_async(&mut admin)
         .await
         .unwrap();
-    let err = sink.publish(&[event("a", 1)]).await.unwrap_err();
+    let err = sink.publish(&[outbox_event("a", 1)]).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains("read-only replica"), "{err}");
     assert!(!sink.is_healthy());
@@ -174,7 +167,10 @@ async fn out_of_memory_pushes_back_and_a_read_only_replica_fails_the_batch_until
         .query_async(&mut admin)
         .await
         .unwrap();
-    let outcomes = sink.publish(&[event("a", 1), event("a", 2)]).await.unwrap();
+    let outcomes = sink
+        .publish(&[outbox_event("a", 1), outbox_event("a", 2)])
+        .await
+        .unwrap();
     assert_eq!(outcomes, [Outcome::Delivered, Outcome::Delivered]);
     assert!(sink.probe().await);
 }
@@ -205,7 +201,7 @@ async fn acl_credentials_are_used_and_never_printed() {
     assert!(!format!("{:?}", config.sink.redis).contains("Hunter2Secret"));
     let mut sink = open(&config).await.unwrap();
     assert_eq!(
-        sink.publish(&[event("a", 1)]).await.unwrap(),
+        sink.publish(&[outbox_event("a", 1)]).await.unwrap(),
         [Outcome::Delivered]
     );
 }
@@ -287,7 +283,7 @@ async fn rediss_with_a_private_ca_is_trusted_with_ca_file_only() {
     config.sink.redis.validate().unwrap();
     let mut sink = open(&config).await.unwrap();
     assert_eq!(
-        sink.publish(&[event("a", 1)]).await.unwrap(),
+        sink.publish(&[outbox_event("a", 1)]).await.unwrap(),
         [Outcome::Delivered]
     );
 }

@@ -1,5 +1,7 @@
-//! The command line: `run`, `migrate`, `check-config` and `log read|tail|stats`.
+//! The command line: `run`, `migrate`, `check-config`, `status`, `dlq`, `backfill` and `log
+//! read|tail|stats`.
 
+mod backfill;
 mod dlq;
 mod log;
 pub mod run;
@@ -46,6 +48,8 @@ pub enum Command {
     /// Inspect, retry or skip dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Deliver a captured table's rows again (change data capture); show or cancel backfills.
+    Backfill(backfill::BackfillArgs),
     /// Read the embedded log.
     #[command(subcommand)]
     Log(log::LogCommand),
@@ -63,6 +67,7 @@ pub async fn main() -> Result<()> {
         Command::CheckConfig => check_config(&load(&cli.config, false)?),
         Command::Status { json } => status::run(&load(&cli.config, false)?, json).await,
         Command::Dlq(command) => dlq::run(&load(&cli.config, false)?, command).await,
+        Command::Backfill(args) => backfill::run(&load(&cli.config, false)?, args).await,
         Command::Log(command) => log::run(&load(&cli.config, false)?, command).await,
     }
 }

@@ -177,6 +177,17 @@ pub async fn migrate(config: &Config) -> Result<()> {
     }
     if config.source.mode.is_logical() {
         crate::source::logical::slot::prepare(&session.client, &config.source).await?;
+        // A stream is read once: what the sink refuses is kept in the dead-letter store.
+        crate::dlq::Store::new(&config.source)
+            .create(&session.client, &config.source.table.schema)
+            .await?;
+        // What brokers took past the slot's confirmed position, so a crash repeats less.
+        crate::source::logical::marks::create(&session.client, &config.source).await?;
+    }
+    if config.source.mode.is_logical() && !config.source.cdc.tables.is_empty() {
+        // Snapshot progress and backfill requests (see README, "Snapshots and backfills").
+        let schema = &config.source.table.schema;
+        crate::source::logical::snapshot::store::create_table(&session.client, schema).await?;
     }
     Ok(())
 }

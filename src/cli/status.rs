@@ -131,8 +131,15 @@ async fn cdc(config: &Config, client: &tokio_postgres::Client, json: bool) -> Re
         .iter()
         .map(|found| format!("{}.{}", found.schema, found.table))
         .collect::<Vec<_>>();
+    let schema = &config.source.table.schema;
+    let backfills = match crate::source::logical::snapshot::store::exists(client, schema).await? {
+        true => crate::source::logical::snapshot::store::list(client, schema, slot).await?,
+        false => Vec::new(),
+    };
     if json {
-        let status = serde_json::json!({"mode": "cdc", "tables": tables, "slot_lag_bytes": lag});
+        let backfills: Vec<_> = backfills.iter().map(super::backfill::line).collect();
+        let status = serde_json::json!({"mode": "cdc", "tables": tables, "slot_lag_bytes": lag,
+            "backfills": backfills});
         println!("{status:#}");
         return Ok(());
     }
@@ -141,6 +148,9 @@ async fn cdc(config: &Config, client: &tokio_postgres::Client, json: bool) -> Re
     match lag {
         Some(bytes) => println!("{:<16}{bytes} bytes", "slot lag"),
         None => println!("{:<16}slot {slot:?} does not exist", "slot lag"),
+    }
+    for job in &backfills {
+        println!("{:<16}{}", "backfill", super::backfill::line(job));
     }
     Ok(())
 }

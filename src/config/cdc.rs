@@ -12,7 +12,44 @@ pub struct CdcConfig {
     /// `source.mode = "cdc"`; with `mode = "logical"` they are captured beside the outbox through
     /// the same slot. Default: none.
     pub tables: Vec<String>,
+    /// Tables (same forms as `tables`) whose inserts alone are captured: for tables without a
+    /// usable replica identity, which `tables` refuses. They are published by a second
+    /// publication, `<source.logical.publication>_inserts`, that publishes inserts only, so
+    /// PostgreSQL keeps accepting the application's UPDATE and DELETE on them. A table matched
+    /// here is captured insert-only even if `tables` matches it too. Default: none.
+    pub insert_only: Vec<String>,
+    /// Whether each captured table's existing rows are delivered first, once per table, as
+    /// `"op": "r"` events: `"initial"` (default) or `"never"` (see README, "Snapshots and
+    /// backfills").
+    pub snapshot: SnapshotMode,
+    /// Most rows one snapshot or backfill chunk reads (and holds in memory) at a time.
+    pub snapshot_chunk_rows: ChunkRows,
 }
+
+/// `source.cdc.snapshot`: whether captured tables' existing rows are delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Each captured table's rows are read once, the first time the relay captures it.
+    #[default]
+    Initial,
+    /// Only changes are captured; rows come only from `outboxd backfill`.
+    Never,
+}
+
+/// `source.cdc.snapshot_chunk_rows`: rows per snapshot chunk (default 10,000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChunkRows(pub usize);
+
+impl Default for ChunkRows {
+    fn default() -> Self {
+        ChunkRows(10_000)
+    }
+}
+
+/// The suffix of the publication that carries the insert-only tables.
+pub const INSERTS_SUFFIX: &str = "_inserts";
 
 /// One entry of `source.cdc.tables`, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,45 +111,94 @@ impl std::fmt::Display for TablePattern {
 }
 
 impl CdcConfig {
-    /// The parsed `tables` entries.
+    /// Every captured table's pattern: `tables`, then `insert_only`.
     pub fn patterns(&self) -> Vec<TablePattern> {
-        self.tables
-            .iter()
-            .filter_map(|entry| TablePattern::parse(entry).ok())
+        parsed(&self.tables)
+            .chain(parsed(&self.insert_only))
             .collect()
     }
 
+    /// The parsed `tables` entries.
+    pub fn table_patterns(&self) -> Vec<TablePattern> {
+        parsed(&self.tables).collect()
+    }
+
+    /// The parsed `insert_only` entries.
+    pub fn insert_only_patterns(&self) -> Vec<TablePattern> {
+        parsed(&self.insert_only).collect()
+    }
+
+    /// Whether any table is captured.
+    pub fn captures(&self) -> bool {
+        !self.tables.is_empty() || !self.insert_only.is_empty()
+    }
+
+    /// The name of the publication of the insert-only tables, beside `publication`.
+    pub fn inserts_publication(publication: &str) -> String {
+        format!("{publication}{INSERTS_SUFFIX}")
+    }
+
     /// Checks the entries; `required` says whether at least one table must be given (cdc mode)
-    /// and `allowed` whether any may be (not in polling mode). The error names the key.
-    pub fn validate(&self, required: bool, allowed: bool) -> Result<()> {
-        if !allowed && !self.tables.is_empty() {
-            return Err(Error::config(
-                "source.cdc.tables",
-                "is read only with source.mode = \"cdc\" or \"logical\" (table changes come \
-                 through a replication slot; polling reads only the outbox)",
-            ));
+    /// and `allowed` whether any may be (not in polling mode); `publication` is the one the
+    /// insert-only publication is named after. The error names the key.
+    pub fn validate(&self, required: bool, allowed: bool, publication: &str) -> Result<()> {
+        for (key, list) in [
+            ("source.cdc.tables", &self.tables),
+            ("source.cdc.insert_only", &self.insert_only),
+        ] {
+            if !allowed && !list.is_empty() {
+                return Err(Error::config(
+                    key,
+                    "is read only with source.mode = \"cdc\" or \"logical\" (table changes \
+                     come through a replication slot; polling reads only the outbox)",
+                ));
+            }
+            distinct(key, list)?;
         }
-        if required && self.tables.is_empty() {
+        if required && !self.captures() {
             return Err(Error::config(
                 "source.cdc.tables",
                 "must name at least one table with source.mode = \"cdc\", e.g. tables = \
-                 [\"public.orders\", \"inventory.*\"]",
+                 [\"public.orders\", \"inventory.*\"] (or source.cdc.insert_only one)",
             ));
         }
-        let mut seen = Vec::new();
-        for entry in &self.tables {
-            let pattern =
-                TablePattern::parse(entry).map_err(|e| Error::config("source.cdc.tables", e))?;
-            if seen.contains(&pattern) {
-                return Err(Error::config(
-                    "source.cdc.tables",
-                    format!("\"{entry}\" is listed twice"),
-                ));
-            }
-            seen.push(pattern);
+        let inserts = Self::inserts_publication(publication);
+        if !self.insert_only.is_empty() && inserts.len() > 63 {
+            return Err(Error::config(
+                "source.logical.publication",
+                format!(
+                    "\"{publication}\" is too long for source.cdc.insert_only: \"{inserts}\" \
+                     (its insert-only publication) must fit in 63 bytes"
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.snapshot_chunk_rows.0) {
+            return Err(Error::config(
+                "source.cdc.snapshot_chunk_rows",
+                "must be between 1 and 1000000 (a chunk's rows are held in memory)",
+            ));
         }
         Ok(())
     }
+}
+
+/// The entries of `list` that parse.
+fn parsed(list: &[String]) -> impl Iterator<Item = TablePattern> + '_ {
+    list.iter()
+        .filter_map(|entry| TablePattern::parse(entry).ok())
+}
+
+/// Every entry of the list `key` parses, and none is listed twice.
+fn distinct(key: &str, list: &[String]) -> Result<()> {
+    let mut seen = Vec::new();
+    for entry in list {
+        let pattern = TablePattern::parse(entry).map_err(|e| Error::config(key, e))?;
+        if seen.contains(&pattern) {
+            return Err(Error::config(key, format!("\"{entry}\" is listed twice")));
+        }
+        seen.push(pattern);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -122,6 +208,7 @@ mod tests {
     fn tables(entries: &[&str]) -> CdcConfig {
         CdcConfig {
             tables: entries.iter().map(|e| e.to_string()).collect(),
+            ..CdcConfig::default()
         }
     }
 
@@ -143,10 +230,13 @@ mod tests {
     #[test]
     fn malformed_entries_are_refused_with_the_key() {
         for bad in ["orders", "public.", ".orders", "a.b.c", "\"x\".y"] {
-            let err = tables(&[bad]).validate(true, true).unwrap_err().to_string();
+            let err = tables(&[bad])
+                .validate(true, true, "outboxd")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("source.cdc.tables"), "{bad}: {err}");
         }
-        let err = tables(&["public.a", "public.a"]).validate(true, true);
+        let err = tables(&["public.a", "public.a"]).validate(true, true, "outboxd");
         assert!(err.unwrap_err().to_string().contains("listed twice"));
     }
 
@@ -163,10 +253,39 @@ mod tests {
 
     #[test]
     fn cdc_mode_needs_a_table_and_polling_mode_takes_none() {
-        let err = tables(&[]).validate(true, true).unwrap_err().to_string();
+        let err = tables(&[])
+            .validate(true, true, "outboxd")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at least one table"), "{err}");
-        let err = tables(&["public.a"]).validate(false, false);
+        let err = tables(&["public.a"]).validate(false, false, "outboxd");
         assert!(err.unwrap_err().to_string().contains("source.mode"));
-        assert!(tables(&[]).validate(false, true).is_ok());
+        assert!(tables(&[]).validate(false, true, "outboxd").is_ok());
+    }
+
+    #[test]
+    fn insert_only_tables_count_as_captured_and_are_checked_like_tables() {
+        let mut config = tables(&[]);
+        config.insert_only = vec!["audit.*".into()];
+        assert!(config.captures());
+        config.validate(true, true, "outboxd").unwrap();
+        assert_eq!(config.patterns(), [TablePattern::Schema("audit".into())]);
+        assert!(config.table_patterns().is_empty());
+        assert_eq!(CdcConfig::inserts_publication("outboxd"), "outboxd_inserts");
+        config.insert_only.push("audit".into());
+        let err = config
+            .validate(true, true, "outboxd")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.cdc.insert_only"), "{err}");
+        config.insert_only.pop();
+        let err = config
+            .validate(false, false, "outboxd")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("source.cdc.insert_only"), "{err}");
+        let long = "p".repeat(60);
+        let err = config.validate(true, true, &long).unwrap_err().to_string();
+        assert!(err.contains("must fit in 63 bytes"), "{err}");
     }
 }

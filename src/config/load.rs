@@ -69,9 +69,11 @@ pub fn from_sources(
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true)
-            // OUTBOXD_SOURCE__CDC__TABLES="public.orders,inventory.*"; every other key stays text.
+            // OUTBOXD_SOURCE__CDC__TABLES="public.orders,inventory.*" (and __INSERT_ONLY); every
+            // other key stays text.
             .list_separator(",")
             .with_list_parse_key("source.cdc.tables")
+            .with_list_parse_key("source.cdc.insert_only")
             .source(Some(env.clone().into_iter().collect())),
     );
     let invalid = |reason: String| Error::new(ErrorKind::Config, reason);

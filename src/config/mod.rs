@@ -16,7 +16,7 @@ pub use crate::secret::{Conninfo, DbUrl, MASK, Secret, mask_connection_string};
 pub use crate::sink::{
     AmqpSinkConfig, ExchangeType, KafkaSinkConfig, LogSinkConfig, SinkConfig, SinkKind,
 };
-pub use cdc::{CdcConfig, TablePattern};
+pub use cdc::{CdcConfig, ChunkRows, SnapshotMode, TablePattern};
 pub use http::{ConsumeConfig, HttpConfig, HttpTlsConfig};
 pub use load::{DEFAULT_PATH, ENV_PREFIX, from_sources, load, origin};
 pub use logical::LogicalConfig;
@@ -350,6 +350,12 @@ pub struct RelayConfig {
     /// milliseconds; after that they are abandoned unacknowledged (delivered again by the next
     /// run) and the relay exits. Default 10000.
     pub shutdown_grace_ms: u64,
+    /// Where dead letters are also published, on the same sink: a template with the sinks'
+    /// placeholders that replaces the sink's destination (the log's or Kafka's topic, AMQP's
+    /// routing key, the NATS subject, the Redis stream key, the webhook URL, the SQS queue URL,
+    /// the SNS topic ARN). Each goes with the header `outboxd-dead-letter-reason`. Default
+    /// unset: dead letters are kept in the outbox table or dead-letter store only.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// What happens behind a dead letter.
@@ -374,6 +380,7 @@ impl Default for RelayConfig {
             publish_timeout_ms: 60_000,
             lanes: 4,
             shutdown_grace_ms: 10_000,
+            dead_letter_topic: None,
         }
     }
 }

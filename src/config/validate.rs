@@ -48,14 +48,20 @@ impl Config {
         source.cdc.validate(
             source.mode == super::SourceMode::Cdc,
             source.mode.is_logical(),
+            &source.logical.publication,
         )?;
         let outbox = super::TablePattern::Table {
             schema: source.table.schema.clone(),
             table: source.table.name.clone(),
         };
-        if source.mode == super::SourceMode::Logical && source.cdc.patterns().contains(&outbox) {
+        let listed_in = [
+            ("source.cdc.tables", source.cdc.table_patterns()),
+            ("source.cdc.insert_only", source.cdc.insert_only_patterns()),
+        ];
+        let outbox_listed = listed_in.iter().find(|(_, p)| p.contains(&outbox));
+        if let (super::SourceMode::Logical, Some((key, _))) = (source.mode, outbox_listed) {
             return Err(Error::config(
-                "source.cdc.tables",
+                key,
                 format!(
                     "\"{outbox}\" is the outbox table, whose inserts logical mode already turns \
                      into outbox events; remove it (or use mode = \"cdc\" to capture it as a table)"
@@ -102,6 +108,9 @@ impl Config {
             3_600_000,
         )?;
         range("relay.lanes", self.relay.lanes as u64, 1, 256)?;
+        if let Some(destination) = &self.relay.dead_letter_topic {
+            self.sink.check_destination(destination)?;
+        }
         range(
             "relay.shutdown_grace_ms",
             self.relay.shutdown_grace_ms,

@@ -174,6 +174,10 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Each event of a stream and each long-poll answer is a small write of its own: with
+        // Nagle's algorithm one waits for the client's (delayed, up to 40 ms) ACK of the one
+        // before, which was the tail of the consumer API's latency.
+        let _ = stream.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Full: closing at once frees the descriptor; a scraper retries at its next interval.
             drop(stream);

@@ -5,22 +5,21 @@
 //! Following waits on the writer's announcements (see `notify.rs`) when the writer runs in this
 //! process, so a waiting consumer wakes as soon as a record is durable, in every durability
 //! mode, and never sees a record before then. When another process writes the log there is no
-//! announcement to wait on, and [`Consumer::wait`] re-checks every [`UNANNOUNCED_RECHECK`].
+//! announcement to wait on: [`Consumer::wait`] waits for the kernel to report a write to the
+//! log's directory (see `disk_watch.rs`), re-checking on a long timer only as a fallback.
 
+use super::disk_watch::{self, recheck_interval};
 use super::notify::{self, DurableEnd};
 use super::{ConsumerGroup, LogReader, Record, WriterOptions, seek};
 use crate::error::Result;
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
 /// Index spacing of indexes rebuilt in memory to seek by time in segments that have none.
 const INDEX_INTERVAL: u64 = WriterOptions::DEFAULT.index_interval_bytes;
-
-/// How often a follower re-checks a log that no writer in this process announces.
-pub const UNANNOUNCED_RECHECK: Duration = Duration::from_millis(50);
 
 /// Where a consumer starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +51,8 @@ pub struct Consumer {
     position: u64,
     /// The durable end the last read that found nothing saw: waiting needs more than it.
     caught_up: u64,
+    /// Writes to the log's directory, once waited for with no writer in this process.
+    disk: Option<watch::Receiver<u64>>,
 }
 
 impl Consumer {
@@ -79,6 +80,7 @@ impl Consumer {
             held: None,
             position: offset,
             caught_up: 0,
+            disk: None,
         })
     }
 
@@ -103,6 +105,10 @@ impl Consumer {
     // Not `Iterator::next`: reading fails and the end moves, so `None` does not mean "done".
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Record>> {
+        // Marked before reading, so a write after the read moves it again (see `wait`).
+        if let Some(disk) = &mut self.disk {
+            disk.borrow_and_update();
+        }
         loop {
             let durable = *self.durable.borrow_and_update();
             let record = match self.held.take() {
@@ -146,11 +152,12 @@ impl Consumer {
     }
 
     /// Waits until records past those read so far may be there: until the writer in this
-    /// process announces a durable end beyond them, or (no writer here) for
-    /// [`UNANNOUNCED_RECHECK`]. Cancel-safe.
+    /// process announces a durable end beyond them or, with no writer here, until the kernel
+    /// reports a write to the log's directory (or [`recheck_interval`] passes, a fallback).
+    /// Cancel-safe.
     pub async fn wait(&mut self) {
         let floor = self.position.max(self.caught_up);
-        let changed = self
+        let announced = self
             .durable
             .wait_for(|end| match end {
                 DurableEnd::Below(end) => *end > floor,
@@ -159,8 +166,27 @@ impl Consumer {
             .await
             .map(|end| *end);
         // The registry keeps every sender alive, so the channel never closes.
-        if let Ok(DurableEnd::Unknown) = changed {
-            tokio::time::sleep(UNANNOUNCED_RECHECK).await;
+        if !matches!(announced, Ok(DurableEnd::Unknown)) {
+            return;
+        }
+        let Some(disk) = &mut self.disk else {
+            self.disk = disk_watch::subscribe(&self.dir);
+            if self.disk.is_none() {
+                tokio::time::sleep(recheck_interval(false)).await;
+            }
+            // With a new watch, return at once: a write between the last read and the watch's
+            // start is not reported, so the caller reads again first.
+            return;
+        };
+        let closed = tokio::select! {
+            changed = disk.changed() => changed.is_err(),
+            // A writer in this process started: its announcements take over.
+            _ = self.durable.changed() => false,
+            () = tokio::time::sleep(recheck_interval(true)) => false,
+        };
+        if closed {
+            // The watch ended (its directory went away, or it was being retired): watch anew.
+            self.disk = None;
         }
     }
 

@@ -59,10 +59,12 @@
 
 pub(crate) mod codec;
 pub mod consumer;
+pub(crate) mod disk_watch;
 mod durability;
 pub(crate) mod frame;
 mod group;
 pub(crate) mod index;
+pub(crate) mod json;
 pub(crate) mod notify;
 mod options;
 pub(crate) mod permissions;
@@ -79,7 +81,8 @@ mod syncer;
 pub(crate) mod testing;
 mod writer;
 
-pub use self::consumer::{Consumer, Start, UNANNOUNCED_RECHECK, blocking};
+pub use self::consumer::{Consumer, Start, blocking};
+pub use self::disk_watch::{RECHECK_ENV, WATCHED_RECHECK};
 pub use self::durability::Durability;
 pub use self::group::{AckState, ConsumerGroup};
 pub use self::notify::DurableEnd;

@@ -34,6 +34,11 @@ pub const RETRIES: &str = "outboxd_publish_retries";
 pub const BUSY: &str = "outboxd_publish_busy";
 /// Events marked failed (dead letters) by this process.
 pub const DEAD_LETTERS_TOTAL: &str = "outboxd_dead_letters";
+/// Dead letters published to `relay.dead_letter_topic`.
+pub const DEAD_LETTERS_PUBLISHED: &str = "outboxd_dead_letters_published";
+/// Dead letters `relay.dead_letter_topic` refused for good (they stay in the outbox table or
+/// dead-letter store only).
+pub const DEAD_LETTER_PUBLISH_FAILURES: &str = "outboxd_dead_letter_publish_failures";
 /// Failed events currently in the outbox (sampled from the table).
 pub const DEAD_LETTERS_CURRENT: &str = "outboxd_dead_letters_current";
 /// Events waiting to be delivered (sampled from the table).
@@ -85,6 +90,20 @@ pub struct TableLabels {
     pub op: &'static str,
 }
 
+/// Rows delivered by snapshots and backfills, by table.
+pub const BACKFILL_ROWS: &str = "outboxd_backfill_rows";
+
+/// Rows a running snapshot or backfill has still to deliver (from the table's row estimate),
+/// by table; 0 once it ends.
+pub const BACKFILL_REMAINING: &str = "outboxd_backfill_remaining_rows";
+
+/// Labels of [`BACKFILL_ROWS`] and [`BACKFILL_REMAINING`]: bounded by the captured tables.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackfillLabels {
+    /// `schema.table`.
+    pub table: String,
+}
+
 /// Labels naming a sink.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
@@ -107,6 +126,10 @@ pub struct Metrics {
     pub published: Family<PublishLabels, Counter>,
     /// See [`TABLE_CHANGES`].
     pub table_changes: Family<TableLabels, Counter>,
+    /// See [`BACKFILL_ROWS`].
+    pub backfill_rows: Family<BackfillLabels, Counter>,
+    /// See [`BACKFILL_REMAINING`].
+    pub backfill_remaining: Family<BackfillLabels, Gauge>,
     /// See [`EVENT_LATENCY`].
     pub latency: Histogram,
     /// See [`BATCH_SIZE`].
@@ -117,6 +140,10 @@ pub struct Metrics {
     pub busy: Family<SinkLabels, Counter>,
     /// See [`DEAD_LETTERS_TOTAL`].
     pub dead_letters: Counter,
+    /// See [`DEAD_LETTERS_PUBLISHED`].
+    pub dead_letters_published: Counter,
+    /// See [`DEAD_LETTER_PUBLISH_FAILURES`].
+    pub dead_letter_publish_failures: Counter,
     /// See [`DEAD_LETTERS_CURRENT`].
     pub dead_letters_current: Gauge,
     /// See [`PENDING`].
@@ -181,7 +208,11 @@ impl Metrics {
             retries,
             busy: Family::default(),
             table_changes: Family::default(),
+            backfill_rows: Family::default(),
+            backfill_remaining: Family::default(),
             dead_letters: Counter::default(),
+            dead_letters_published: Counter::default(),
+            dead_letter_publish_failures: Counter::default(),
             dead_letters_current: Gauge::default(),
             pending: Gauge::default(),
             oldest_pending_age: Gauge::default(),
@@ -229,6 +260,16 @@ impl Metrics {
             m.dead_letters.clone(),
         );
         registry.register(
+            DEAD_LETTERS_PUBLISHED,
+            "Dead letters published to relay.dead_letter_topic",
+            m.dead_letters_published.clone(),
+        );
+        registry.register(
+            DEAD_LETTER_PUBLISH_FAILURES,
+            "Dead letters relay.dead_letter_topic refused for good",
+            m.dead_letter_publish_failures.clone(),
+        );
+        registry.register(
             DEAD_LETTERS_CURRENT,
             "Failed events currently in the outbox",
             m.dead_letters_current.clone(),
@@ -258,6 +299,16 @@ impl Metrics {
             TABLE_CHANGES,
             "Changes of captured tables decoded from the stream, by table and operation",
             m.table_changes.clone(),
+        );
+        registry.register(
+            BACKFILL_ROWS,
+            "Rows delivered by snapshots and backfills, by table",
+            m.backfill_rows.clone(),
+        );
+        registry.register(
+            BACKFILL_REMAINING,
+            "Rows a running snapshot or backfill has still to deliver (estimate), by table",
+            m.backfill_remaining.clone(),
         );
         registry.register(
             SLOT_LAG,

@@ -1,7 +1,7 @@
 //! One lane: publishes the events handed to it, in order, one publish at a time, retrying
 //! transient sink failures with backoff.
 
-use crate::config::RelayConfig;
+use crate::config::{OnDeadLetter, RelayConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::metrics::{self, SinkLabels};
@@ -109,6 +109,11 @@ async fn settle<K: Sink>(
     let mut attempts = vec![0i32; events.len()];
     let mut todo: Vec<usize> = (0..events.len()).collect();
     let mut backoff = Backoff::from_config(config);
+    // Keys refused for good in this call: with `block_aggregate`, their later events wait
+    // behind the dead letter (the relay hands them to the source to park) instead of being
+    // tried again here.
+    let mut dead: HashSet<String> = HashSet::new();
+    let block = config.on_dead_letter == OnDeadLetter::BlockAggregate;
     loop {
         // The first round publishes the slice as given; only retries copy.
         let retrying: Vec<Event>;
@@ -147,10 +152,11 @@ async fn settle<K: Sink>(
                     attempts[i] += 1;
                     if attempts[i] >= config.max_attempts {
                         metrics::get().dead_letters.inc();
-                        outcomes[i] = Some(Outcome::Refused(format!(
-                            "failed {} times (relay.max_attempts); last error: {reason}",
-                            attempts[i]
-                        )));
+                        let reason = crate::dlq::exhausted(attempts[i], &reason);
+                        outcomes[i] = Some(Outcome::Refused(reason));
+                        if block {
+                            dead.insert(aggregate.to_string());
+                        }
                         false
                     } else {
                         tracing::warn!(id = %events[i].id, attempt = attempts[i], reason,
@@ -158,7 +164,15 @@ async fn settle<K: Sink>(
                         true
                     }
                 }
+                Outcome::Deferred if dead.contains(aggregate) => false,
                 Outcome::Deferred => kept.contains(aggregate) || redelivery == Redelivery::InLane,
+                Outcome::Refused(reason) => {
+                    if block {
+                        dead.insert(aggregate.to_string());
+                    }
+                    outcomes[i] = Some(Outcome::Refused(reason));
+                    false
+                }
                 settled => {
                     outcomes[i] = Some(settled);
                     false

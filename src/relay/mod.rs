@@ -18,17 +18,21 @@
 //! one rejection for those refused for good. The source is never told anything about an event
 //! before the sink confirmed it, so a crash at any point loses nothing.
 
+mod dead_letters;
 mod lane;
+mod settled;
 
 pub use lane::{Redelivery, lane_of};
 
 use crate::config::{OnDeadLetter, RelayConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Event, Position, Rejected};
-use crate::metrics::{self, SinkLabels};
+use crate::event::Event;
+use crate::metrics;
 use crate::sink::{Outcome, Sink};
 use crate::source::{Batch, Leadership, Source};
+use dead_letters::DeadLetters;
 use lane::Finished;
+use settled::Settled;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,8 +111,13 @@ struct Relay<'a, S, K> {
     /// Most bytes in flight before the relay stops fetching: memory stays bounded by what the
     /// lanes hold, whatever the events carry.
     max_in_flight_bytes: usize,
-    /// Most events in one publish.
+    /// Most events fetched per batch (a lane's queue counts as short below it).
     max_publish: usize,
+    /// Most events in one lane's publish. A source read once keeps lanes' queues deep (the
+    /// stream is fetched ahead), and whatever a run has published when the process dies is
+    /// delivered again: so there a run takes a lane's share of a batch, as a fetch of a
+    /// polling source gives it, and a crash repeats no more than in polling mode.
+    max_run: usize,
     /// What the lanes do with events to try again.
     redelivery: Redelivery,
     /// What lanes confirm before each publish, if the source elects a leader.
@@ -117,6 +126,11 @@ struct Relay<'a, S, K> {
     wake: Notify,
     /// The sink's name, for logs and metrics.
     sink_name: &'static str,
+    /// Where dead letters are also published (`relay.dead_letter_topic`), if set.
+    dead_letters: Option<DeadLetters<K>>,
+    /// Whether the source is told which events were delivered (it wants to, and the sink
+    /// cannot report what it holds itself).
+    notes_deliveries: bool,
 }
 
 impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
@@ -136,6 +150,10 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             });
         }
         let sink_name = sink.name();
+        let notes_deliveries = source.notes_deliveries() && !sink.reads_back();
+        let config = Arc::new(config.clone());
+        let leadership = source.leadership();
+        let dead_letters = DeadLetters::open(&sink, &config, leadership.clone()).await?;
         lanes.push(Idle {
             sink: Some(sink),
             queue: VecDeque::new(),
@@ -146,11 +164,14 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             Redelivery::InLane
         };
         let max_publish = source.batch_size().max(1);
-        let leadership = source.leadership();
+        let max_run = match redelivery {
+            Redelivery::InLane => max_publish.div_ceil(count.max(1)),
+            Redelivery::BySource => max_publish,
+        };
         let batch_bytes = source.batch_bytes();
         Ok(Relay {
             source,
-            config: Arc::new(config.clone()),
+            config,
             shutdown,
             lanes,
             running: JoinSet::new(),
@@ -161,10 +182,13 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             in_flight_bytes: 0,
             max_in_flight_bytes: batch_bytes.saturating_mul(count + 1),
             max_publish,
+            max_run,
             redelivery,
             leadership,
             wake: Notify::new(),
             sink_name,
+            dead_letters,
+            notes_deliveries,
         })
     }
 
@@ -285,7 +309,7 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             let Some(sink) = lane.sink.take() else {
                 continue;
             };
-            let take = lane.queue.len().min(self.max_publish);
+            let take = lane.queue.len().min(self.max_run);
             let events: Vec<Event> = lane.queue.drain(..take).collect();
             self.running.spawn(lane::run(
                 index,
@@ -306,7 +330,10 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
     /// acknowledgement can take as long as a publish (marking rows sent), and the events queued
     /// behind it do not depend on it.
     async fn settle(&mut self, finished: Vec<Finished<K>>, restart: bool) -> Result<()> {
-        let mut settled = Settled::default();
+        let mut settled = Settled {
+            marks: self.notes_deliveries.then(Vec::new),
+            ..Settled::default()
+        };
         let mut fatal = None;
         for done in finished {
             self.lanes[done.lane].sink = Some(done.sink);
@@ -315,7 +342,11 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             match done.outcomes {
                 Ok(outcomes) => {
                     let stopped = self.stopped_aggregates(&done.events, &outcomes);
-                    settled.add(&done.events, outcomes);
+                    let parking = match self.redelivery {
+                        Redelivery::BySource => HashSet::new(),
+                        Redelivery::InLane => stopped.clone(),
+                    };
+                    settled.add(&done.events, outcomes, &parking);
                     self.hold_back(done.lane, &stopped, &mut settled);
                 }
                 Err(err) => {
@@ -335,8 +366,22 @@ impl<'a, S: Source, K: Sink + 'static> Relay<'a, S, K> {
             self.start_idle_lanes();
         }
         let shutdown = &self.shutdown;
-        self.source.reject(&settled.refused, shutdown).await?;
-        self.source.retry_later(&settled.retry, shutdown).await?;
+        if let Some(dead_letters) = &mut self.dead_letters {
+            dead_letters.before_refusing(&mut settled, shutdown).await?;
+        }
+        if !settled.refused.is_empty() || !settled.parked.is_empty() {
+            let (refused, parked) = (&settled.refused, &settled.parked);
+            self.source.refuse(refused, parked, shutdown).await?;
+        }
+        let exhausted = self.source.retry_later(&settled.retry, shutdown).await?;
+        if let Some(dead_letters) = &mut self.dead_letters {
+            dead_letters
+                .after_exhausting(&settled, &exhausted, shutdown)
+                .await?;
+        }
+        if let Some(marks) = settled.marks.take().filter(|marks| !marks.is_empty()) {
+            self.source.delivered(marks);
+        }
         self.source.ack(&settled.delivered, shutdown).await?;
         self.source.release(&settled.released);
         self.source.busy(&settled.busy);
@@ -366,24 +411,26 @@ impl<S: Source, K: Sink + 'static> Relay<'_, S, K> {
 
     /// The aggregates of a finished run whose later events must not go out yet: those with an
     /// event that was not delivered, unless it became a dead letter and `on_dead_letter =
-    /// "skip"` lets its aggregate go on. Only a source that hands events out again can take
-    /// the later ones back; a stream read once settles each event in the lane instead.
+    /// "skip"` lets its aggregate go on. A source that hands events out again takes the later
+    /// ones back; a stream read once settles each event in the lane instead, except behind a
+    /// dead letter with `block_aggregate`, where the source parks them.
     fn stopped_aggregates(
         &self,
         events: &[Event],
         outcomes: &[Option<Outcome>],
     ) -> HashSet<String> {
-        if self.redelivery != Redelivery::BySource {
+        let skip = self.config.on_dead_letter == OnDeadLetter::Skip;
+        let by_source = self.redelivery == Redelivery::BySource;
+        if skip && !by_source {
             return HashSet::new();
         }
-        let skip = self.config.on_dead_letter == OnDeadLetter::Skip;
         events
             .iter()
             .zip(outcomes)
             .filter(|(_, outcome)| match outcome {
                 Some(Outcome::Delivered) => false,
                 Some(Outcome::Refused(_)) => !skip,
-                _ => true,
+                _ => by_source,
             })
             .map(|(event, _)| event.key.clone())
             .collect()
@@ -400,10 +447,14 @@ impl<S: Source, K: Sink + 'static> Relay<'_, S, K> {
         let queue = &mut self.lanes[lane].queue;
         let before = queue.len();
         let mut bytes = 0;
+        let park = self.redelivery == Redelivery::InLane;
         queue.retain(|event| {
             let keep = !stopped.contains(&event.key);
             if !keep {
-                settled.released.push(event.position);
+                match park {
+                    true => settled.parked.push(event.clone()),
+                    false => settled.released.push(event.position),
+                }
                 bytes += event.content_len();
             }
             keep
@@ -431,64 +482,4 @@ fn joined<K>(
     done: std::result::Result<Finished<K>, tokio::task::JoinError>,
 ) -> Result<Finished<K>> {
     done.map_err(|err| Error::with_source(ErrorKind::Internal, "a relay lane failed", err))
-}
-
-/// Finished events sorted by what the source must do with them.
-#[derive(Debug, Default)]
-struct Settled {
-    /// To acknowledge.
-    delivered: Vec<Position>,
-    /// Refused for good: dead letters.
-    refused: Vec<Rejected>,
-    /// Failed this time: the source counts an attempt and hands them out later.
-    retry: Vec<Rejected>,
-    /// Not attempted (deferred, or abandoned at shutdown): the source hands them out again.
-    released: Vec<Position>,
-    /// Not taken this time, the sink being busy: the source hands them out again after a
-    /// backoff, without counting an attempt.
-    busy: Vec<Position>,
-}
-
-impl Settled {
-    /// Sorts one lane's events by outcome.
-    fn add(&mut self, events: &[Event], outcomes: Vec<Option<Outcome>>) {
-        for (event, outcome) in events.iter().zip(outcomes) {
-            let failed = |reason| Rejected {
-                position: event.position,
-                id: event.id.clone(),
-                reason,
-            };
-            match outcome {
-                Some(Outcome::Delivered) => self.delivered.push(event.position),
-                Some(Outcome::Refused(reason)) => self.refused.push(failed(reason)),
-                Some(Outcome::Retry(reason)) => self.retry.push(failed(reason)),
-                Some(Outcome::Busy(_)) => self.busy.push(event.position),
-                Some(Outcome::Deferred) | None => self.released.push(event.position),
-            }
-        }
-    }
-
-    /// Marks every event of a lane as handed back unsettled.
-    fn release(&mut self, events: &[Event]) {
-        self.released
-            .extend(events.iter().map(|event| event.position));
-    }
-
-    /// Logs refusals and failures, and counts the failures as retries.
-    fn log(&self, sink: &'static str) {
-        for bad in &self.refused {
-            tracing::error!(id = %bad.id, position = %bad.position, reason = %bad.reason,
-                sink, "sink refused event; dead-lettered");
-        }
-        for failed in &self.retry {
-            tracing::warn!(id = %failed.id, position = %failed.position, reason = %failed.reason,
-                sink, "event failed; its aggregate waits to retry");
-        }
-        if !self.retry.is_empty() {
-            metrics::get()
-                .retries
-                .get_or_create(&SinkLabels { sink })
-                .inc_by(self.retry.len() as u64);
-        }
-    }
 }

@@ -121,7 +121,7 @@ pub fn mask_connection_string(conn: &str) -> String {
     }
 }
 
-/// Schemes of the brokers' URLs (RabbitMQ, NATS, Redis), printed by [`render_broker_url`].
+/// Schemes of the brokers' URLs (RabbitMQ, NATS, Redis, webhooks), printed by [`render_broker_url`].
 const BROKER_SCHEMES: &[&str] = &[
     "amqp://",
     "amqps://",
@@ -129,6 +129,8 @@ const BROKER_SCHEMES: &[&str] = &[
     "tls://",
     "redis://",
     "rediss://",
+    "http://",
+    "https://",
 ];
 
 /// Query parameters of an AMQP URL that are shown (lapin's; none of them carries a secret).
@@ -161,7 +163,12 @@ fn render_broker_url(conn: &str) -> String {
     if let Some(port) = url.port() {
         out.push_str(&format!(":{port}"));
     }
-    out.push_str(url.path());
+    if matches!(url.scheme(), "http" | "https") {
+        // A webhook URL is a template: show its placeholders as written.
+        out.push_str(&url.path().replace("%7B", "{").replace("%7D", "}"));
+    } else {
+        out.push_str(url.path());
+    }
     let shown: Vec<String> = url
         .query_pairs()
         .filter(|(key, _)| SHOWN_AMQP_PARAMS.contains(&key.as_ref()))
@@ -204,6 +211,10 @@ mod tests {
         assert_eq!(
             mask_connection_string("rediss://:hunter2@cache:6380/0"),
             "rediss://:********@cache:6380/0"
+        );
+        assert_eq!(
+            mask_connection_string("https://hooks.example/in/{aggregatetype}?token=hunter2"),
+            "https://hooks.example/in/{aggregatetype}"
         );
     }
 

@@ -119,6 +119,53 @@ pub fn row_headers(event: &Event) -> Result<Vec<(String, Value)>, String> {
         .collect()
 }
 
+/// The header a dead letter published to `relay.dead_letter_topic` carries: why it is one.
+pub const DEAD_LETTER_REASON: &str = "outboxd-dead-letter-reason";
+/// The header with the attempts a dead letter made, when known.
+pub const DEAD_LETTER_ATTEMPTS: &str = "outboxd-dead-letter-attempts";
+/// Where the headers of an event whose headers are not a JSON object go, on its dead letter.
+pub const DEAD_LETTER_ORIGINAL_HEADERS: &str = "outboxd-dead-letter-headers";
+
+/// `event` as a dead letter: the same event with [`DEAD_LETTER_REASON`] (and
+/// [`DEAD_LETTER_ATTEMPTS`], if known) added to its headers object. Every header it had is
+/// kept, read as raw members so none is re-encoded and depth is no limit; headers that are
+/// not an object are kept whole under [`DEAD_LETTER_ORIGINAL_HEADERS`].
+pub fn dead_letter(event: &Event, reason: &str, attempts: Option<i32>) -> Event {
+    let mut members: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
+    if let Some(raw) = &event.headers {
+        match serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(raw.get()) {
+            Ok(object) => members = object,
+            Err(_) => {
+                members.insert(DEAD_LETTER_ORIGINAL_HEADERS.to_owned(), raw.clone());
+            }
+        }
+    }
+    // A string and a number always serialize; `ok()` only keeps this free of panics.
+    if let Ok(reason) = serde_json::value::to_raw_value(reason) {
+        members.insert(DEAD_LETTER_REASON.to_owned(), reason);
+    }
+    members.remove(DEAD_LETTER_ATTEMPTS);
+    if let Some(Ok(attempts)) = attempts.map(|n| serde_json::value::to_raw_value(&n)) {
+        members.insert(DEAD_LETTER_ATTEMPTS.to_owned(), attempts);
+    }
+    let mut letter = event.clone();
+    // A map of strings to valid JSON values always serializes.
+    letter.headers = serde_json::value::to_raw_value(&members).ok();
+    letter
+}
+
+/// Whether `event` is a dead letter (carries [`DEAD_LETTER_REASON`]): the embedded log does
+/// not count such a record as the event's delivery.
+pub fn is_dead_letter(event: &Event) -> bool {
+    let Some(raw) = &event.headers else {
+        return false;
+    };
+    // Cheap first: almost no record mentions the name at all.
+    raw.get().contains(DEAD_LETTER_REASON)
+        && serde_json::from_str::<BTreeMap<String, &RawValue>>(raw.get())
+            .is_ok_and(|members| members.contains_key(DEAD_LETTER_REASON))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +229,35 @@ mod tests {
         assert_eq!(get(&headers, "ce_time"), "2023-11-14T22:13:20.000000005Z");
         assert_eq!(get(&headers, "content-type"), "application/json");
         assert_eq!(headers.iter().filter(|(key, _)| key == "ce_id").count(), 1);
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_every_header_and_adds_its_reason() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let headers = format!(r#"{{"trace":"t1","deep":{deep},"{DEAD_LETTER_REASON}":"spoofed"}}"#);
+        let event = crate::event::sample(Some(&headers));
+        assert!(!is_dead_letter(&crate::event::sample(Some(
+            r#"{"trace":"t1"}"#
+        ))));
+        let letter = dead_letter(&event, "too \"big\"", Some(3));
+        assert!(is_dead_letter(&letter));
+        let members: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(letter.headers.as_ref().unwrap().get()).unwrap();
+        assert_eq!(members["trace"].get(), r#""t1""#);
+        assert_eq!(members["deep"].get(), deep);
+        assert_eq!(members[DEAD_LETTER_REASON].get(), r#""too \"big\"""#);
+        assert_eq!(members[DEAD_LETTER_ATTEMPTS].get(), "3");
+        assert_eq!(letter.payload.get(), event.payload.get());
+        assert_eq!((letter.id, letter.position), (event.id, event.position));
+        let bare = dead_letter(&crate::event::sample(None), "refused", None);
+        assert_eq!(
+            bare.headers.unwrap().get(),
+            format!(r#"{{"{DEAD_LETTER_REASON}":"refused"}}"#)
+        );
+        let odd = dead_letter(&crate::event::sample(Some("[1,2]")), "refused", None);
+        let members: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(odd.headers.as_ref().unwrap().get()).unwrap();
+        assert_eq!(members[DEAD_LETTER_ORIGINAL_HEADERS].get(), "[1,2]");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! duplicate.
 
 pub mod amqp;
+pub mod aws;
 pub mod headers;
 pub mod kafka;
 pub mod log;
@@ -20,12 +21,15 @@ pub mod nats;
 pub mod redis;
 pub mod template;
 pub mod tls;
+pub mod webhook;
 
 pub use self::amqp::{AmqpSink, AmqpSinkConfig, ExchangeType};
+pub use self::aws::{SnsSink, SnsSinkConfig, SqsSink, SqsSinkConfig};
 pub use self::kafka::{KafkaSink, KafkaSinkConfig};
 pub use self::log::{LogSink, LogSinkConfig};
 pub use self::nats::{NatsSink, NatsSinkConfig};
 pub use self::redis::{RedisSink, RedisSinkConfig};
+pub use self::webhook::{WebhookSink, WebhookSinkConfig};
 
 use crate::error::Result;
 use crate::event::{Event, Stored, TableName};
@@ -71,12 +75,35 @@ pub trait Sink: Send {
         Vec::new()
     }
 
+    /// Whether the sink can tell what it holds ([`Sink::already_delivered`]), so the source
+    /// needs no notes of its own of what was delivered. Default `false`.
+    fn reads_back(&self) -> bool {
+        false
+    }
+
     /// Another handle on the same sink, for a parallel lane of the relay: publishes through
     /// it may run at the same time as through this one. Reports nothing from
     /// [`Sink::already_delivered`].
     fn fork(&self) -> impl Future<Output = Result<Self>> + Send
     where
         Self: Sized;
+
+    /// Another handle on the same sink (as [`Sink::fork`]) whose events go to `destination`
+    /// instead of the configured one: a template like the sink's own (the log's and Kafka's
+    /// topic, AMQP's routing key on the same exchange, the NATS subject, the Redis stream key,
+    /// the webhook URL, the SQS queue URL, the SNS topic ARN). The relay publishes dead letters
+    /// through it (`relay.dead_letter_topic`); an error names that key. Sinks that cannot say so
+    /// (the default).
+    fn redirect(&self, destination: &str) -> impl Future<Output = Result<Self>> + Send
+    where
+        Self: Sized,
+    {
+        let reason = format!(
+            "the {} sink cannot publish dead letters elsewhere ({destination:?})",
+            self.name()
+        );
+        async move { Err(crate::error::Error::config(DEAD_LETTER_KEY, reason)) }
+    }
 
     /// Most lanes worth running on this sink; the relay runs `min(relay.lanes, this)`.
     fn max_lanes(&self) -> usize {
@@ -125,7 +152,17 @@ pub trait OpenSink: Sink + Sized {
 
     /// Checks every key of `config` against its constraint; the error names the key.
     fn validate(config: &Self::Config) -> Result<()>;
+
+    /// Checks `destination` as a template of this sink's destination (see [`Sink::redirect`]),
+    /// so `outboxd check` finds a bad `relay.dead_letter_topic`. By default any template of
+    /// the shared placeholders passes.
+    fn check_destination(destination: &str) -> std::result::Result<(), String> {
+        template::Template::parse(destination, template::ALL_FIELDS).map(|_| ())
+    }
 }
+
+/// The configuration key of the dead-letter destination, which errors about it name.
+pub const DEAD_LETTER_KEY: &str = "relay.dead_letter_topic";
 
 /// Declares the sinks, once: the `sink.type` names ([`SinkKind`]), the `[sink]` section with
 /// one table per sink ([`SinkConfig`]), and [`AnySink`], which opens the configured one and
@@ -157,6 +194,18 @@ macro_rules! sinks {
             pub fn validate(&self) -> Result<()> {
                 $(<$sink as OpenSink>::validate(&self.$field)?;)+
                 Ok(())
+            }
+
+            /// Checks `destination` as a destination of the configured sink (see
+            /// [`Sink::redirect`]); the error names `relay.dead_letter_topic`.
+            pub fn check_destination(&self, destination: &str) -> Result<()> {
+                if destination.is_empty() {
+                    return Err(crate::error::Error::config(DEAD_LETTER_KEY, "must not be empty"));
+                }
+                match self.kind {
+                    $(SinkKind::$variant => <$sink as OpenSink>::check_destination(destination),)+
+                }
+                .map_err(|reason| crate::error::Error::config(DEAD_LETTER_KEY, reason))
             }
         }
 
@@ -199,6 +248,20 @@ macro_rules! sinks {
                 })
             }
 
+            async fn redirect(&self, destination: &str) -> Result<Self> {
+                Ok(match self {
+                    $(AnySink::$variant(sink) => {
+                        AnySink::$variant(Box::new(sink.redirect(destination).await?))
+                    })+
+                })
+            }
+
+            fn reads_back(&self) -> bool {
+                match self {
+                    $(AnySink::$variant(sink) => sink.reads_back(),)+
+                }
+            }
+
             fn max_lanes(&self) -> usize {
                 match self {
                     $(AnySink::$variant(sink) => sink.max_lanes(),)+
@@ -238,4 +301,10 @@ sinks! {
     Nats(nats: NatsSink),
     /// Redis Streams, an `XADD` per event.
     Redis(redis: RedisSink),
+    /// HTTP webhooks, signed per Standard Webhooks; a 2xx answer delivers.
+    Webhook(webhook: WebhookSink),
+    /// Amazon SQS, `SendMessageBatch` (FIFO queues grouped by key).
+    Sqs(sqs: SqsSink),
+    /// Amazon SNS, `PublishBatch` (FIFO topics grouped by key).
+    Sns(sns: SnsSink),
 }

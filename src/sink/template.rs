@@ -109,6 +109,11 @@ impl Template {
         self
     }
 
+    /// The outbox table `{schema}` and `{table}` stand for in its events.
+    pub fn outbox(&self) -> &TableName {
+        &self.outbox
+    }
+
     /// The name for `event`.
     pub fn render(&self, event: &Event) -> String {
         self.render_cow(event).into_owned()
@@ -139,6 +144,35 @@ impl Template {
             });
         }
         Cow::Owned(name)
+    }
+
+    /// The text for `event` with each placeholder's value passed through `encode` (which
+    /// writes it to the output or refuses it), literal text as written: a URL whose fields
+    /// must not change its structure.
+    pub fn render_encoded(
+        &self,
+        event: &Event,
+        mut encode: impl FnMut(&str, &mut String) -> Result<(), String>,
+    ) -> Result<String, String> {
+        let (schema, table) = event.schema_and_table(&self.outbox);
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Field(field) => encode(
+                    match field {
+                        Field::AggregateType => &event.subject,
+                        Field::AggregateId | Field::Key => &event.key,
+                        Field::EventType => &event.event_type,
+                        Field::Schema => schema,
+                        Field::Table => table,
+                        Field::Op => event.op.name(),
+                    },
+                    &mut out,
+                )?,
+            }
+        }
+        Ok(out)
     }
 
     /// The name every outbox event gets, if the template has no placeholder that varies from

@@ -1,9 +1,9 @@
 //! The configured source, dispatched by enum so `outboxd run` picks one by `source.mode`.
 
-use super::{Batch, LogicalSource, PollSource, Source};
+use super::{Batch, Exhausted, LogicalSource, PollSource, Refusal, Source};
 use crate::config::{RelayConfig, SourceConfig, SourceMode};
 use crate::error::Result;
-use crate::event::{Position, Rejected, Stored};
+use crate::event::{Event, Position, Rejected, Stored};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,20 @@ impl Source for AnySource {
         match self {
             AnySource::Poll(source) => source.leadership(),
             AnySource::Logical(source) => source.leadership(),
+        }
+    }
+
+    fn notes_deliveries(&self) -> bool {
+        match self {
+            AnySource::Poll(source) => source.notes_deliveries(),
+            AnySource::Logical(source) => source.notes_deliveries(),
+        }
+    }
+
+    fn delivered(&mut self, stored: Vec<Stored>) {
+        match self {
+            AnySource::Poll(source) => source.delivered(stored),
+            AnySource::Logical(source) => source.delivered(stored),
         }
     }
 
@@ -113,11 +127,23 @@ impl Source for AnySource {
         }
     }
 
+    async fn refuse(
+        &mut self,
+        refused: &[Refusal],
+        parked: &[Event],
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        match self {
+            AnySource::Poll(source) => source.refuse(refused, parked, shutdown).await,
+            AnySource::Logical(source) => source.refuse(refused, parked, shutdown).await,
+        }
+    }
+
     async fn retry_later(
         &mut self,
         failed: &[Rejected],
         shutdown: &CancellationToken,
-    ) -> Result<()> {
+    ) -> Result<Vec<Exhausted>> {
         match self {
             AnySource::Poll(source) => source.retry_later(failed, shutdown).await,
             AnySource::Logical(source) => source.retry_later(failed, shutdown).await,

@@ -29,6 +29,26 @@ use std::future::Future;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// An event the sink refused for good, with the event itself (a source read once keeps no copy
+/// of what it handed out, and stores the whole event as a dead letter).
+#[derive(Debug)]
+pub struct Refusal {
+    /// The position, id and reason.
+    pub rejected: Rejected,
+    /// The event as it was handed out.
+    pub event: Event,
+}
+
+/// An event [`Source::retry_later`] turned into a dead letter, as it failed
+/// `relay.max_attempts` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exhausted {
+    /// Its position.
+    pub position: Position,
+    /// The attempts it made.
+    pub attempts: i32,
+}
+
 /// What one call to [`Source::next_batch`] produced.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -126,14 +146,52 @@ pub trait Source: Send {
 
     /// Records a failed attempt for each event. The source hands the event (and every later
     /// event of its aggregate) out again only after a backoff, and turns it into a dead letter
-    /// once it has failed `relay.max_attempts` times. The default hands them out again at once.
+    /// once it has failed `relay.max_attempts` times; returns those that became dead letters
+    /// now (the relay publishes them to `relay.dead_letter_topic`). The default hands them out
+    /// again at once.
     fn retry_later(
         &mut self,
         failed: &[Rejected],
         shutdown: &CancellationToken,
-    ) -> impl Future<Output = Result<()>> + Send {
+    ) -> impl Future<Output = Result<Vec<Exhausted>>> + Send {
         let _ = (failed, shutdown);
-        async { Ok(()) }
+        async { Ok(Vec::new()) }
+    }
+
+    /// Records events the sink refused for good, and the later events of their keys that the
+    /// relay held back behind them (`on_dead_letter = "block_aggregate"` with a source read
+    /// once, which cannot hand them out again by itself). The default rejects the refusals'
+    /// rows and releases the held-back events.
+    fn refuse(
+        &mut self,
+        refused: &[Refusal],
+        parked: &[Event],
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let rejected: Vec<Rejected> = refused.iter().map(|r| r.rejected.clone()).collect();
+            if !rejected.is_empty() {
+                self.reject(&rejected, shutdown).await?;
+            }
+            let positions: Vec<Position> = parked.iter().map(|event| event.position).collect();
+            if !positions.is_empty() {
+                self.release(&positions);
+            }
+            Ok(())
+        }
+    }
+
+    /// Whether the source wants to hear through [`Source::delivered`] which events reached the
+    /// sink (the relay then collects them). Default `false`.
+    fn notes_deliveries(&self) -> bool {
+        false
+    }
+
+    /// Events now durably in the sink, with their keys, in delivery order, told just before
+    /// they are acknowledged (see [`Source::notes_deliveries`]). The logical source notes each
+    /// key's last one, so the replay after a crash skips them. Default: nothing.
+    fn delivered(&mut self, stored: Vec<Stored>) {
+        let _ = stored;
     }
 
     /// Finishes what [`Source::ack`] started in the background, once the relay stopped, so a

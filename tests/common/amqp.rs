@@ -308,6 +308,20 @@ impl Topology {
         queue.message_count() as usize
     }
 
+    /// Deletes the queue alone (the exchange stays, for a topology from
+    /// [`Topology::another_queue`]).
+    pub async fn delete_queue(self) {
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete queue");
+        let _ = connection.close(200, "done".into()).await;
+    }
+
     /// Deletes the queue and the exchange.
     pub async fn delete(self) {
         let connection = Connection::connect(&self.url, ConnectionProperties::default())

@@ -106,6 +106,15 @@ impl Sink for FaultSink {
         })
     }
 
+    /// The real sink redirected, without faults: dead letters reach their destination as
+    /// the sink would take them.
+    async fn redirect(&self, destination: &str) -> Result<Self> {
+        Ok(FaultSink {
+            inner: self.inner.redirect(destination).await?,
+            faults: Arc::default(),
+        })
+    }
+
     fn name(&self) -> &'static str {
         "faulty"
     }

@@ -4,10 +4,14 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod aws;
 pub mod certs;
 pub mod conformance;
+pub mod conformance_cdc;
+pub mod conformance_order;
 pub mod consume;
 pub mod disk;
+pub mod events;
 pub mod faults;
 pub mod http;
 pub mod kafka;
@@ -17,3 +21,4 @@ pub mod pg;
 pub mod proxy;
 pub mod redis;
 pub mod relay;
+pub mod webhook;

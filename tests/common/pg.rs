@@ -13,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -172,10 +173,19 @@ impl Cluster {
     /// `pg_ctl restart` with the given mode ("fast" or "immediate"), waiting until it accepts
     /// connections. Existing connections break, so only one test per process should use it.
     pub fn restart(&self, mode: &str) {
+        self.restart_within(mode, Duration::from_secs(60));
+    }
+
+    /// [`Self::restart`], failing if stopping or starting takes longer than `timeout` (a
+    /// shutdown that waits on a walsender never ends by itself).
+    pub fn restart_within(&self, mode: &str, timeout: Duration) {
         let layout = &self.layout;
-        let args: [&dyn AsRef<OsStr>; 8] = [
+        let seconds = timeout.as_secs().max(1).to_string();
+        let args: [&dyn AsRef<OsStr>; 10] = [
             &"restart",
             &"-w",
+            &"-t",
+            &seconds,
             &"-m",
             &mode,
             &"-D",

@@ -281,6 +281,16 @@ pub fn read_log(dir: &Path) -> Vec<Record> {
 /// Waits until the logs in `dirs` together hold `count` distinct event ids; returns all records
 /// of each log. Panics with what arrived if `timeout` passes first.
 pub async fn wait_for_events(dirs: &[&Path], count: usize, timeout: Duration) -> Vec<Vec<Record>> {
+    wait_for_events_or_explain(dirs, count, timeout, String::new).await
+}
+
+/// [`wait_for_events`], adding what `explain` returns (a relay's log, say) to the panic.
+pub async fn wait_for_events_or_explain(
+    dirs: &[&Path],
+    count: usize,
+    timeout: Duration,
+    explain: impl Fn() -> String,
+) -> Vec<Vec<Record>> {
     let deadline = Instant::now() + timeout;
     loop {
         let logs: Vec<Vec<Record>> = dirs.iter().map(|dir| read_log(dir)).collect();
@@ -290,8 +300,9 @@ pub async fn wait_for_events(dirs: &[&Path], count: usize, timeout: Duration) ->
         }
         assert!(
             Instant::now() < deadline,
-            "only {} of {count} events arrived within {timeout:?}",
-            distinct.len()
+            "only {} of {count} events arrived within {timeout:?}\n{}",
+            distinct.len(),
+            explain()
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

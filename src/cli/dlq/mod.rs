@@ -1,7 +1,9 @@
-//! `outboxd dlq`: inspect, retry or skip dead letters (events marked failed).
+//! `outboxd dlq`: inspect, retry or skip dead letters (outbox rows marked failed in polling
+//! mode; the dead-letter store in logical and CDC modes, `stored.rs`).
 
 mod letters;
 mod requeue;
+mod stored;
 
 use self::letters::{list_line, select};
 use self::requeue::Which;
@@ -66,6 +68,10 @@ pub enum DlqCommand {
 
 /// Runs a `dlq` subcommand.
 pub async fn run(config: &Config, command: DlqCommand) -> Result<()> {
+    // A stream read once keeps its dead letters in the store; polling keeps them as rows.
+    if config.source.mode.is_logical() {
+        return stored::run(config, command).await;
+    }
     let table = OutboxTable::new(&config.source);
     let session = crate::pg::connect(&config.source).await?;
     crate::outbox::migrate::verify(&session.client, &table, &config.source.columns.all()).await?;

@@ -15,7 +15,10 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use std::collections::VecDeque;
 use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// The `log` subcommands.
 #[derive(Debug, Subcommand)]
@@ -297,11 +300,12 @@ fn tail(config: &Config, lines: usize, follow: bool, common: &CommonArgs) -> Res
         return Ok(());
     }
     // Follow through a consumer: it wakes on the writer's announcements when the writer runs in
-    // this process, and re-checks every `UNANNOUNCED_RECHECK` when (as usual) it runs in another.
+    // this process, and on the kernel's report of a write when (as usual) it runs in another.
     let dir = log_dir(config, common)?;
     let mut consumer =
         Consumer::open(&dir, consumer::Start::Offset(read_to))?.with_topic(common.topic.clone());
     let runtime = tokio::runtime::Handle::current();
+    let mut closed = runtime.block_on(async { StdoutClosed::watch() });
     loop {
         match consumer.next()? {
             Some(record) => {
@@ -312,7 +316,42 @@ fn tail(config: &Config, lines: usize, follow: bool, common: &CommonArgs) -> Res
             // Nothing is written while waiting, so a closed pipe would go unnoticed until the
             // next record: look for it.
             None if reader_gone() => return Ok(()),
-            None => runtime.block_on(consumer.wait()),
+            None => runtime.block_on(async {
+                tokio::select! {
+                    () = consumer.wait() => {}
+                    () = closed.wait() => {}
+                }
+            }),
+        }
+    }
+}
+
+/// The error condition of stdout, reported by the kernel when the reader of a pipe goes away,
+/// so a follower waiting for records notices a closed pipe at once.
+struct StdoutClosed(Option<AsyncFd<OwnedFd>>);
+
+impl StdoutClosed {
+    /// Watches stdout, through a descriptor of its own (nothing to watch when stdout is a
+    /// regular file, which never closes).
+    fn watch() -> StdoutClosed {
+        let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
+            return StdoutClosed(None);
+        };
+        // SAFETY: the descriptor is owned by the AsyncFd and closed only when it is dropped.
+        let watch = unsafe { AsyncFd::register_with_interest(fd, Interest::ERROR) };
+        StdoutClosed(watch.ok())
+    }
+
+    /// Resolves once stdout reports an error condition; never without a watch.
+    async fn wait(&mut self) {
+        let Some(stdout) = &self.0 else {
+            return std::future::pending().await;
+        };
+        match stdout.ready(Interest::ERROR).await {
+            // Whatever it was, it is not a closed reader: wait for the next report.
+            Ok(mut ready) if !reader_gone() => ready.clear_ready(),
+            Ok(_) => {}
+            Err(_) => self.0 = None,
         }
     }
 }
@@ -342,6 +381,8 @@ fn matches(record: &Record, common: &CommonArgs) -> bool {
 struct Output {
     /// Locked stdout.
     stdout: std::io::StdoutLock<'static>,
+    /// The line being printed (reused).
+    line: Vec<u8>,
 }
 
 impl Output {
@@ -349,14 +390,20 @@ impl Output {
     fn new() -> Self {
         Output {
             stdout: std::io::stdout().lock(),
+            line: Vec::new(),
         }
     }
 
     /// Prints one record as a JSON line; `false` once the reader of our output went away.
     fn print(&mut self, record: &Record) -> Result<bool> {
-        let line = serde_json::to_string(&record.view())
-            .map_err(|err| Error::with_source(ErrorKind::Internal, "encoding a record", err))?;
-        match writeln!(self.stdout, "{line}").and_then(|_| self.stdout.flush()) {
+        self.line.clear();
+        crate::log::json::write_record(&mut self.line, record);
+        self.line.push(b'\n');
+        match self
+            .stdout
+            .write_all(&self.line)
+            .and_then(|_| self.stdout.flush())
+        {
             Ok(()) => Ok(true),
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
             Err(err) => Err(Error::io("writing to stdout", err)),

@@ -18,7 +18,6 @@ pub mod request;
 use crate::config::ConsumeConfig;
 use crate::log::queue::Groups;
 use crate::metrics::GroupSample;
-use crate::secret::Secret;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -33,8 +32,8 @@ pub struct Api(Arc<Inner>);
 struct Inner {
     /// The log directory.
     dir: PathBuf,
-    /// Accepted bearer tokens.
-    tokens: Vec<Secret>,
+    /// Accepted bearer tokens, as digests.
+    tokens: auth::Tokens,
     /// The queue-semantics groups.
     groups: Groups,
     /// Largest body accepted.
@@ -46,7 +45,7 @@ impl Api {
     pub fn new(config: &ConsumeConfig, dir: &Path) -> Api {
         Api(Arc::new(Inner {
             dir: dir.to_owned(),
-            tokens: config.tokens.clone(),
+            tokens: auth::Tokens::new(&config.tokens),
             groups: Groups::new(dir, config.max_in_flight),
             max_body_bytes: config.max_body_bytes,
         }))
@@ -91,7 +90,7 @@ impl Api {
     }
 
     /// The accepted tokens.
-    fn tokens(&self) -> &[Secret] {
+    fn tokens(&self) -> &auth::Tokens {
         &self.0.tokens
     }
 

@@ -3,13 +3,13 @@
 
 use super::Api;
 use super::request::{ApiError, Query};
-use crate::log::{Consumer, Record, RecordView, Start, blocking};
+use crate::log::{Consumer, Record, Start, blocking, json};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use futures_util::stream::{self, Stream};
-use serde::Serialize;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,12 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `GET /v1/records?from=OFFSET&topic=T&limit=N&wait_ms=MS` → `{"records": […], "next": N}`:
 /// the records from `from` (default 0) on, of `topic` only if given, at most `limit`; with
 /// `wait_ms`, waits that long for the first one. `next` is where the next page starts.
-pub async fn records(State(api): State<Api>, uri: Uri) -> Result<impl IntoResponse, ApiError> {
+///
+/// The page is sent as it is read, [`STREAM_BATCH`] records at a time, so a large page costs
+/// no more memory than a small one and the client parses while the relay reads. A read that
+/// fails after the first records were sent aborts the response (the client sees a truncated
+/// body, never a short page that looks complete).
+pub async fn records(State(api): State<Api>, uri: Uri) -> Result<Response, ApiError> {
     let query = Query::of(&uri);
     let from = query.number("from", u64::MAX - 1)?.unwrap_or(0);
     let limit = query
@@ -38,23 +43,75 @@ pub async fn records(State(api): State<Api>, uri: Uri) -> Result<impl IntoRespon
     let topic = query.string("topic");
     let deadline = Instant::now() + wait;
     let mut consumer = open(&api, from, topic)?;
-    let records = consumer.read(limit, deadline).await?;
-    let page = Page {
-        records: records.iter().map(Record::view).collect(),
-        next: consumer.position(),
-    };
-    // Serializing a record cannot fail: every field is a string, number or valid JSON.
-    let body = serde_json::to_vec(&page).unwrap_or_default();
-    Ok(([(header::CONTENT_TYPE, "application/json")], body))
+    let chunk = limit.min(STREAM_BATCH);
+    let first = consumer.read(chunk, deadline).await?;
+    let mut page = PageWriter::new(limit);
+    let mut out = Vec::with_capacity(first.len() * 640 + 64);
+    out.extend_from_slice(b"{\"records\":[");
+    page.add(&mut out, &first);
+    let headers = [(header::CONTENT_TYPE, "application/json")];
+    if page.left == 0 || first.len() < chunk {
+        // Complete already (full, or nothing more is durable): one body with its length.
+        page.finish(&mut out, consumer.position());
+        return Ok((headers, out).into_response());
+    }
+    let rest = stream::unfold(Some((consumer, page)), |state| async move {
+        let (mut consumer, mut page) = state?;
+        let chunk = page.left.min(STREAM_BATCH);
+        let batch = match blocking(|| consumer.next_batch(chunk)) {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::error!(error = %err.chain(), "reading a page of records failed");
+                return Some((Err(std::io::Error::other(err.to_string())), None));
+            }
+        };
+        let mut out = Vec::with_capacity(batch.len() * 640 + 64);
+        page.add(&mut out, &batch);
+        if page.left == 0 || batch.len() < chunk {
+            page.finish(&mut out, consumer.position());
+            return Some((Ok(Bytes::from(out)), None));
+        }
+        Some((Ok(Bytes::from(out)), Some((consumer, page))))
+    });
+    let body = stream::once(async { Ok(Bytes::from(out)) }).chain(rest);
+    Ok((headers, Body::from_stream(body)).into_response())
 }
 
-/// The answer of `GET /v1/records`, serialized straight from the records.
-#[derive(Serialize)]
-struct Page<'a> {
-    /// The records, as `outboxd log read` prints them.
-    records: Vec<RecordView<'a>>,
-    /// Where the next page starts.
-    next: u64,
+/// Writes the records of one page, separated by commas, up to its limit.
+struct PageWriter {
+    /// Records the page may still hold.
+    left: usize,
+    /// Whether a record was written (the next one needs a comma before it).
+    started: bool,
+}
+
+impl PageWriter {
+    /// A page of at most `limit` records.
+    fn new(limit: usize) -> PageWriter {
+        PageWriter {
+            left: limit,
+            started: false,
+        }
+    }
+
+    /// Appends `records` (no more than the page has room for) to `out`.
+    fn add(&mut self, out: &mut Vec<u8>, records: &[Record]) {
+        for record in records {
+            if self.started {
+                out.push(b',');
+            }
+            self.started = true;
+            json::write_record(out, record);
+        }
+        self.left -= records.len();
+    }
+
+    /// Closes the page: the records' array, and `next`.
+    fn finish(&self, out: &mut Vec<u8>, next: u64) {
+        out.extend_from_slice(b"],\"next\":");
+        json::write_u64(out, next);
+        out.push(b'}');
+    }
 }
 
 /// `GET /v1/stream?from=OFFSET&topic=T`: every record from `from` on as one event, `id:` its
@@ -111,20 +168,39 @@ fn events(consumer: Consumer) -> impl Stream<Item = Result<Bytes, Infallible>> {
 /// stored with line breaks between its tokens takes several lines, which SSE joins back).
 fn encode(records: &[Record]) -> Bytes {
     let mut out = Vec::with_capacity(records.len() * 640);
-    let mut json = Vec::with_capacity(1024);
     for record in records {
-        json.clear();
-        // Serializing a record cannot fail: every field is a string, number or valid JSON.
-        let _ = serde_json::to_writer(&mut json, &record.view());
-        out.extend_from_slice(format!("id: {}\n", record.offset).as_bytes());
-        for line in json.split(|&b| b == b'\n' || b == b'\r') {
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(line);
+        out.extend_from_slice(b"id: ");
+        json::write_u64(&mut out, record.offset);
+        out.extend_from_slice(b"\ndata: ");
+        let start = out.len();
+        json::write_record(&mut out, record);
+        // Only the payload and headers, copied as stored, can hold a raw line break: strings
+        // are escaped.
+        let event = &record.event;
+        let multiline = has_line_break(event.payload.get())
+            || event
+                .headers
+                .as_ref()
+                .is_some_and(|h| has_line_break(h.get()));
+        if multiline {
+            let json = out.split_off(start);
+            out.truncate(start - b"data: ".len());
+            for line in json.split(|&b| b == b'\n' || b == b'\r') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+        } else {
             out.push(b'\n');
         }
         out.push(b'\n');
     }
     Bytes::from(out)
+}
+
+/// Whether `text` holds a line break (which SSE would take for the end of a `data:` line).
+fn has_line_break(text: &str) -> bool {
+    text.bytes().any(|b| b == b'\n' || b == b'\r')
 }
 
 /// A consumer of the API's log from `from`, of `topic` only if given.

@@ -1,12 +1,14 @@
 //! The queue-semantics groups of one log, shared by every request: loaded on first use, each
 //! behind a lock, with waiting receives woken by new durable records, acks, nacks and timers
-//! (never by polling, while the writer runs in this process).
+//! (never by polling: with the writer in another process, by the kernel's report of its
+//! writes, see `log::disk_watch`).
 
 use super::{GroupQueue, Handed};
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::consumer::blocking;
+use crate::log::disk_watch::{self, recheck_interval};
 use crate::log::notify::{self, DurableEnd};
-use crate::log::{ConsumerGroup, LogReader, UNANNOUNCED_RECHECK};
+use crate::log::{ConsumerGroup, LogReader};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -102,7 +104,11 @@ impl Groups {
         loop {
             // Subscribed before looking, so nothing that happens after the look is missed.
             let mut durable = notify::subscribe(&self.dir);
-            durable.borrow_and_update();
+            // No writer in this process: the kernel reports another process's writes.
+            let unannounced = *durable.borrow_and_update() == DurableEnd::Unknown;
+            let mut disk = unannounced
+                .then(|| disk_watch::subscribe(&self.dir))
+                .flatten();
             let changed = group.changed.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
@@ -117,12 +123,19 @@ impl Groups {
                 return Ok(handed);
             }
             let mut wake = timer.map_or(deadline, |timer| timer.min(deadline));
-            if *durable.borrow() == DurableEnd::Unknown {
-                wake = wake.min(now + UNANNOUNCED_RECHECK);
+            if unannounced {
+                wake = wake.min(now + recheck_interval(disk.is_some()));
             }
+            let written = async {
+                match &mut disk {
+                    Some(disk) => disk.changed().await.unwrap_or(()),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = durable.changed() => {}
                 () = changed => {}
+                () = written => {}
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
         }

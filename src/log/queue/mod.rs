@@ -82,7 +82,8 @@ pub struct GroupQueue {
     in_flight: usize,
     /// Most messages out at once.
     max_in_flight: usize,
-    /// The last delivery id given.
+    /// The last delivery id given. Starts at the wall clock's microseconds, so the ids of a
+    /// restarted relay are not those a consumer may still hold from before the restart.
     last_delivery: u64,
     /// Messages handed out again (after a visibility timeout or a nack), since start.
     pub redeliveries: u64,
@@ -115,7 +116,7 @@ impl GroupQueue {
             by_key: HashMap::new(),
             in_flight: 0,
             max_in_flight: max_in_flight.max(1),
-            last_delivery: 0,
+            last_delivery: first_delivery_id(),
             redeliveries: 0,
             acks: 0,
         })
@@ -301,6 +302,14 @@ impl GroupQueue {
         }
         Ok(())
     }
+}
+
+/// The delivery id before a loaded queue's first: microseconds since 1970 (a restart takes
+/// longer than the ids one run uses up at any realistic rate, so runs never share ids).
+fn first_delivery_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64)
 }
 
 /// Fails unless `topic` (if given) is the topic of the group with `state`.

@@ -120,6 +120,28 @@ fn acks_out_of_order_survive_reopening_and_acked_messages_are_never_handed_out_a
 }
 
 #[test]
+fn after_a_restart_in_flight_messages_go_out_again_at_once_and_old_ack_ids_ack_nothing() {
+    // Given a message handed out for an hour by a relay that then stops (timeouts are kept in
+    // memory only).
+    let (dir, _writer) = log_of(1);
+    let now = Instant::now();
+    let before = GroupQueue::open(dir.path(), "g", None, 100)
+        .unwrap()
+        .receive(100, Duration::from_secs(3600), now)
+        .unwrap();
+    // When the relay starts again, then the message goes out again at once (at least once).
+    let mut queue = GroupQueue::open(dir.path(), "g", None, 100).unwrap();
+    let after = queue.receive(100, VISIBLE, now).unwrap();
+    assert_eq!(offsets(&after), vec![0]);
+    // And the old consumer's ack id is not the new delivery's: acking with it acks nothing,
+    // so the message stays with its new consumer.
+    assert_ne!(before[0].ack_id, after[0].ack_id);
+    assert_eq!(queue.ack(&ids(&before)).unwrap(), 0);
+    assert_eq!(queue.in_flight(), 1);
+    assert_eq!(queue.ack(&ids(&after)).unwrap(), 1);
+}
+
+#[test]
 fn a_group_keeps_the_topic_it_was_created_with() {
     let (dir, _writer) = log_of(3);
     let mut queue = GroupQueue::open(dir.path(), "g", Some("invoices"), 100).unwrap();

@@ -293,6 +293,16 @@ impl Sink for AmqpSink {
         })
     }
 
+    /// A handle on the same exchange publishing under the `destination` routing-key template.
+    async fn redirect(&self, destination: &str) -> Result<Self> {
+        let routing_key = RoutingKeyTemplate::parse(destination)
+            .map_err(|reason| Error::config(super::DEAD_LETTER_KEY, reason))?
+            .for_outbox(self.routing_key.outbox());
+        let mut sink = self.fork().await?;
+        sink.routing_key = routing_key;
+        Ok(sink)
+    }
+
     fn name(&self) -> &'static str {
         "amqp"
     }

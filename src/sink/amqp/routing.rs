@@ -8,6 +8,11 @@ use crate::sink::template::{ALL_FIELDS, Template};
 pub struct RoutingKeyTemplate(Template);
 
 impl RoutingKeyTemplate {
+    /// The outbox table `{schema}` and `{table}` stand for in its events.
+    pub fn outbox(&self) -> &TableName {
+        self.0.outbox()
+    }
+
     /// Parses `template`; an unknown or unclosed placeholder is an error naming it.
     pub fn parse(template: &str) -> Result<Self, String> {
         Template::parse(template, ALL_FIELDS).map(RoutingKeyTemplate)

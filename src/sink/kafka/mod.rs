@@ -69,6 +69,10 @@ impl OpenSink for KafkaSink {
     fn validate(config: &KafkaSinkConfig) -> Result<()> {
         config.validate()
     }
+
+    fn check_destination(destination: &str) -> std::result::Result<(), String> {
+        TopicTemplate::parse(destination).map(|_| ())
+    }
 }
 
 impl KafkaSink {
@@ -266,6 +270,22 @@ impl Sink for KafkaSink {
             healthy: self.healthy,
             failed_batches: 0,
         })
+    }
+
+    /// A handle on the same producer sending to the `destination` topic template; a fixed
+    /// topic is checked (or created) at once, as at open.
+    async fn redirect(&self, destination: &str) -> Result<Self> {
+        let topic = TopicTemplate::parse(destination)
+            .map_err(|reason| Error::config(super::DEAD_LETTER_KEY, reason))?
+            .for_outbox(self.topic.outbox());
+        let mut sink = self.fork().await?;
+        sink.topic = topic;
+        if let Some(fixed) = sink.topic.fixed() {
+            topic::check_name(&fixed)
+                .map_err(|reason| Error::config(super::DEAD_LETTER_KEY, reason))?;
+            sink.ensure_topic(&fixed).await?;
+        }
+        Ok(sink)
     }
 
     fn name(&self) -> &'static str {

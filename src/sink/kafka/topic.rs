@@ -11,6 +11,11 @@ const MAX_TOPIC_BYTES: usize = 249;
 pub struct TopicTemplate(Template);
 
 impl TopicTemplate {
+    /// The outbox table `{schema}` and `{table}` stand for in its events.
+    pub fn outbox(&self) -> &TableName {
+        self.0.outbox()
+    }
+
     /// Parses `template`; an unknown or unclosed placeholder is an error naming it, and a
     /// template without per-event placeholders must be a legal topic name.
     pub fn parse(template: &str) -> Result<Self, String> {

@@ -5,8 +5,9 @@ mod config;
 
 pub use self::config::LogSinkConfig;
 
-use super::template::Template;
-use super::{OpenSink, Outcome, Sink, SinkContext};
+use super::headers::is_dead_letter;
+use super::template::{ALL_FIELDS, Template};
+use super::{DEAD_LETTER_KEY, OpenSink, Outcome, Sink, SinkContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, Stored};
 use crate::log::{Durability, LogReader, LogWriter, NewRecord, Syncer, lock_writer};
@@ -119,6 +120,11 @@ fn read_tail(dir: &Path, window: usize) -> Result<Vec<Stored>> {
     reader.seek(end.saturating_sub(window as u64).max(first))?;
     let mut tail = Vec::with_capacity(window.min((end - first) as usize));
     while let Some(record) = reader.next()? {
+        // A dead letter published to `relay.dead_letter_topic` carries the event's position
+        // and id too, but is no delivery: its row must stay a dead letter, not be marked sent.
+        if is_dead_letter(&record.event) {
+            continue;
+        }
         tail.push(Stored {
             position: record.event.position,
             id: record.event.id,
@@ -244,6 +250,10 @@ impl Sink for LogSink {
         std::mem::take(&mut self.tail)
     }
 
+    fn reads_back(&self) -> bool {
+        true
+    }
+
     /// Shares the writer: lanes append in turn under its lock.
     async fn fork(&self) -> Result<Self> {
         Ok(LogSink {
@@ -254,6 +264,18 @@ impl Sink for LogSink {
             tail: Vec::new(),
             unconfirmed: self.unconfirmed.clone(),
         })
+    }
+
+    /// Shares the writer, with records under the `destination` topic template; its own note of
+    /// unconfirmed appends, as its runs are never the lanes'.
+    async fn redirect(&self, destination: &str) -> Result<Self> {
+        let topic = Template::parse(destination, ALL_FIELDS)
+            .map_err(|reason| Error::config(DEAD_LETTER_KEY, reason))?
+            .for_outbox(self.topic.outbox());
+        let mut sink = self.fork().await?;
+        sink.topic = topic;
+        sink.unconfirmed = Arc::default();
+        Ok(sink)
     }
 
     /// One: the log has one writer, so more lanes would only contend for it, and one lane

@@ -66,6 +66,10 @@ impl OpenSink for NatsSink {
     fn validate(config: &NatsSinkConfig) -> Result<()> {
         config.validate()
     }
+
+    fn check_destination(destination: &str) -> std::result::Result<(), String> {
+        SubjectTemplate::parse(destination).map(|_| ())
+    }
 }
 
 impl NatsSink {
@@ -226,6 +230,24 @@ impl Sink for NatsSink {
             stream: self.stream.clone(),
             healthy: self.healthy,
         })
+    }
+
+    /// A handle on the same connection publishing to the `destination` subject template,
+    /// which a stream must cover (checked at once, as at open; created with
+    /// `sink.nats.create_stream`).
+    async fn redirect(&self, destination: &str) -> Result<Self> {
+        let subject = SubjectTemplate::parse(destination)
+            .map_err(|reason| Error::config(super::DEAD_LETTER_KEY, reason))?
+            .for_outbox(self.subject.outbox());
+        let mut sink = self.fork().await?;
+        sink.stream = stream::ensure(&sink.js, &self.config, &subject)
+            .await
+            .map_err(|err| match err.kind() {
+                ErrorKind::Config => Error::config(super::DEAD_LETTER_KEY, err.chain()),
+                _ => err,
+            })?;
+        sink.subject = subject;
+        Ok(sink)
     }
 
     fn name(&self) -> &'static str {

@@ -15,6 +15,11 @@ pub struct SubjectTemplate {
 }
 
 impl SubjectTemplate {
+    /// The outbox table `{schema}` and `{table}` stand for in its events.
+    pub fn outbox(&self) -> &TableName {
+        self.template.outbox()
+    }
+
     /// Parses `template`; an unknown or unclosed placeholder, or a token that can never be
     /// valid (empty, a wildcard), is an error naming it.
     pub fn parse(template: &str) -> Result<Self, String> {

@@ -233,6 +233,16 @@ impl Sink for RedisSink {
         })
     }
 
+    /// A handle on the same connection appending to the `destination` stream-key template.
+    async fn redirect(&self, destination: &str) -> Result<Self> {
+        let stream = Template::parse(destination, ALL_FIELDS)
+            .map_err(|reason| Error::config(super::DEAD_LETTER_KEY, reason))?
+            .for_outbox(self.stream.outbox());
+        let mut sink = self.fork().await?;
+        sink.stream = stream;
+        Ok(sink)
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }

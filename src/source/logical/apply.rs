@@ -27,6 +27,7 @@ impl LogicalSource {
                     xid,
                 });
                 self.tables.begin();
+                self.snapshot.begin(xid);
                 self.progress.begin(final_lsn.as_u64());
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
@@ -44,6 +45,19 @@ impl LogicalSource {
             ReplicationEvent::XLogData {
                 data, wal_start, ..
             } => self.xlog(&data, wal_start.as_u64())?,
+            // Between transactions, a keepalive's `wal_end` is how far the server has read:
+            // everything before it that the stream carries has arrived, so once that is settled
+            // the slot may be confirmed there. Without this the confirmed position stops at the
+            // last commit the stream carried, and the server's reading past it (unpublished
+            // writes, heartbeat records, aborts) is never confirmed: a fast shutdown waits for
+            // the walsender, which waits until the client confirms all it read, for ever.
+            // (Mid-transaction, `wal_end` may lie past the commit still being sent.)
+            ReplicationEvent::KeepAlive { wal_end, .. } if self.txn.is_none() => {
+                if wal_end.as_u64() != 0 {
+                    self.progress.marker(wal_end.as_u64());
+                    self.confirm();
+                }
+            }
             ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(false)
@@ -114,6 +128,10 @@ impl LogicalSource {
             self.confirm();
             return;
         }
+        if self.snapshot.is_watermark(prefix) {
+            self.watermark(transactional, lsn, content);
+            return;
+        }
         if prefix != logical.message_prefix {
             return;
         }
@@ -131,8 +149,16 @@ impl LogicalSource {
     /// Queues a decoded event or rejected row, unless it is settled already: its transaction
     /// was confirmed, this process handed it out before the stream was lost, or the sink held
     /// it at start-up.
-    fn push(&mut self, item: Decoded) {
+    pub(super) fn push(&mut self, item: Decoded) {
         let position = item.position();
+        // A snapshot chunk waiting for its high watermark drops the rows the stream changes.
+        if let Decoded::Event(event) = &item
+            && let crate::event::Origin::Table { schema, table } = &event.origin
+            && event.op != crate::event::Operation::Read
+        {
+            let truncate = event.op == crate::event::Operation::Truncate;
+            self.snapshot.change(schema, table, &event.key, truncate);
+        }
         // Each filter follows the stream, so each sees every item.
         let settled = self.progress.settled(position);
         let handed = self.replay.repeats(position, item.id());
@@ -146,6 +172,7 @@ impl LogicalSource {
         self.progress.decoded(position);
         if let Decoded::Event(event) = &item
             && let crate::event::Origin::Table { schema, table } = &event.origin
+            && event.op != crate::event::Operation::Read
         {
             let labels = crate::metrics::TableLabels {
                 schema: schema.clone(),

@@ -54,35 +54,45 @@ pub(crate) mod event;
 mod heartbeat;
 mod history;
 mod mapping;
+mod marking;
+pub mod marks;
+mod parking;
 mod pending;
 mod progress;
 pub mod publication;
+mod read;
 mod replay;
 mod resume;
 pub mod slot;
+pub mod snapshot;
 mod standby;
+mod store_calls;
 mod stream;
 pub mod tables;
 mod timestamp;
 
-use super::{Batch, Source};
+use super::{Batch, Refusal, Source};
 use crate::config::{RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
-use crate::event::{Position, Rejected, Stored};
+use crate::event::{Event, Position, Rejected, Stored};
 use crate::outbox::OutboxTable;
 use crate::pg::Session;
 use crate::retry::{Backoff, sleep_or_shutdown};
 use mapping::{OutboxMapping, Txn};
+use parking::Parking;
 use pending::Pending;
-use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
+use pgwire_replication::{Lsn, ReplicationClient};
 use progress::Progress;
 use replay::Replay;
 use resume::Resume;
 use standby::Standby;
+use std::sync::Arc;
 use std::time::Duration;
+use store_calls::with_store;
 use tables::TableMapping;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait at shutdown for the final confirmed position to reach the server (standby
@@ -123,9 +133,15 @@ pub struct LogicalSource {
     next_heartbeat: Instant,
     /// Whether the lag is over the warning threshold (to warn once per crossing).
     lagging: bool,
+    /// Snapshots and backfills of captured tables.
+    snapshot: snapshot::Snapshots,
     /// The newest position handed to the stream to confirm, for the final confirmation at
     /// shutdown.
     confirmed: u64,
+    /// Dead letters and the events parked behind them, in the store.
+    parking: Parking,
+    /// Per key, the last event the sink took (see [`marks`]); `None` without the table.
+    marks: Option<marks::Marks>,
 }
 
 impl LogicalSource {
@@ -148,6 +164,8 @@ impl LogicalSource {
             }
         };
         slot::check_slot(&session.client, config).await?;
+        let parking = Parking::start(&session.client, config, relay).await?;
+        let marks = marking::start(&session.client, config).await;
         history::record_quietly(&session.client, &table, &config.logical.slot, false).await;
         Ok(LogicalSource {
             config: config.clone(),
@@ -171,7 +189,10 @@ impl LogicalSource {
             standby: Standby::default(),
             next_heartbeat: Instant::now(),
             lagging: false,
+            snapshot: snapshot::Snapshots::new(config),
             confirmed: 0,
+            parking,
+            marks,
         })
     }
 
@@ -184,6 +205,7 @@ impl LogicalSource {
         }
         self.mapping.clear();
         self.tables.clear();
+        self.snapshot.lost_stream();
         self.txn = None;
         self.pending.clear();
         self.progress.rewind();
@@ -211,24 +233,19 @@ impl LogicalSource {
         Ok(())
     }
 
-    /// The server's current WAL position.
-    async fn current_wal_lsn(&mut self) -> Result<u64> {
+    /// The ordinary session's client, opened if closed.
+    async fn sql_client(&mut self) -> Result<Arc<Client>> {
         self.sql_session().await?;
-        let Some(sql) = &self.sql else {
-            return Ok(0);
-        };
-        let row = sql
-            .client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .map_err(|err| crate::pg::classify("reading the current WAL position", err))?;
-        let text: String = row.get(0);
-        Lsn::parse(&text).map(Lsn::as_u64).map_err(|_| {
-            Error::new(
-                crate::error::ErrorKind::Internal,
-                format!("unparseable WAL position {text:?}"),
-            )
-        })
+        let sql = self.sql.as_ref().expect("opened above");
+        Ok(sql.client.clone())
+    }
+
+    /// Marks stream positions settled (stored or parked) and confirms what that allows.
+    fn settled(&mut self, positions: &[u64]) {
+        for position in positions {
+            self.progress.done(*position);
+        }
+        self.confirm();
     }
 
     /// Tells the server how far the slot may advance, if that moved.
@@ -236,6 +253,9 @@ impl LogicalSource {
         if let (Some(lsn), Some(stream)) = (self.progress.confirmable(), &self.stream) {
             stream.update_applied_lsn(Lsn::from_u64(lsn));
             self.confirmed = self.confirmed.max(lsn);
+            if let Some(marks) = &self.marks {
+                marks.confirmed(lsn);
+            }
         }
     }
 
@@ -292,70 +312,53 @@ impl Source for LogicalSource {
         false
     }
 
+    /// Parked events due to go out again come first; events of blocked keys are parked.
     async fn next_batch(
         &mut self,
         shutdown: &CancellationToken,
         wake: &Notify,
     ) -> Result<Option<Batch>> {
-        loop {
-            if shutdown.is_cancelled() {
-                return Ok(None);
-            }
-            // Large transactions are handed out in chunks as they are decoded.
-            if self.pending.events() >= self.config.batch_size
-                || self.pending.bytes() >= self.config.max_batch_bytes
-            {
-                return Ok(Some(self.take_batch()));
-            }
-            if !self.ensure_stream(shutdown).await? {
-                return Ok(None);
-            }
-            // Between transactions, hand out what is pending unless more is already waiting.
-            let flush = !self.pending.is_empty() && self.txn.is_none();
-            let heartbeat_due = self.next_heartbeat;
-            let Some(stream) = self.stream.as_mut() else {
-                continue;
-            };
-            let received: std::result::Result<Option<ReplicationEvent>, PgWireError> = tokio::select! {
-                biased;
-                // 1. Shutdown first: stop reading at once.
-                _ = shutdown.cancelled() => return Ok(None),
-                // 2. Whatever the server already sent.
-                received = stream.recv() => received,
-                // 3. Nothing more ready: hand out the pending batch.
-                _ = std::future::ready(()), if flush => return Ok(Some(self.take_batch())),
-                // The relay has acknowledgements to make: return between transactions.
-                _ = wake.notified(), if self.txn.is_none() => return Ok(Some(self.take_batch())),
-                // 4. Idle: heartbeat and lag.
-                _ = tokio::time::sleep_until(heartbeat_due) => {
-                    self.heartbeat().await?;
-                    continue;
-                }
-            };
-            match received {
-                Ok(Some(event)) => {
-                    self.apply(event)?;
-                }
-                Ok(None) => {
-                    let err = Error::new(
-                        crate::error::ErrorKind::Transient,
-                        "the replication stream ended",
-                    );
-                    if !self.wait_after(err, shutdown).await? {
-                        return Ok(None);
-                    }
-                }
-                Err(err) => {
-                    let err = stream::classify("reading the replication stream", err);
-                    if !self.wait_after(err, shutdown).await? {
-                        return Ok(None);
-                    }
-                }
+        if self.parking.due() {
+            let limit = self.config.batch_size;
+            let ready = with_store!(
+                self,
+                shutdown,
+                "reading parked events",
+                |parking, client| { parking.ready(client, limit) }
+            );
+            match ready {
+                None => return Ok(None),
+                Some(Some(batch)) => return Ok(Some(batch)),
+                Some(None) => {}
             }
         }
+        let Some(mut batch) = self.read_batch(shutdown, wake).await? else {
+            return Ok(None);
+        };
+        if self.parking.diverts(&batch.events) {
+            let parked = with_store!(self, shutdown, "parking events", |parking, client| {
+                parking.divert(client, &mut batch.events)
+            });
+            let Some(parked) = parked else {
+                return Ok(None);
+            };
+            self.settled(&parked);
+        }
+        Ok(Some(batch))
     }
 
-    async fn ack(&mut self, positions: &[Position], _shutdown: &CancellationToken) -> Result<()> {
+    async fn ack(&mut self, positions: &[Position], shutdown: &CancellationToken) -> Result<()> {
+        // Events from the dead-letter store leave it; the rest move the slot.
+        if positions.iter().any(|p| Parking::is_store(*p)) {
+            let what = "removing delivered dead letters";
+            let stream = with_store!(self, shutdown, what, |parking, client| {
+                parking.delivered(client, positions)
+            });
+            if let Some(stream) = stream {
+                self.settled(&stream);
+            }
+            return Ok(());
+        }
         for position in positions {
             self.progress.done(position.0);
         }
@@ -363,36 +366,24 @@ impl Source for LogicalSource {
         Ok(())
     }
 
+    fn notes_deliveries(&self) -> bool {
+        self.marks.is_some()
+    }
+
+    /// Noted per key, so the replay after a crash skips them (see [`marks`]).
+    fn delivered(&mut self, mut stored: Vec<Stored>) {
+        if let Some(marks) = &self.marks {
+            stored.retain(|mark| !Parking::is_store(mark.position));
+            marks.delivered(stored);
+        }
+    }
+
     async fn ack_delivered(
         &mut self,
         delivered: &[Stored],
         _shutdown: &CancellationToken,
     ) -> Result<u64> {
-        // Nothing can be marked: the replay decides. Remember where the sink stands instead.
-        let Some(resume) = Resume::new(delivered) else {
-            return Ok(0);
-        };
-        let newest = delivered
-            .iter()
-            .map(|stored| stored.position)
-            .max()
-            .unwrap_or_default();
-        let current = match self.current_wal_lsn().await {
-            Ok(lsn) => lsn,
-            Err(err) => {
-                tracing::warn!(error = %err.chain(),
-                    "cannot read the current WAL position; the sink's tail may be delivered again");
-                return Ok(0);
-            }
-        };
-        if newest.0 > current {
-            tracing::warn!(sink_position = %Lsn::from_u64(newest.0).to_pg_string(),
-                server_position = %Lsn::from_u64(current).to_pg_string(),
-                "the sink holds events from beyond this server's WAL (another cluster?); not \
-                 using them to skip the replay");
-            return Ok(0);
-        }
-        self.resume = Some(resume);
+        self.resume_from_sink(delivered).await;
         Ok(0)
     }
 
@@ -430,12 +421,36 @@ impl Source for LogicalSource {
         }
     }
 
-    async fn reject(&mut self, rejected: &[Rejected], _shutdown: &CancellationToken) -> Result<()> {
-        // No row to mark failed (see the module docs); the relay logged each one.
-        for bad in rejected {
-            self.progress.done(bad.position.0);
+    /// Rows that never became events: stored (id, position, reason) before the slot moves
+    /// past them.
+    async fn reject(&mut self, rejected: &[Rejected], shutdown: &CancellationToken) -> Result<()> {
+        let stored = with_store!(
+            self,
+            shutdown,
+            "storing undecodable rows",
+            |parking, client| { parking.undecodable(client, rejected) }
+        );
+        if stored.is_some() {
+            let positions: Vec<u64> = rejected.iter().map(|bad| bad.position.0).collect();
+            self.settled(&positions);
         }
-        self.confirm();
+        Ok(())
+    }
+
+    /// Refused events go to the dead-letter store whole, with the events held back behind
+    /// them, before the slot moves past them.
+    async fn refuse(
+        &mut self,
+        refused: &[Refusal],
+        parked: &[Event],
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let settled = with_store!(self, shutdown, "storing dead letters", |parking, client| {
+            parking.refuse(client, refused, parked)
+        });
+        if let Some(settled) = settled {
+            self.settled(&settled);
+        }
         Ok(())
     }
 }

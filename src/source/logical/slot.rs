@@ -24,7 +24,7 @@ pub async fn prepare(client: &Client, source: &SourceConfig) -> Result<()> {
     check_prerequisites(client, &logical.slot).await?;
     let slot_exists = slot_status(client, &logical.slot).await?.is_some();
     let outbox = source.mode.uses_outbox().then_some(&table);
-    if !source.cdc.tables.is_empty() {
+    if source.cdc.captures() {
         super::tables::publication::ensure(client, source, outbox, slot_exists).await?;
     }
     if outbox.is_some() {

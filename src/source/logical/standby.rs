@@ -52,6 +52,7 @@ impl LogicalSource {
                     }
                     self.stream = Some(client);
                     self.backoff = Backoff::from_config(&self.relay);
+                    self.resume_from_marks().await;
                     crate::metrics::get().source_up.set(1);
                     crate::metrics::get().relay_active.set(1);
                     return Ok(true);

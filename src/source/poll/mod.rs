@@ -6,7 +6,7 @@ mod flight;
 use super::guard::Guard;
 use super::leader::{become_leader, fenced_acknowledgement};
 use super::lease::{Leadership, Renewal};
-use super::{Batch, Source};
+use super::{Batch, Exhausted, Source};
 use crate::config::{OnDeadLetter, OnSent, RelayConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::event::{Position, Rejected, Stored};
@@ -435,9 +435,9 @@ impl Source for PollSource {
         &mut self,
         failed: &[Rejected],
         shutdown: &CancellationToken,
-    ) -> Result<()> {
+    ) -> Result<Vec<Exhausted>> {
         if failed.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.flight.settled(failed.iter().map(|r| r.position));
         let positions: Vec<i64> = failed.iter().map(|r| r.position.0 as i64).collect();
@@ -449,16 +449,21 @@ impl Source for PollSource {
             .query_as_leader(what, &statement, &[&positions, &reasons, &max], shutdown)
             .await?
         else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let (initial, cap) = (
             self.relay.retry_initial_ms as f64,
             self.relay.retry_max_ms as f64,
         );
+        let mut exhausted = Vec::new();
         for row in rows {
             let (position, attempts, dead): (i64, i32, bool) = (row.get(0), row.get(1), row.get(2));
             let aggregate: Option<String> = row.get(3);
             if dead {
+                exhausted.push(Exhausted {
+                    position: Position(position as u64),
+                    attempts,
+                });
                 crate::metrics::get().dead_letters.inc();
                 tracing::error!(
                     position,
@@ -475,6 +480,6 @@ impl Source for PollSource {
                 self.flight.park(aggregate, Instant::now() + delay);
             }
         }
-        Ok(())
+        Ok(exhausted)
     }
 }

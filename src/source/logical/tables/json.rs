@@ -8,6 +8,7 @@ use super::array::{self, Item};
 use super::temporal;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::fmt::Write;
 
 /// How a type's values are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,8 +124,12 @@ impl Types {
 /// a value of its type.
 pub fn write(out: &mut String, types: &Types, oid: u32, text: &str) -> Result<(), String> {
     match types.kind(oid) {
+        // PostgreSQL writes integers in JSON's own form; anything else is parsed to be sure.
+        Kind::Integer if is_plain_integer(text) => out.push_str(text),
         Kind::Integer => match text.parse::<i64>() {
-            Ok(n) => out.push_str(&n.to_string()),
+            Ok(n) => {
+                let _ = write!(out, "{n}");
+            }
             Err(_) => return Err(format!("{text:?} is not an integer")),
         },
         Kind::Numeric | Kind::Text => string(out, text),
@@ -162,6 +167,18 @@ pub fn write(out: &mut String, types: &Types, oid: u32, text: &str) -> Result<()
     Ok(())
 }
 
+/// Whether `text` is an integer as JSON writes one (`-?(0|[1-9][0-9]*)`) that fits in 64 bits,
+/// so it can be copied as it is.
+fn is_plain_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text).as_bytes();
+    match digits {
+        [] => false,
+        [b'0'] => text.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit) && digits.len() <= 18,
+        _ => false,
+    }
+}
+
 /// Appends nested array items as JSON arrays.
 fn write_items(
     out: &mut String,
@@ -189,10 +206,36 @@ fn temporal_or_text(out: &mut String, converted: Option<String>, text: &str) {
     string(out, converted.as_deref().unwrap_or(text));
 }
 
-/// Appends `text` as a JSON string.
+/// Appends `text` as a JSON string, escaped as serde_json escapes it (`\"`, `\\`, the short
+/// escapes of control characters, `\u00xx` for the others), straight into `out`: this runs for
+/// every column name and text value of every change.
 pub fn string(out: &mut String, text: &str) {
-    // Serializing a str cannot fail.
-    out.push_str(&serde_json::to_string(text).unwrap_or_default());
+    out.push('"');
+    let mut start = 0;
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Escaped bytes are ASCII, so these slice at character boundaries.
+        out.push_str(&text[start..i]);
+        match escape {
+            "" => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+            short => out.push_str(short),
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
 }
 
 /// Hex digits to bytes.

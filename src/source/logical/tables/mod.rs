@@ -13,7 +13,9 @@
 mod array;
 pub mod catalog;
 mod envelope;
+mod inserts;
 mod json;
+mod listing;
 pub mod publication;
 mod temporal;
 
@@ -29,10 +31,12 @@ use envelope::row;
 use pgwire_replication::Lsn;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::fmt::Write;
 
-/// A captured table as its last Relation message described it.
+/// A captured table as its last Relation message described it (or the catalog, for a
+/// snapshot: see [`Table::read_from_catalog`]).
 #[derive(Debug)]
-struct Table {
+pub(super) struct Table {
     /// Its schema.
     schema: String,
     /// Its name.
@@ -43,6 +47,25 @@ struct Table {
     key: Vec<usize>,
     /// Whether old rows arrive whole (`REPLICA IDENTITY FULL`).
     full: bool,
+}
+
+impl Table {
+    /// A table as a snapshot reads it: its columns from the catalog (published ones, in
+    /// attribute order, as a Relation message lists them) and the indexes of its key's.
+    pub(super) fn read_from_catalog(
+        schema: &str,
+        name: &str,
+        columns: Vec<Column>,
+        key: Vec<usize>,
+    ) -> Self {
+        Table {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+            columns,
+            key,
+            full: false,
+        }
+    }
 }
 
 /// Maps the captured tables' changes to events; forgets its relations when the stream is lost.
@@ -68,6 +91,18 @@ pub(super) struct At {
     pub(super) lsn: u64,
     /// Its transaction.
     pub(super) txn: Txn,
+}
+
+/// What one change event is built from.
+struct Change<'r, 'v> {
+    /// The operation.
+    op: Operation,
+    /// The old row (or key), if the change has one.
+    old: Option<&'r [Value<'v>]>,
+    /// The new row, if the change has one.
+    new: Option<&'r [Value<'v>]>,
+    /// The envelope's `source.snapshot`.
+    snapshot: &'static str,
 }
 
 impl TableMapping {
@@ -217,6 +252,26 @@ impl TableMapping {
         items
     }
 
+    /// A row read by a snapshot or backfill: an `"op": "r"` event whose `source.snapshot` is
+    /// `"true"` (`"last"` in the final chunk), numbered `seq` in the transaction of the high
+    /// watermark it is positioned at.
+    pub(super) fn read(
+        &self,
+        table: &Table,
+        row: &[Value<'_>],
+        at: At,
+        seq: u64,
+        last: bool,
+    ) -> Decoded {
+        let change = Change {
+            op: Operation::Read,
+            old: None,
+            new: Some(row),
+            snapshot: if last { "last" } else { "true" },
+        };
+        self.event(table, change, at, seq)
+    }
+
     /// Change number `seq` of its transaction as an event, or as a dead letter naming the
     /// table, the key and the reason.
     fn change(
@@ -228,12 +283,31 @@ impl TableMapping {
         at: At,
         seq: u64,
     ) -> Decoded {
+        let change = Change {
+            op,
+            old,
+            new,
+            snapshot: "false",
+        };
+        self.event(table, change, at, seq)
+    }
+
+    /// [`Self::change`] or [`Self::read`]: the event of `change`.
+    fn event(&self, table: &Table, change: Change<'_, '_>, at: At, seq: u64) -> Decoded {
+        let Change {
+            op,
+            old,
+            new,
+            snapshot,
+        } = change;
         let position = at.txn.position;
-        let id = format!("{}:{seq}", Lsn::from_u64(position.0).to_pg_string());
+        // Written in place: a temporary string per part is measurable at snapshot rates.
+        let mut id = String::with_capacity(32);
+        let _ = write!(id, "{}:{seq}", Lsn::from_u64(position.0));
         let qualified = format!("{}.{}", table.schema, table.name);
         let types = &self.catalog.types;
         let columns = &table.columns;
-        let mut key = String::new();
+        let mut key = String::with_capacity(32);
         let built = (|| {
             if let (false, Some(values)) = (table.key.is_empty(), new.or(old)) {
                 row(&mut key, types, columns, values, Some(&table.key), old)?;
@@ -243,24 +317,24 @@ impl TableMapping {
             } else {
                 Some(table.key.as_slice())
             };
-            let before = match (op, old) {
+            // One buffer for the whole envelope, rows written straight into it.
+            let mut out = String::with_capacity(256 + 48 * columns.len());
+            envelope::open(&mut out);
+            match (op, old) {
                 (Operation::Update | Operation::Delete, Some(old)) => {
-                    let mut out = String::new();
                     row(&mut out, types, columns, old, whole_old, None)?;
-                    Some(out)
                 }
-                _ => None,
-            };
+                _ => out.push_str("null"),
+            }
+            envelope::after(&mut out);
             let mut unchanged = Vec::new();
-            let after = match new {
+            match new {
                 Some(new) => {
-                    let mut out = String::new();
                     let fill = old.filter(|_| table.full);
                     unchanged = row(&mut out, types, columns, new, None, fill)?;
-                    Some(out)
                 }
-                None => None,
-            };
+                None => out.push_str("null"),
+            }
             let origin = envelope::Origin {
                 db: &self.catalog.db,
                 schema: &table.schema,
@@ -268,22 +342,18 @@ impl TableMapping {
                 lsn: at.lsn,
                 xid: at.txn.xid,
                 commit_ms: at.txn.commit_time.timestamp_millis(),
+                snapshot,
             };
             let letter = match op {
                 Operation::Insert => 'c',
                 Operation::Update => 'u',
                 Operation::Delete => 'd',
+                Operation::Read => 'r',
                 _ => 't',
             };
             let now_ms = chrono::Utc::now().timestamp_millis();
-            Ok::<_, String>(envelope::envelope(
-                before.as_deref(),
-                after.as_deref(),
-                &origin,
-                letter,
-                &unchanged,
-                now_ms,
-            ))
+            envelope::close(&mut out, &origin, letter, &unchanged, now_ms);
+            Ok::<_, String>(out)
         })();
         let rejected = |reason: String| {
             let key = if key.is_empty() {
@@ -308,10 +378,11 @@ impl TableMapping {
             Ok(payload) => payload,
             Err(reason) => return rejected(reason),
         };
-        let lsn = Lsn::from_u64(at.lsn).to_pg_string();
+        let mut headers = String::with_capacity(32);
+        let _ = write!(headers, "{{\"lsn\":\"{}\"}}", Lsn::from_u64(at.lsn));
         let (Ok(payload), Ok(headers)) = (
             RawValue::from_string(payload),
-            RawValue::from_string(format!("{{\"lsn\":\"{lsn}\"}}")),
+            RawValue::from_string(headers),
         ) else {
             return rejected("the change event is not valid JSON".into());
         };

@@ -8,7 +8,9 @@
 //! a unique index (USING INDEX) or FULL. A table without one (no primary key and identity
 //! DEFAULT, or identity NOTHING) is never added: that would break the application's own writes.
 //! Start-up stops with the table's name and the `ALTER TABLE … REPLICA IDENTITY FULL` that fixes
-//! it.
+//! it. A table named in `source.cdc.insert_only` is the exception: it goes to a second
+//! publication that publishes inserts only (see [`super::inserts`]), so only its inserts are
+//! captured and the application's UPDATE and DELETE keep working.
 //!
 //! # Tables created later
 //! A `schema.*` entry is resolved at start-up (and `outboxd migrate`) and again on every
@@ -18,6 +20,9 @@
 //! stream. A new table without a usable identity is not added: the relay logs an error naming
 //! it and the fix on every heartbeat until it is fixed.
 
+use super::inserts;
+pub use super::listing::Found;
+use super::listing::{add_to, published};
 use crate::config::{SourceConfig, TablePattern};
 use crate::error::{Error, ErrorKind, Result};
 use crate::outbox::OutboxTable;
@@ -27,52 +32,39 @@ use tokio_postgres::Client;
 /// What the publication publishes for captured tables.
 pub const PUBLISH: &str = "insert, update, delete, truncate";
 
-/// A table that a `source.cdc.tables` entry names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Found {
-    /// Its schema.
-    pub schema: String,
-    /// Its name.
-    pub table: String,
-    /// Whether PostgreSQL would refuse its UPDATE and DELETE once published.
-    pub unusable_identity: bool,
-}
-
-impl Found {
-    /// `schema.table` for SQL, each part quoted only if it needs it.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", sql_name(&self.schema), sql_name(&self.table))
-    }
-}
-
-/// A name as SQL needs it: bare if it is a plain lower-case identifier, quoted otherwise.
-fn sql_name(name: &str) -> String {
-    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    match plain {
-        true => name.to_owned(),
-        false => quote_ident(name),
-    }
-}
-
 /// outboxd's own tables, never captured by a `schema.*` entry: the slot records
-/// (`outboxd_slots`) and, in logical mode, the outbox (its inserts are outbox events).
+/// (`outboxd_slots`), snapshot progress (`outboxd_snapshots`), the dead-letter store
+/// (`outboxd_dead_letters`), the delivery marks (`outboxd_delivered`) and, in logical mode, the
+/// outbox
+/// (its inserts are outbox events).
 pub fn own_tables(source: &SourceConfig) -> Vec<(String, String)> {
     let table = &source.table;
     let mut own = vec![(table.schema.clone(), "outboxd_slots".to_owned())];
+    own.push((table.schema.clone(), "outboxd_snapshots".to_owned()));
+    own.push((table.schema.clone(), "outboxd_dead_letters".to_owned()));
+    own.push((table.schema.clone(), "outboxd_delivered".to_owned()));
     if source.mode.uses_outbox() {
         own.push((table.schema.clone(), table.name.clone()));
     }
     own
 }
 
-/// The tables the configured entries match; an entry that matches nothing is an error that
-/// names it.
+/// The tables the configured entries match, `source.cdc.insert_only` winning over
+/// `source.cdc.tables`; an entry that matches nothing is an error that names it.
 pub async fn resolve(client: &Client, source: &SourceConfig) -> Result<Vec<Found>> {
     let mut found: Vec<Found> = Vec::new();
-    for pattern in source.cdc.patterns() {
+    let lists = [
+        ("source.cdc.tables", false, source.cdc.table_patterns()),
+        (
+            "source.cdc.insert_only",
+            true,
+            source.cdc.insert_only_patterns(),
+        ),
+    ];
+    let entries = lists
+        .into_iter()
+        .flat_map(|(key, only, patterns)| patterns.into_iter().map(move |p| (key, only, p)));
+    for (key, insert_only, pattern) in entries {
         let (schema, table) = match &pattern {
             TablePattern::Table { schema, table } => (schema.clone(), Some(table.clone())),
             TablePattern::Schema(schema) => (schema.clone(), None),
@@ -97,11 +89,11 @@ pub async fn resolve(client: &Client, source: &SourceConfig) -> Result<Vec<Found
                 ErrorKind::Schema,
                 match &pattern {
                     TablePattern::Table { .. } => format!(
-                        "source.cdc.tables: table {pattern} does not exist (or is not an \
+                        "{key}: table {pattern} does not exist (or is not an \
                          ordinary or partitioned table); create it or remove it from the list"
                     ),
                     TablePattern::Schema(_) => format!(
-                        "source.cdc.tables: \"{pattern}\" matches no table (schema \"{schema}\" \
+                        "{key}: \"{pattern}\" matches no table (schema \"{schema}\" \
                          is missing or has no tables); create them or remove the entry"
                     ),
                 },
@@ -113,11 +105,16 @@ pub async fn resolve(client: &Client, source: &SourceConfig) -> Result<Vec<Found
                 schema: schema.clone(),
                 table: row.get(0),
                 unusable_identity: row.get(1),
+                insert_only,
             };
             let is_own = own.contains(&(item.schema.clone(), item.table.clone()));
-            let skipped = is_own && table.is_none();
-            if !skipped && !found.contains(&item) {
-                found.push(item);
+            if is_own && table.is_none() {
+                continue;
+            }
+            let same = |t: &&mut Found| t.schema == item.schema && t.table == item.table;
+            match found.iter_mut().find(same) {
+                Some(earlier) => earlier.insert_only |= insert_only,
+                None => found.push(item),
             }
         }
     }
@@ -134,39 +131,11 @@ pub fn unusable(table: &Found) -> Error {
              DEFAULT, or NOTHING): once published, PostgreSQL would refuse its UPDATE and DELETE \
              statements, so it is not added. Fix: ALTER TABLE {quoted} REPLICA IDENTITY FULL \
              (old rows are then logged whole), or add a primary key, or ALTER TABLE {quoted} \
-             REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>; or remove it \
-             from source.cdc.tables"
+             REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>; or capture its \
+             inserts only: list it in source.cdc.insert_only; or remove it from \
+             source.cdc.tables"
         ),
     )
-}
-
-/// The tables the publication lists, and whether it publishes every operation.
-async fn published(
-    client: &Client,
-    publication: &str,
-) -> Result<Option<(Vec<(String, String)>, bool)>> {
-    let row = client
-        .query_opt(
-            "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate AND pubviaroot, \
-                    puballtables FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(|err| classify("reading the publication", err))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let every_operation: bool = row.get(0);
-    let rows = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
-             WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(|err| classify("reading the publication's tables", err))?;
-    let tables = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
-    Ok(Some((tables, every_operation)))
 }
 
 /// Creates the publication (with the outbox, in logical mode) or adds the tables it lacks and
@@ -179,7 +148,8 @@ pub async fn ensure(
     outbox: Option<&OutboxTable>,
     slot_exists: bool,
 ) -> Result<()> {
-    let tables = resolve(client, source).await?;
+    let found = resolve(client, source).await?;
+    let (only, tables): (Vec<Found>, Vec<Found>) = found.into_iter().partition(|t| t.insert_only);
     if let Some(bad) = tables.iter().find(|t| t.unusable_identity) {
         return Err(unusable(bad));
     }
@@ -199,17 +169,25 @@ pub async fn ensure(
         }
         let mut names: Vec<String> = outbox.map(|o| o.qualified.clone()).into_iter().collect();
         names.extend(tables.iter().map(Found::quoted));
+        let for_tables = match names.is_empty() {
+            true => String::new(),
+            false => format!("FOR TABLE {}", names.join(", ")),
+        };
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {quoted_pub} FOR TABLE {} \
-                 WITH (publish = '{PUBLISH}', publish_via_partition_root = true)",
-                names.join(", ")
+                "CREATE PUBLICATION {quoted_pub} {for_tables} \
+                 WITH (publish = '{PUBLISH}', publish_via_partition_root = true)"
             ))
             .await
             .map_err(|err| classify("creating the publication", err))?;
         tracing::info!(%publication, tables = %names.join(", "), "publication created");
-        return Ok(());
+        // Created with it, even empty: made later, a slot that already exists could not
+        // stream it (see `inserts`), so insert-only tables can be added at any time.
+        return inserts::ensure(client, source, &only, false).await;
     };
+    if let Some(moved) = only.iter().find(|t| t.listed_in(&listed)) {
+        return Err(inserts::in_main_publication(source, moved));
+    }
     let ours = |schema: &str, table: &str| {
         tables
             .iter()
@@ -241,6 +219,9 @@ pub async fn ensure(
         tracing::info!(%publication, publish = PUBLISH, "publication now publishes every change");
     }
     add_missing(client, source, &tables, &listed).await?;
+    if !source.cdc.insert_only.is_empty() {
+        inserts::ensure(client, source, &only, slot_exists).await?;
+    }
     Ok(())
 }
 
@@ -251,30 +232,14 @@ async fn add_missing(
     tables: &[Found],
     listed: &[(String, String)],
 ) -> Result<Vec<String>> {
-    let missing: Vec<String> = tables
-        .iter()
-        .filter(|t| !listed.iter().any(|(s, n)| *s == t.schema && *n == t.table))
-        .map(Found::quoted)
-        .collect();
-    if !missing.is_empty() {
-        let publication = &source.logical.publication;
-        client
-            .batch_execute(&format!(
-                "ALTER PUBLICATION {} ADD TABLE {}",
-                quote_ident(publication),
-                missing.join(", ")
-            ))
-            .await
-            .map_err(|err| classify("adding tables to the publication", err))?;
-        tracing::info!(%publication, tables = %missing.join(", "), "tables added to the publication");
-    }
-    Ok(missing)
+    add_to(client, &source.logical.publication, tables, listed).await
 }
 
 /// At start-up: every configured table exists, has a usable identity and is published, and
 /// the publication publishes every operation; otherwise the error says what to run.
 pub async fn check(client: &Client, source: &SourceConfig) -> Result<()> {
-    let tables = resolve(client, source).await?;
+    let found = resolve(client, source).await?;
+    let (only, tables): (Vec<Found>, Vec<Found>) = found.into_iter().partition(|t| t.insert_only);
     if let Some(bad) = tables.iter().find(|t| t.unusable_identity) {
         return Err(unusable(bad));
     }
@@ -295,10 +260,13 @@ pub async fn check(client: &Client, source: &SourceConfig) -> Result<()> {
             ),
         ));
     }
-    if let Some(table) = tables
-        .iter()
-        .find(|t| !listed.iter().any(|(s, n)| *s == t.schema && *n == t.table))
-    {
+    if let Some(moved) = only.iter().find(|t| t.listed_in(&listed)) {
+        return Err(inserts::in_main_publication(source, moved));
+    }
+    if !only.is_empty() {
+        inserts::check(client, source, &only).await?;
+    }
+    if let Some(table) = tables.iter().find(|t| !t.listed_in(&listed)) {
         return Err(Error::new(
             ErrorKind::Schema,
             format!(
@@ -316,13 +284,15 @@ pub async fn check(client: &Client, source: &SourceConfig) -> Result<()> {
 /// checked for a usable identity first (one without is logged, not added). Returns the names
 /// added.
 pub async fn add_new(client: &Client, source: &SourceConfig) -> Result<Vec<String>> {
-    let tables = resolve(client, source).await?;
+    let found = resolve(client, source).await?;
+    let (only, tables): (Vec<Found>, Vec<Found>) = found.into_iter().partition(|t| t.insert_only);
     let Some((listed, _)) = published(client, &source.logical.publication).await? else {
         return Ok(Vec::new());
     };
+    let mut added = inserts::add_new(client, source, &only).await?;
     let new: Vec<Found> = tables
         .into_iter()
-        .filter(|t| !listed.iter().any(|(s, n)| *s == t.schema && *n == t.table))
+        .filter(|t| !t.listed_in(&listed))
         .filter(|t| match t.unusable_identity {
             true => {
                 tracing::error!(error = %unusable(t), "new table not captured");
@@ -331,5 +301,6 @@ pub async fn add_new(client: &Client, source: &SourceConfig) -> Result<Vec<Strin
             false => true,
         })
         .collect();
-    add_missing(client, source, &new, &listed).await
+    added.extend(add_missing(client, source, &new, &listed).await?);
+    Ok(added)
 }

@@ -24,6 +24,28 @@ fn integers_are_numbers() {
 }
 
 #[test]
+fn integers_copied_as_they_are_are_json_numbers_and_the_rest_is_parsed() {
+    for plain in ["0", "7", "-7", "123456789012345678", "-123456789012345678"] {
+        assert!(is_plain_integer(plain), "{plain}");
+        assert_eq!(json(20, plain), plain);
+    }
+    // Not JSON's form, or maybe past 64 bits: parsed, and written back or refused.
+    for (text, written) in [
+        ("-0", "0"),
+        ("007", "7"),
+        ("+5", "5"),
+        ("-9223372036854775808", "-9223372036854775808"),
+    ] {
+        assert!(!is_plain_integer(text), "{text}");
+        assert_eq!(json(20, text), written);
+    }
+    for bad in ["", "-", "1 ", "99999999999999999999", "1.0"] {
+        assert!(!is_plain_integer(bad), "{bad}");
+        assert!(refused(20, bad).contains("not an integer"), "{bad}");
+    }
+}
+
+#[test]
 fn numeric_is_an_exact_string_with_nan_and_infinity_kept() {
     assert_eq!(
         json(1700, "12345678901234567890.000001"),
@@ -139,4 +161,22 @@ fn domains_take_their_base_type_and_enums_their_label() {
 fn anything_else_is_its_text_form() {
     assert_eq!(json(600, "(1,2)"), r#""(1,2)""#); // point
     assert_eq!(json(869, "10.0.0.1"), r#""10.0.0.1""#); // inet
+}
+
+#[test]
+fn strings_are_escaped_exactly_as_serde_json_escapes_them() {
+    let mut every_control: String = (0u8..0x20).map(char::from).collect();
+    every_control.push_str("\"\\/\u{7f}é😀 plain");
+    for text in [
+        "",
+        "plain",
+        "a\"b\\c",
+        "line\nbreak\ttab\r",
+        "\u{1}\u{1f}x",
+        &every_control,
+    ] {
+        let mut out = String::new();
+        string(&mut out, text);
+        assert_eq!(out, serde_json::to_string(text).unwrap(), "{text:?}");
+    }
 }
