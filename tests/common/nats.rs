@@ -82,10 +82,26 @@ impl TestStream {
             name: format!("T{}", &id[..12]),
             prefix: format!("t{}", &id[..12]),
         };
-        js.create_stream(stream.config(-1))
-            .await
-            .expect("create test stream");
-        stream
+        // The server answers a failure to make a stream's files with one fixed sentence
+        // ("error creating store for stream", code 10049) and logs the cause only to its own
+        // log; it has been seen once in a CI run. Try again a few times, and if it persists,
+        // fail naming the free disk space, the likeliest cause on a shared machine.
+        let mut attempt = 0;
+        loop {
+            match js.create_stream(stream.config(-1)).await {
+                Ok(_) => return stream,
+                Err(err) if attempt < 5 => {
+                    eprintln!("create test stream {}: {err}; trying again", stream.name);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                Err(err) => panic!(
+                    "create test stream {} (6 attempts): {err}; free disk space:\n{}",
+                    stream.name,
+                    free_space()
+                ),
+            }
+        }
     }
 
     /// The stream's configuration with `max_messages` (-1: unlimited).
@@ -180,4 +196,13 @@ impl TestStream {
 /// The shared server's address.
 pub fn server_addr() -> SocketAddr {
     NATS_ADDR.parse().expect("NATS address")
+}
+
+/// `df -h` of the file systems the server and the tests write to, for a failure message.
+fn free_space() -> String {
+    std::process::Command::new("df")
+        .args(["-h", "/var/lib", "/tmp", "."])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_else(|err| format!("(df failed: {err})"))
 }
