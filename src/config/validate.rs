@@ -137,6 +137,20 @@ impl Config {
             1 << 10,
             1 << 30,
         )?;
+        if self.sink.kind == super::SinkKind::Kafka
+            && self.relay.publish_timeout_ms <= self.sink.kafka.message_timeout_ms + 1_000
+        {
+            // The Kafka sink purges an unsettled batch at its message timeout, which keeps an
+            // aggregate's records in order; a relay timeout first would abandon the batch
+            // with its records still queued, to be timed out one by one later.
+            return Err(Error::config(
+                "relay.publish_timeout_ms",
+                format!(
+                    "must exceed sink.kafka.message_timeout_ms ({} ms) by more than 1000 ms",
+                    self.sink.kafka.message_timeout_ms
+                ),
+            ));
+        }
         let log = &self.sink.log;
         if self.sink.kind == super::SinkKind::Log
             && log.durability == crate::log::Durability::Interval
@@ -264,6 +278,22 @@ mod tests {
         cfg.sink.log.fsync_interval_ms = 0;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.starts_with("sink.log.fsync_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn a_publish_timeout_within_the_kafka_message_timeout_is_refused() {
+        let mut cfg = Config::default();
+        cfg.sink.kind = crate::sink::SinkKind::Kafka;
+        cfg.sink.kafka.message_timeout_ms = 30_000;
+        cfg.relay.publish_timeout_ms = 30_500;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("relay.publish_timeout_ms"), "{err}");
+        assert!(
+            err.contains("sink.kafka.message_timeout_ms (30000 ms)"),
+            "{err}"
+        );
+        cfg.relay.publish_timeout_ms = 60_000;
+        cfg.validate().unwrap();
     }
 
     #[test]

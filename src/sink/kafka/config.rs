@@ -193,6 +193,10 @@ const FIXED: &[(&str, &str, &str)] = &[
 ];
 
 /// librdkafka keys (and their aliases) owned by a typed option: key, the option's name.
+/// How much later than the sink's own deadline (`message_timeout_ms`) librdkafka times a
+/// message out, so the sink's purge comes first (see the sink's `deadline` module).
+pub const PURGE_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 const TYPED: &[(&str, &str)] = &[
     ("bootstrap.servers", "bootstrap_servers"),
     ("metadata.broker.list", "bootstrap_servers"),
@@ -308,7 +312,11 @@ impl KafkaSinkConfig {
             .collect();
         let mut set = |key: &str, value: String| settings.insert(key.to_string(), value);
         set("bootstrap.servers", self.bootstrap_servers.clone());
-        set("message.timeout.ms", self.message_timeout_ms.to_string());
+        // Later than the sink's own deadline: see its `deadline` module.
+        set(
+            "message.timeout.ms",
+            (self.message_timeout_ms + PURGE_MARGIN.as_millis() as u64).to_string(),
+        );
         set("compression.type", self.compression.as_str().into());
         set("security.protocol", self.security_protocol.as_str().into());
         if let Some(ca) = &self.ssl_ca_location {
@@ -376,7 +384,7 @@ mod tests {
         assert_eq!(settings["acks"], "all");
         assert_eq!(settings["enable.idempotence"], "true");
         assert_eq!(settings["max.in.flight.requests.per.connection"], "5");
-        assert_eq!(settings["message.timeout.ms"], "30000");
+        assert_eq!(settings["message.timeout.ms"], "40000");
         assert_eq!(settings["compression.type"], "none");
         assert_eq!(settings["bootstrap.servers"], "127.0.0.1:9092");
         assert!(!settings.contains_key("sasl.password"));

@@ -4,7 +4,9 @@
 //!
 //! A batch is sent without waiting (every event handed to librdkafka, which pipelines them),
 //! then every delivery report is awaited. Retries are librdkafka's, within
-//! `message_timeout_ms`; the idempotent producer keeps each partition in order across them. A
+//! `message_timeout_ms`; the idempotent producer keeps each partition in order across them, and
+//! a batch not settled by then has its records purged before it fails (see
+//! [`deadline`] for why librdkafka's own timeout is not used). A
 //! report that still failed fails the whole batch with a retryable error, after every report of
 //! the batch is in, so nothing of it is still in flight when the relay sends it again in order:
 //! nothing is lost, consumers may see duplicates, and no event is reported delivered while an
@@ -16,6 +18,7 @@
 
 mod client;
 mod config;
+mod deadline;
 mod logging;
 mod message;
 mod options;
@@ -28,8 +31,9 @@ pub use self::topic::TopicTemplate;
 use super::{OpenSink, Outcome, Sink, SinkContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
+use deadline::Deadline;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -128,10 +132,12 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Sends every event of the batch, then collects every delivery report.
+    /// Sends every event of the batch, then collects every delivery report, within the
+    /// batch's [`Deadline`]; past it, purges what is still queued or in flight.
     async fn publish_batch(&mut self, events: &[Event]) -> Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
+        let mut deadline = Deadline::new(Duration::from_millis(self.config.message_timeout_ms));
         let mut failure: Option<Error> = None;
         // Aggregates with an event refused before it was sent: their later events of this batch
         // are not sent at all (the ordering rule of `Outcome::Deferred`).
@@ -141,7 +147,8 @@ impl KafkaSink {
                 outcomes[index] = Some(Outcome::Deferred);
                 continue;
             }
-            match self.send(events, index, &mut pending, &mut outcomes).await {
+            let sent = self.send(events, index, &mut pending, &mut outcomes, &mut deadline);
+            match sent.await {
                 Ok(()) => {}
                 Err(Refusal::Permanent(reason)) => {
                     refused.insert(events[index].key.as_str());
@@ -156,12 +163,19 @@ impl KafkaSink {
         // Every report is awaited even after a failure, so no record of this batch is still in
         // flight when the relay sends the batch again.
         for (index, report) in pending {
-            match settle(&events[index], report).await {
-                Ok(outcome) => outcomes[index] = Some(outcome),
-                Err(err) => {
+            match deadline.bound(settle(&events[index], report)).await {
+                Some(Ok(outcome)) => outcomes[index] = Some(outcome),
+                Some(Err(err)) => {
                     failure.get_or_insert(err);
                 }
+                None => {
+                    failure.get_or_insert_with(|| deadline.error());
+                }
             }
+        }
+        if deadline.expired() {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
         }
         if let Some(err) = failure {
             return Err(err);
@@ -183,6 +197,7 @@ impl KafkaSink {
         index: usize,
         pending: &mut VecDeque<(usize, DeliveryFuture)>,
         outcomes: &mut [Option<Outcome>],
+        deadline: &mut Deadline,
     ) -> std::result::Result<(), Refusal> {
         let event = &events[index];
         let topic = self.topic.render(event);
@@ -202,14 +217,16 @@ impl KafkaSink {
                 .headers(headers.clone());
             match self.producer.send_result(record) {
                 Ok(report) => {
+                    deadline.start();
                     pending.push_back((index, report));
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     match pending.pop_front() {
                         Some((done, report)) => {
-                            let outcome = settle(&events[done], report).await;
-                            outcomes[done] = Some(outcome.map_err(Refusal::Retry)?);
+                            let outcome = deadline.bound(settle(&events[done], report)).await;
+                            let outcome = outcome.ok_or_else(|| deadline.error());
+                            outcomes[done] = Some(outcome.and_then(|o| o).map_err(Refusal::Retry)?);
                         }
                         None => tokio::time::sleep(QUEUE_FULL_PAUSE).await,
                     }
