@@ -268,6 +268,77 @@ async fn an_initial_snapshot_under_four_writers_and_three_sigkills_reproduces_th
     drop_slot(&db).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_answered_after_the_stream_passed_both_watermarks_still_reproduce_the_table() {
+    // Given a 20,000-row table and a relay whose chunk reader answers only 300 ms after it
+    // wrote each chunk's high watermark (the test lever), so the stream decodes the low and the
+    // high watermark before the chunk is in and must wait for it there
+    let db = test_db().await;
+    connect(&db.url)
+        .await
+        .batch_execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, version int NOT NULL, name text); \
+             INSERT INTO big SELECT i, 0, md5(i::text) FROM generate_series(1, 20000) i; \
+             ANALYZE big",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut config = snapshot_config(&db, &log, &["public.big"]).await;
+    config.source.cdc.snapshot_chunk_rows = outboxd::config::ChunkRows(1_000);
+    let delay = [("OUTBOXD_TEST_SNAPSHOT_ANSWER_DELAY_MS", "300")];
+    let relay = RelayProcess::spawn_with_env(&config, dir.path(), "run", &["run"], &delay);
+
+    // When 4 writers update and delete rows of the first 20,000 keys the whole time
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(small_writer(db.url.clone(), w, stop.clone())))
+        .collect();
+    wait_state(&db, "big", "done").await;
+    stop.cancel();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    connect(&db.url)
+        .await
+        .batch_execute("INSERT INTO big VALUES (-1, 0, 'the end')")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !read_log(&log).iter().any(|r| r.event.key == r#"{"id":-1}"#) {
+        assert!(Instant::now() < deadline, "the last change never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay.kill();
+
+    // Then the log applied per key is the table, each row delivered once by the snapshot
+    let records = read_log(&log);
+    assert!(snapshot_rows(&records) <= 20_000);
+    let replayed = apply(&records);
+    let expected = big_contents(&db).await;
+    assert_eq!(replayed.len(), expected.len(), "rows");
+    for (at, version) in &expected {
+        assert_eq!(replayed.get(at), Some(version), "{at:?}");
+    }
+    drop_slot(&db).await;
+}
+
+/// [`writer`] on the first 20,000 keys, unpaced beyond a millisecond.
+async fn small_writer(url: String, w: u64, stop: tokio_util::sync::CancellationToken) {
+    let client = connect(&url).await;
+    let mut rng = fastrand::Rng::with_seed(w);
+    while !stop.is_cancelled() {
+        let id = rng.i64(1..=20_000);
+        let sql = match rng.u8(0..10) {
+            0..=7 => "UPDATE big SET version = version + 1 WHERE id = $1",
+            _ => "DELETE FROM big WHERE id = $1",
+        };
+        client.execute(sql, &[&id]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_delivers_exactly_the_rows_its_condition_selects_and_cancel_stops_one() {
     // Given a captured table, no initial snapshot, and a running relay

@@ -29,6 +29,12 @@ impl LogicalSource {
             if !self.ensure_stream(shutdown).await? {
                 return Ok(None);
             }
+            // A high watermark decoded before its chunk came in: nothing after it is decoded
+            // until the chunk's rows are queued there.
+            if self.snapshot.is_held() {
+                self.finish_held_chunk().await;
+                continue;
+            }
             // Between transactions, hand out what is pending unless more is already waiting.
             let flush = !self.pending.is_empty() && self.txn.is_none();
             let heartbeat_due = self.next_heartbeat;
@@ -38,6 +44,7 @@ impl LogicalSource {
             let Some(stream) = self.stream.as_mut() else {
                 continue;
             };
+            let reading = self.snapshot.reading();
             let received: std::result::Result<Option<ReplicationEvent>, PgWireError> = tokio::select! {
                 biased;
                 // 1. Shutdown first: stop reading at once.
@@ -48,6 +55,11 @@ impl LogicalSource {
                 _ = std::future::ready(()), if flush => return Ok(Some(self.take_batch())),
                 // The relay has acknowledgements to make: return between transactions.
                 _ = wake.notified(), if self.txn.is_none() => return Ok(Some(self.take_batch())),
+                // A snapshot chunk came in from its reader.
+                joined = async { reading.expect("guarded").await }, if reading.is_some() => {
+                    self.chunk_read(joined);
+                    continue;
+                }
                 // 4. Idle: heartbeat and lag.
                 // A snapshot chunk, when the stream has nothing ready (see `snapshot`).
                 _ = tokio::time::sleep_until(snapshot_due.unwrap_or(heartbeat_due)),

@@ -1,9 +1,10 @@
 //! Snapshots and backfills of captured tables, consistent with the stream (DBLog's watermarks).
 //!
 //! A table is read in chunks of `source.cdc.snapshot_chunk_rows` rows by primary key. For each
-//! chunk the relay writes a low watermark (`pg_logical_emit_message(true,
+//! chunk a task of its own ([`reader`]) writes a low watermark (`pg_logical_emit_message(false,
 //! '<prefix>-snapshot', '<run>:<n>:low')`), reads the chunk in a short `REPEATABLE READ`
-//! transaction ([`chunk`]), and writes a high watermark. When the stream decodes the low
+//! transaction ([`chunk`]), prepares its rows' JSON and writes a high watermark, while the
+//! stream goes on. When the stream decodes the low
 //! watermark it starts collecting the keys of that table it changes ([`window`]); at the high
 //! watermark the chunk's rows whose keys the stream changed in between are dropped (the
 //! stream's own events, already queued before, carry their newer state or their deletion) and
@@ -27,23 +28,33 @@
 //! transaction, never one for the whole table, and at most `snapshot_chunk_rows` rows are held.
 
 pub mod chunk;
+mod dispatch;
+mod reader;
 pub mod store;
 mod watermark;
 mod window;
 
 use super::LogicalSource;
-use super::tables::Table;
+use super::tables::{At, Table};
 use crate::config::{SnapshotMode, SourceConfig};
 use crate::error::Result;
+use crate::pg::Session;
 use chunk::Shape;
+use reader::Prepared;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use store::Job;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use window::Window;
+use window::{Seen, Window};
 
 /// How often the records are read for new backfill requests while none runs.
 const POLL: Duration = Duration::from_secs(1);
+
+/// Longest wait for a chunk whose high watermark the stream decoded before the reader's answer
+/// came in (the answer normally follows within milliseconds).
+const HELD_WAIT: Duration = Duration::from_secs(30);
 
 /// Chunks in flight at once (read, or queued and not yet delivered). Two let the next chunk be
 /// read while the sink takes the one before; each is `snapshot_chunk_rows / DEPTH` rows.
@@ -59,9 +70,9 @@ struct Active {
     /// As recorded.
     job: Job,
     /// The table as read.
-    shape: Shape,
+    shape: Arc<Shape>,
     /// The table as the mapping builds its events.
-    table: Table,
+    table: Arc<Table>,
     /// The last key recorded: the sink holds every row up to it.
     last_key: Option<Vec<String>>,
     /// The last key queued: the next chunk is read after it.
@@ -108,8 +119,15 @@ pub(super) struct Snapshots {
     next_tables: Instant,
     /// The job being run.
     active: Option<Active>,
+    /// The chunk reader's session while no chunk is being read.
+    reader: Option<Session>,
+    /// The chunk being read, in the reader's task (see [`reader`]).
+    reading: Option<JoinHandle<(Session, Result<Prepared>)>>,
     /// The chunk read and waiting for the stream to decode its watermarks.
-    waiting: Option<chunk::Rows>,
+    waiting: Option<Prepared>,
+    /// The high watermark, decoded before its chunk came in from the reader: the stream
+    /// waits for it (see [`LogicalSource::finish_held_chunk`]).
+    held: Option<(Seen, At)>,
     /// Chunks queued as events, oldest first, recorded in this order once delivered.
     queued: VecDeque<Queued>,
     /// The stream's side.
@@ -134,7 +152,10 @@ impl Snapshots {
             not_before: Instant::now(),
             next_tables: Instant::now(),
             active: None,
+            reader: None,
+            reading: None,
             waiting: None,
+            held: None,
             queued: VecDeque::new(),
             window: Window::default(),
         }
@@ -143,6 +164,11 @@ impl Snapshots {
     /// The stream is gone: the chunks in flight are read again from the last recorded key.
     pub(super) fn lost_stream(&mut self) {
         self.window.clear();
+        if let Some(reading) = self.reading.take() {
+            // Its session goes with it: it may be inside the chunk's transaction.
+            reading.abort();
+        }
+        self.held = None;
         self.waiting = None;
         self.queued.clear();
         if let Some(active) = &mut self.active {
@@ -170,6 +196,16 @@ impl Snapshots {
         }
     }
 
+    /// Whether the stream must wait for the chunk being read (its high watermark came first).
+    pub(super) fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The chunk read in progress, to wait for its answer beside the stream.
+    pub(super) fn reading(&mut self) -> Option<&mut JoinHandle<(Session, Result<Prepared>)>> {
+        self.reading.as_mut()
+    }
+
     /// Whether `prefix` is the watermarks'.
     pub(super) fn is_watermark(&self, prefix: &str) -> bool {
         self.enabled && prefix == self.prefix
@@ -182,7 +218,11 @@ impl LogicalSource {
     /// out.
     pub(super) fn snapshot_due(&self) -> Option<Instant> {
         let snapshots = &self.snapshot;
-        if !snapshots.enabled || self.stream.is_none() || snapshots.waiting.is_some() {
+        if !snapshots.enabled
+            || self.stream.is_none()
+            || snapshots.waiting.is_some()
+            || snapshots.reading.is_some()
+        {
             return None;
         }
         if let Some(front) = snapshots.queued.front()
@@ -214,9 +254,7 @@ impl LogicalSource {
             tracing::warn!(error = %err.chain(), "snapshot step failed; retrying");
             self.snapshot.not_before = Instant::now() + POLL;
             self.snapshot.waiting = None;
-            // It may be inside a chunk's transaction.
-            self.sql = None;
-            self.snapshot.window.clear();
+            self.snapshot.window.abandon();
         }
     }
 
@@ -341,7 +379,7 @@ impl LogicalSource {
         };
         let table = format!("{}.{}", job.schema, job.table);
         let shape = match chunk::shape(&sql.client, &job.schema, &job.table).await {
-            Ok(shape) => shape,
+            Ok(shape) => Arc::new(shape),
             Err(err) if err.kind() == crate::error::ErrorKind::Schema => {
                 let reason = err.to_string();
                 tracing::warn!(table, reason, "snapshot refused");
@@ -371,12 +409,12 @@ impl LogicalSource {
         }
         tracing::info!(table, kind = %job.kind, estimated_rows = estimate,
             resume_after = ?job.last_key, "snapshot started");
-        let mapped = Table::read_from_catalog(
+        let mapped = Arc::new(Table::read_from_catalog(
             &job.schema,
             &job.table,
             shape.columns.clone(),
             shape.key.clone(),
-        );
+        ));
         snapshots.not_before = Instant::now();
         snapshots.active = Some(Active {
             last_key: job.last_key.clone(),
@@ -387,54 +425,6 @@ impl LogicalSource {
             shape,
             table: mapped,
         });
-        Ok(())
-    }
-
-    /// Checks the job is still wanted, then writes the low watermark, reads the chunk and
-    /// writes the high watermark.
-    async fn read_chunk(&mut self) -> Result<()> {
-        let (Some(sql), Some(active)) = (&self.sql, &self.snapshot.active) else {
-            return Ok(());
-        };
-        let snapshots = &self.snapshot;
-        if !store::wanted(&sql.client, &snapshots.schema, &snapshots.slot, &active.job).await? {
-            tracing::info!(table = %format!("{}.{}", active.job.schema, active.job.table),
-                "snapshot cancelled or replaced; stopping it");
-            self.snapshot.active = None;
-            self.snapshot.queued.clear();
-            return Ok(());
-        }
-        let id = format!("{}:{}", snapshots.run, snapshots.seq);
-        // The low watermark needs no transaction of its own: a non-transactional message is
-        // decoded at its place in the WAL, which orders it against commits as a commit there
-        // would, without a commit's flush. (It is decoded once the high one's commit flushes
-        // the WAL past it.) The high watermark is transactional: the chunk's rows are
-        // positioned at its transaction.
-        let low = "SELECT pg_logical_emit_message(false, $1, $2)";
-        let high = "SELECT pg_logical_emit_message(true, $1, $2)";
-        let what = |err| crate::pg::classify("writing a snapshot watermark", err);
-        sql.client
-            .execute(low, &[&snapshots.prefix, &format!("{id}:low")])
-            .await
-            .map_err(what)?;
-        let rows = chunk::read(
-            &sql.client,
-            &active.shape,
-            active.read_after.as_deref(),
-            active.job.condition.as_deref(),
-            snapshots.chunk_limit(),
-        )
-        .await?;
-        sql.client
-            .execute(high, &[&snapshots.prefix, &format!("{id}:high")])
-            .await
-            .map_err(what)?;
-        let (schema, table) = (active.job.schema.clone(), active.job.table.clone());
-        let invisible = rows.invisible.clone();
-        let snapshots = &mut self.snapshot;
-        snapshots.seq += 1;
-        snapshots.window.expect(id, &schema, &table, invisible);
-        snapshots.waiting = Some(rows);
         Ok(())
     }
 }

@@ -1,11 +1,9 @@
 //! The stream's side of a chunk's watermarks: a low one opens the chunk's window, a high one
 //! queues the chunk's rows that the stream did not change in between (see the module above).
 
-use super::{Queued, chunk};
+use super::{Queued, Seen};
 use crate::source::logical::LogicalSource;
-use crate::source::logical::pending::Decoded;
 use crate::source::logical::tables::At;
-use crate::source::pgoutput::Value;
 
 impl LogicalSource {
     /// A watermark message decoded at `lsn`: a low one opens its chunk's window, a high one
@@ -27,47 +25,48 @@ impl LogicalSource {
         let Some(seen) = self.snapshot.window.high(id) else {
             return;
         };
-        let Some(rows) = self.snapshot.waiting.take() else {
+        let (Some(txn), true) = (self.txn, transactional) else {
+            self.snapshot.waiting = None;
             return;
         };
-        let (Some(txn), true) = (self.txn, transactional) else {
+        let at = At { lsn, txn };
+        match (&self.snapshot.waiting, &self.snapshot.reading) {
+            (Some(_), _) => self.queue_chunk(seen, at),
+            // The reader's answer is not in yet: the stream waits for it.
+            (None, Some(_)) => self.snapshot.held = Some((seen, at)),
+            (None, None) => {}
+        }
+    }
+
+    /// Queues the chunk read (`waiting`) at its high watermark `at`, but for the rows whose
+    /// keys the stream changed between the watermarks (`seen`); a chunk whose snapshot missed
+    /// a transaction decoded before its low watermark is read again instead.
+    pub(in crate::source::logical) fn queue_chunk(&mut self, seen: Seen, at: At) {
+        let Some(prepared) = self.snapshot.waiting.take() else {
             return;
         };
         let Some(active) = &self.snapshot.active else {
             return;
         };
-        if seen.stale {
+        if self
+            .snapshot
+            .window
+            .missed(&prepared.invisible, seen.low_at)
+        {
             // Read again from the same key: the snapshot missed a change queued before it.
             tracing::debug!("snapshot chunk raced a commit; reading it again");
             return;
         }
-        let key_of = |row: &tokio_postgres::Row| -> Vec<String> {
-            active
-                .shape
-                .key
-                .iter()
-                .map(|&i| chunk::value(row, i).unwrap_or_default().to_owned())
-                .collect()
-        };
-        let last_key = rows.rows.last().map(key_of);
-        let at = At { lsn, txn };
         let mut items = Vec::new();
         if !seen.truncated {
-            for (seq, row) in rows.rows.iter().enumerate() {
-                let values: Vec<Value<'_>> = (0..active.shape.columns.len())
-                    .map(|i| match chunk::value(row, i) {
-                        Some(text) => Value::Text(text.as_bytes()),
-                        None => Value::Null,
-                    })
-                    .collect();
-                let item = self
-                    .tables
-                    .read(&active.table, &values, at, seq as u64, rows.last);
-                if let Decoded::Event(event) = &item
-                    && seen.keys.contains(&event.key)
-                {
+            for (seq, row) in prepared.rows.into_iter().enumerate() {
+                if seen.keys.contains(&row.key) {
                     continue;
                 }
+                let table = &active.table;
+                let item = self
+                    .tables
+                    .read_prepared(table, row, at, seq as u64, prepared.last);
                 items.push(item);
             }
         }
@@ -76,15 +75,16 @@ impl LogicalSource {
             self.push(item);
         }
         let snapshots = &mut self.snapshot;
+        let last_key = prepared.last_key;
         if let Some(active) = &mut snapshots.active {
             active.read_after = last_key.clone().or(active.read_after.take());
-            active.exhausted = rows.last;
+            active.exhausted = prepared.last;
         }
         snapshots.queued.push_back(Queued {
-            position: txn.position.0,
+            position: at.txn.position.0,
             last_key,
             rows: queued,
-            last: rows.last,
+            last: prepared.last,
         });
     }
 }

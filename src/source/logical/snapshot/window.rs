@@ -9,9 +9,12 @@
 //! snapshot, taken just after it. Its change would come before the chunk's (older) row. The
 //! chunk's snapshot lists the transactions still in progress when it was taken; if any of them
 //! was decoded before the low watermark, the chunk is read again. The stream's most recent
-//! [`RECENT`] transactions are remembered for this: the race lasts as long as a commit takes.
+//! [`RECENT`] transactions are remembered for this, each with its place in the stream, so the
+//! check can be made once the chunk's snapshot is known, which may be after the stream passed
+//! the low watermark (the chunk is read in a task of its own). The race lasts as long as a
+//! commit takes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Transactions remembered before a low watermark.
 const RECENT: usize = 65_536;
@@ -25,11 +28,8 @@ struct Waiting {
     schema: String,
     /// Its table's name.
     table: String,
-    /// Transactions the chunk's snapshot did not see.
-    invisible: Vec<u32>,
-    /// Whether the low watermark was decoded (keys are collected from then on).
-    open: bool,
-    /// What the stream did to the table since.
+    /// What the stream did to the table since the low watermark; its `low_at` says whether
+    /// that was decoded (keys are collected from then on).
     seen: Seen,
 }
 
@@ -40,18 +40,20 @@ pub struct Seen {
     pub keys: HashSet<String>,
     /// Whether the table was truncated (every chunk row is then dropped).
     pub truncated: bool,
-    /// Whether the chunk's snapshot missed a transaction decoded before the low watermark: the
-    /// chunk must be read again.
-    pub stale: bool,
+    /// Transactions the stream had begun at the low watermark; `None` if it never decoded
+    /// it (the chunk must then be read again). See [`Window::missed`].
+    pub low_at: Option<u64>,
 }
 
 /// The watermark bookkeeping of one stream.
 #[derive(Debug, Default)]
 pub struct Window {
-    /// Xids of the most recent transactions decoded, oldest first.
-    recent: VecDeque<u32>,
-    /// The same, to look up.
-    recent_set: HashSet<u32>,
+    /// Xids of the most recent transactions decoded and their places, oldest first.
+    recent: VecDeque<(u32, u64)>,
+    /// Each xid's place in the stream (the transactions begun before it), to look up.
+    recent_at: HashMap<u32, u64>,
+    /// Transactions begun on this stream.
+    begun: u64,
     /// The chunk in progress, if any.
     waiting: Option<Waiting>,
 }
@@ -60,42 +62,48 @@ impl Window {
     /// A transaction `xid` begins in the stream.
     pub fn begin(&mut self, xid: u32) {
         if self.recent.len() == RECENT
-            && let Some(old) = self.recent.pop_front()
+            && let Some((old, at)) = self.recent.pop_front()
+            && self.recent_at.get(&old) == Some(&at)
         {
-            self.recent_set.remove(&old);
+            self.recent_at.remove(&old);
         }
-        self.recent.push_back(xid);
-        self.recent_set.insert(xid);
+        self.recent.push_back((xid, self.begun));
+        self.recent_at.insert(xid, self.begun);
+        self.begun += 1;
     }
 
-    /// A chunk of `schema`.`table` was read with a snapshot that did not see `invisible`; its
-    /// watermarks carry `id`.
-    pub fn expect(&mut self, id: String, schema: &str, table: &str, invisible: Vec<u32>) {
+    /// A chunk of `schema`.`table` is being read; its watermarks carry `id`.
+    pub fn expect(&mut self, id: String, schema: &str, table: &str) {
         self.waiting = Some(Waiting {
             id,
             schema: schema.to_owned(),
             table: table.to_owned(),
-            invisible,
-            open: false,
             seen: Seen::default(),
         });
     }
 
     /// The low watermark `id` was decoded.
     pub fn low(&mut self, id: &str) {
-        let Some(waiting) = self.waiting.as_mut().filter(|w| w.id == id) else {
-            return;
+        if let Some(waiting) = self.waiting.as_mut().filter(|w| w.id == id) {
+            waiting.seen.low_at = Some(self.begun);
+        }
+    }
+
+    /// Whether a chunk whose snapshot did not see `invisible`, and whose low watermark the
+    /// stream decoded after `low_at` transactions ([`Seen::low_at`]), missed a transaction the
+    /// stream decoded before it: then the chunk must be read again.
+    pub fn missed(&self, invisible: &[u32], low_at: Option<u64>) -> bool {
+        let Some(low_at) = low_at else {
+            return true;
         };
-        waiting.open = true;
-        waiting.seen.stale = waiting
-            .invisible
+        invisible
             .iter()
-            .any(|xid| self.recent_set.contains(xid));
+            .any(|xid| self.recent_at.get(xid).is_some_and(|&at| at < low_at))
     }
 
     /// A change of `schema`.`table` with `key` (empty for a truncate) was decoded.
     pub fn change(&mut self, schema: &str, table: &str, key: &str, truncate: bool) {
-        let Some(waiting) = self.waiting.as_mut().filter(|w| w.open) else {
+        let Some(waiting) = self.waiting.as_mut().filter(|w| w.seen.low_at.is_some()) else {
             return;
         };
         if waiting.schema != schema || waiting.table != table {
@@ -113,12 +121,6 @@ impl Window {
     /// chunk's (and its low watermark was seen).
     pub fn high(&mut self, id: &str) -> Option<Seen> {
         let waiting = self.waiting.take_if(|w| w.id == id)?;
-        if !waiting.open {
-            return Some(Seen {
-                stale: true,
-                ..Seen::default()
-            });
-        }
         Some(waiting.seen)
     }
 
@@ -127,10 +129,16 @@ impl Window {
         self.waiting.is_some()
     }
 
+    /// The chunk in progress is given up (its read failed); the transactions are kept.
+    pub fn abandon(&mut self) {
+        self.waiting = None;
+    }
+
     /// The stream is gone: its chunk is read again on the next one.
     pub fn clear(&mut self) {
         self.recent.clear();
-        self.recent_set.clear();
+        self.recent_at.clear();
+        self.begun = 0;
         self.waiting = None;
     }
 }
@@ -142,7 +150,7 @@ mod tests {
     #[test]
     fn keys_changed_between_the_watermarks_are_collected_and_others_are_not() {
         let mut window = Window::default();
-        window.expect("r:1".into(), "public", "t", vec![]);
+        window.expect("r:1".into(), "public", "t");
         window.change("public", "t", "{\"id\":1}", false);
         window.low("r:1");
         window.change("public", "t", "{\"id\":2}", false);
@@ -150,7 +158,8 @@ mod tests {
         let seen = window.high("r:1").unwrap();
         assert_eq!(seen.keys.len(), 1);
         assert!(seen.keys.contains("{\"id\":2}"));
-        assert!(!seen.stale && !seen.truncated);
+        assert!(!seen.truncated);
+        assert!(!window.missed(&[], seen.low_at));
         assert!(!window.is_waiting());
     }
 
@@ -159,19 +168,36 @@ mod tests {
         let mut window = Window::default();
         window.begin(41);
         window.begin(42);
-        window.expect("r:2".into(), "public", "t", vec![42, 50]);
+        window.expect("r:2".into(), "public", "t");
         window.low("r:2");
-        assert!(window.high("r:2").unwrap().stale);
-        window.expect("r:3".into(), "public", "t", vec![50]);
-        window.low("r:3");
-        assert!(!window.high("r:3").unwrap().stale);
+        // Decoded after the low watermark: the chunk's rows are dropped for its keys instead.
+        window.begin(50);
+        let seen = window.high("r:2").unwrap();
+        // The snapshot, known only now, did not see 42 (decoded before the low watermark).
+        assert!(window.missed(&[42, 50], seen.low_at));
+        assert!(!window.missed(&[50, 77], seen.low_at));
     }
 
     #[test]
     fn a_foreign_or_unopened_watermark_is_not_taken_for_the_chunk() {
         let mut window = Window::default();
-        window.expect("r:4".into(), "public", "t", vec![]);
+        window.expect("r:4".into(), "public", "t");
         assert!(window.high("old:9").is_none());
-        assert!(window.high("r:4").unwrap().stale);
+        let seen = window.high("r:4").unwrap();
+        assert!(window.missed(&[], seen.low_at));
+    }
+
+    #[test]
+    fn an_xid_pushed_out_of_the_remembered_ones_is_forgotten() {
+        let mut window = Window::default();
+        window.begin(7);
+        for xid in 1_000..1_000 + RECENT as u32 {
+            window.begin(xid);
+        }
+        window.expect("r:5".into(), "public", "t");
+        window.low("r:5");
+        let seen = window.high("r:5").unwrap();
+        assert!(!window.missed(&[7], seen.low_at));
+        assert!(window.missed(&[1_000 + RECENT as u32 - 1], seen.low_at));
     }
 }

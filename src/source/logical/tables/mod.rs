@@ -16,10 +16,12 @@ mod envelope;
 mod inserts;
 mod json;
 mod listing;
+mod prepared;
 pub mod publication;
 mod temporal;
 
 pub use json::Types;
+pub(super) use prepared::{PreparedRow, prepare};
 
 use super::mapping::Txn;
 use super::pending::Decoded;
@@ -35,7 +37,7 @@ use std::fmt::Write;
 
 /// A captured table as its last Relation message described it (or the catalog, for a
 /// snapshot: see [`Table::read_from_catalog`]).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Table {
     /// Its schema.
     schema: String,
@@ -127,6 +129,11 @@ impl TableMapping {
     /// Whether any table is captured.
     pub(super) fn is_empty(&self) -> bool {
         self.patterns.is_empty()
+    }
+
+    /// The user types known (for a snapshot's rows, prepared outside the mapping).
+    pub(super) fn types(&self) -> &Types {
+        &self.catalog.types
     }
 
     /// Replaces what is known of keys and types (after tables or types were created).
@@ -252,26 +259,6 @@ impl TableMapping {
         items
     }
 
-    /// A row read by a snapshot or backfill: an `"op": "r"` event whose `source.snapshot` is
-    /// `"true"` (`"last"` in the final chunk), numbered `seq` in the transaction of the high
-    /// watermark it is positioned at.
-    pub(super) fn read(
-        &self,
-        table: &Table,
-        row: &[Value<'_>],
-        at: At,
-        seq: u64,
-        last: bool,
-    ) -> Decoded {
-        let change = Change {
-            op: Operation::Read,
-            old: None,
-            new: Some(row),
-            snapshot: if last { "last" } else { "true" },
-        };
-        self.event(table, change, at, seq)
-    }
-
     /// Change number `seq` of its transaction as an event, or as a dead letter naming the
     /// table, the key and the reason.
     fn change(
@@ -292,7 +279,7 @@ impl TableMapping {
         self.event(table, change, at, seq)
     }
 
-    /// [`Self::change`] or [`Self::read`]: the event of `change`.
+    /// [`Self::change`]: the event of `change`.
     fn event(&self, table: &Table, change: Change<'_, '_>, at: At, seq: u64) -> Decoded {
         let Change {
             op,
@@ -300,11 +287,6 @@ impl TableMapping {
             new,
             snapshot,
         } = change;
-        let position = at.txn.position;
-        // Written in place: a temporary string per part is measurable at snapshot rates.
-        let mut id = String::with_capacity(32);
-        let _ = write!(id, "{}:{seq}", Lsn::from_u64(position.0));
-        let qualified = format!("{}.{}", table.schema, table.name);
         let types = &self.catalog.types;
         let columns = &table.columns;
         let mut key = String::with_capacity(32);
@@ -335,26 +317,49 @@ impl TableMapping {
                 }
                 None => out.push_str("null"),
             }
-            let origin = envelope::Origin {
-                db: &self.catalog.db,
-                schema: &table.schema,
-                table: &table.name,
-                lsn: at.lsn,
-                xid: at.txn.xid,
-                commit_ms: at.txn.commit_time.timestamp_millis(),
-                snapshot,
-            };
-            let letter = match op {
-                Operation::Insert => 'c',
-                Operation::Update => 'u',
-                Operation::Delete => 'd',
-                Operation::Read => 'r',
-                _ => 't',
-            };
+            let origin = self.origin(table, at, snapshot);
             let now_ms = chrono::Utc::now().timestamp_millis();
-            envelope::close(&mut out, &origin, letter, &unchanged, now_ms);
+            envelope::close(&mut out, &origin, op_letter(op), &unchanged, now_ms);
             Ok::<_, String>(out)
         })();
+        self.finish(table, op, key, built, at, seq)
+    }
+
+    /// The envelope's `source` block for a change of `table` at `at`.
+    fn origin<'a>(
+        &'a self,
+        table: &'a Table,
+        at: At,
+        snapshot: &'static str,
+    ) -> envelope::Origin<'a> {
+        envelope::Origin {
+            db: &self.catalog.db,
+            schema: &table.schema,
+            table: &table.name,
+            lsn: at.lsn,
+            xid: at.txn.xid,
+            commit_ms: at.txn.commit_time.timestamp_millis(),
+            snapshot,
+        }
+    }
+
+    /// Change number `seq` at `at` as an event with `key` and the envelope `built`, or as a
+    /// dead letter naming the table, the key and the reason (the envelope could not be
+    /// written, or it is over `source.max_event_bytes`).
+    fn finish(
+        &self,
+        table: &Table,
+        op: Operation,
+        key: String,
+        built: Result<String, String>,
+        at: At,
+        seq: u64,
+    ) -> Decoded {
+        let position = at.txn.position;
+        // Written in place: a temporary string per part is measurable at snapshot rates.
+        let mut id = String::with_capacity(32);
+        let _ = write!(id, "{}:{seq}", Lsn::from_u64(position.0));
+        let qualified = format!("{}.{}", table.schema, table.name);
         let rejected = |reason: String| {
             let key = if key.is_empty() {
                 "(none)"
@@ -401,6 +406,17 @@ impl TableMapping {
             created_at: at.txn.commit_time,
             position,
         })
+    }
+}
+
+/// Debezium's operation letter.
+fn op_letter(op: Operation) -> char {
+    match op {
+        Operation::Insert => 'c',
+        Operation::Update => 'u',
+        Operation::Delete => 'd',
+        Operation::Read => 'r',
+        _ => 't',
     }
 }
 
