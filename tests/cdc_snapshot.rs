@@ -124,14 +124,20 @@ fn snapshot_rows(records: &[Record]) -> usize {
         .count()
 }
 
-/// One writer: updates (bumping `version`) and deletes random rows of the big table until
-/// `stop`, never inserting a key again.
-async fn writer(url: String, w: u64, stop: tokio_util::sync::CancellationToken) -> usize {
+/// One writer: updates (bumping `version`) and deletes random rows among the big table's first
+/// `keys` until `stop`, never inserting a key again, pausing `pace` after each change.
+async fn writer(
+    url: String,
+    w: u64,
+    stop: tokio_util::sync::CancellationToken,
+    keys: i64,
+    pace: Duration,
+) -> usize {
     let client = connect(&url).await;
     let mut rng = fastrand::Rng::with_seed(w);
     let mut changes = 0;
     while !stop.is_cancelled() {
-        let id = rng.i64(1..=ROWS);
+        let id = rng.i64(1..=keys);
         let sql = match rng.u8(0..10) {
             0..=6 => {
                 "UPDATE big SET version = version + 1, name = md5(random()::text) WHERE id = $1"
@@ -140,11 +146,32 @@ async fn writer(url: String, w: u64, stop: tokio_util::sync::CancellationToken) 
         };
         client.execute(sql, &[&id]).await.expect("write");
         changes += 1;
-        // Paced (about 100 changes a second each), so a debug build's relay has room for the
-        // snapshot beside the stream.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(pace).await;
     }
     changes
+}
+
+/// Creates the big table with `rows` rows.
+async fn create_big(db: &TestDb, rows: i64) {
+    connect(&db.url)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, version int NOT NULL, name text); \
+             INSERT INTO big SELECT i, 0, md5(i::text) FROM generate_series(1, {rows}) i; \
+             ANALYZE big"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Asserts that the log's events applied per key in order give the big table's contents.
+async fn assert_the_log_is_the_table(records: &[Record], db: &TestDb) {
+    let replayed = apply(records);
+    let expected = big_contents(db).await;
+    assert_eq!(replayed.len(), expected.len(), "rows");
+    for (at, version) in &expected {
+        assert_eq!(replayed.get(at), Some(version), "{at:?}");
+    }
 }
 
 /// The big table's rows as (topic, key) -> version.
@@ -167,15 +194,7 @@ async fn big_contents(db: &TestDb) -> HashMap<(String, String), Value> {
 async fn an_initial_snapshot_under_four_writers_and_three_sigkills_reproduces_the_table() {
     // Given a 200,000-row table and a relay process that snapshots it in 10,000-row chunks
     let db = test_db().await;
-    connect(&db.url)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE big (id bigint PRIMARY KEY, version int NOT NULL, name text); \
-             INSERT INTO big SELECT i, 0, md5(i::text) FROM generate_series(1, {ROWS}) i; \
-             ANALYZE big"
-        ))
-        .await
-        .unwrap();
+    create_big(&db, ROWS).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let mut config = snapshot_config(&db, &log, &["public.big"]).await;
@@ -188,7 +207,12 @@ async fn an_initial_snapshot_under_four_writers_and_three_sigkills_reproduces_th
     let started = Instant::now();
     let stop = tokio_util::sync::CancellationToken::new();
     let writers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(writer(db.url.clone(), w, stop.clone())))
+        // Paced (about 100 changes a second each), so a debug build's relay has room for the
+        // snapshot beside the stream.
+        .map(|w| {
+            let pace = Duration::from_millis(10);
+            tokio::spawn(writer(db.url.clone(), w, stop.clone(), ROWS, pace))
+        })
         .collect();
     for (kill, at) in [30_000, 80_000, 130_000].into_iter().enumerate() {
         // The relay's own record of delivered rows says when (reading the log is slower).
@@ -259,12 +283,7 @@ async fn an_initial_snapshot_under_four_writers_and_three_sigkills_reproduces_th
         .filter(|r| payload(r)["source"]["snapshot"] == "last")
         .count();
     assert!(last > 0, "no row of the final chunk says \"last\"");
-    let replayed = apply(&records);
-    let expected = big_contents(&db).await;
-    assert_eq!(replayed.len(), expected.len(), "rows");
-    for (at, version) in &expected {
-        assert_eq!(replayed.get(at), Some(version), "{at:?}");
-    }
+    assert_the_log_is_the_table(&records, &db).await;
     drop_slot(&db).await;
 }
 
@@ -274,15 +293,7 @@ async fn chunks_answered_after_the_stream_passed_both_watermarks_still_reproduce
     // wrote each chunk's high watermark (the test lever), so the stream decodes the low and the
     // high watermark before the chunk is in and must wait for it there
     let db = test_db().await;
-    connect(&db.url)
-        .await
-        .batch_execute(
-            "CREATE TABLE big (id bigint PRIMARY KEY, version int NOT NULL, name text); \
-             INSERT INTO big SELECT i, 0, md5(i::text) FROM generate_series(1, 20000) i; \
-             ANALYZE big",
-        )
-        .await
-        .unwrap();
+    create_big(&db, 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let mut config = snapshot_config(&db, &log, &["public.big"]).await;
@@ -293,7 +304,10 @@ async fn chunks_answered_after_the_stream_passed_both_watermarks_still_reproduce
     // When 4 writers update and delete rows of the first 20,000 keys the whole time
     let stop = tokio_util::sync::CancellationToken::new();
     let writers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(small_writer(db.url.clone(), w, stop.clone())))
+        .map(|w| {
+            let pace = Duration::from_millis(1);
+            tokio::spawn(writer(db.url.clone(), w, stop.clone(), 20_000, pace))
+        })
         .collect();
     wait_state(&db, "big", "done").await;
     stop.cancel();
@@ -315,28 +329,8 @@ async fn chunks_answered_after_the_stream_passed_both_watermarks_still_reproduce
     // Then the log applied per key is the table, each row delivered once by the snapshot
     let records = read_log(&log);
     assert!(snapshot_rows(&records) <= 20_000);
-    let replayed = apply(&records);
-    let expected = big_contents(&db).await;
-    assert_eq!(replayed.len(), expected.len(), "rows");
-    for (at, version) in &expected {
-        assert_eq!(replayed.get(at), Some(version), "{at:?}");
-    }
+    assert_the_log_is_the_table(&records, &db).await;
     drop_slot(&db).await;
-}
-
-/// [`writer`] on the first 20,000 keys, unpaced beyond a millisecond.
-async fn small_writer(url: String, w: u64, stop: tokio_util::sync::CancellationToken) {
-    let client = connect(&url).await;
-    let mut rng = fastrand::Rng::with_seed(w);
-    while !stop.is_cancelled() {
-        let id = rng.i64(1..=20_000);
-        let sql = match rng.u8(0..10) {
-            0..=7 => "UPDATE big SET version = version + 1 WHERE id = $1",
-            _ => "DELETE FROM big WHERE id = $1",
-        };
-        client.execute(sql, &[&id]).await.expect("write");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,10 +193,6 @@ const FIXED: &[(&str, &str, &str)] = &[
 ];
 
 /// librdkafka keys (and their aliases) owned by a typed option: key, the option's name.
-/// How much later than the sink's own deadline (`message_timeout_ms`) librdkafka times a
-/// message out, so the sink's purge comes first (see the sink's `deadline` module).
-pub const PURGE_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
-
 const TYPED: &[(&str, &str)] = &[
     ("bootstrap.servers", "bootstrap_servers"),
     ("metadata.broker.list", "bootstrap_servers"),
@@ -313,10 +309,8 @@ impl KafkaSinkConfig {
         let mut set = |key: &str, value: String| settings.insert(key.to_string(), value);
         set("bootstrap.servers", self.bootstrap_servers.clone());
         // Later than the sink's own deadline: see its `deadline` module.
-        set(
-            "message.timeout.ms",
-            (self.message_timeout_ms + PURGE_MARGIN.as_millis() as u64).to_string(),
-        );
+        let timeout = self.message_timeout_ms + super::deadline::PURGE_MARGIN.as_millis() as u64;
+        set("message.timeout.ms", timeout.to_string());
         set("compression.type", self.compression.as_str().into());
         set("security.protocol", self.security_protocol.as_str().into());
         if let Some(ca) = &self.ssl_ca_location {

@@ -9,13 +9,17 @@
 //! every record still queued or in flight: a purge fails all queued records at once, and of
 //! those already in flight the broker keeps at most a prefix per partition (it refuses a
 //! sequence number with a gap), so what reached the topic is in order and the retry only
-//! repeats. librdkafka's own timeout is set [`super::config::PURGE_MARGIN`] later, so it does
+//! repeats. librdkafka's own timeout is set [`PURGE_MARGIN`] later, so it does
 //! not fire first.
 
 use crate::error::{Error, ErrorKind};
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How much later than the sink's own deadline (`message_timeout_ms`) librdkafka times a
+/// message out, so the sink's purge comes first.
+pub const PURGE_MARGIN: Duration = Duration::from_secs(10);
 
 /// One batch's deadline.
 pub struct Deadline {
