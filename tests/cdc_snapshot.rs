@@ -289,19 +289,43 @@ async fn an_initial_snapshot_under_four_writers_and_three_sigkills_reproduces_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chunks_answered_after_the_stream_passed_both_watermarks_still_reproduce_the_table() {
-    // Given a 20,000-row table and a relay whose chunk reader answers only 300 ms after it
-    // wrote each chunk's high watermark (the test lever), so the stream decodes the low and the
-    // high watermark before the chunk is in and must wait for it there
+    // Given a relay whose chunk reader answers only 300 ms after it wrote each chunk's high
+    // watermark (the test lever), so the stream decodes the low and the high watermark before
+    // the chunk is in and must wait for it there
+    let repeats = small_snapshot_under_writers(300, false).await;
+    assert_eq!(
+        repeats, 0,
+        "nothing was lost, so no chunk is delivered twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_whose_database_sessions_are_terminated_again_and_again_reproduces_the_table() {
+    // Given a relay whose chunk reader answers 100 ms after each high watermark, and whose
+    // database sessions (the stream's, the reader's, the ordinary one) are all terminated every
+    // 400 ms: mid-read, while the stream waits for a chunk, while chunks wait for the sink
+    let repeats = small_snapshot_under_writers(100, true).await;
+    eprintln!("{repeats} snapshot rows delivered again");
+}
+
+/// Snapshots a 20,000-row table in 1,000-row chunks while 4 writers update and delete rows,
+/// the reader answering `delay_ms` after each high watermark, and with `terminate` the relay's
+/// database sessions terminated every 400 ms until the snapshot is done. Asserts that the log
+/// applied per key is the table and that a lost stream repeated at most a chunk per
+/// termination; returns the snapshot rows delivered beyond 20,000.
+async fn small_snapshot_under_writers(delay_ms: u64, terminate: bool) -> usize {
     let db = test_db().await;
     create_big(&db, 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let mut config = snapshot_config(&db, &log, &["public.big"]).await;
     config.source.cdc.snapshot_chunk_rows = outboxd::config::ChunkRows(1_000);
-    let delay = [("OUTBOXD_TEST_SNAPSHOT_ANSWER_DELAY_MS", "300")];
+    config.relay.retry_max_ms = 200;
+    let delay = delay_ms.to_string();
+    let delay = [("OUTBOXD_TEST_SNAPSHOT_ANSWER_DELAY_MS", delay.as_str())];
     let relay = RelayProcess::spawn_with_env(&config, dir.path(), "run", &["run"], &delay);
 
-    // When 4 writers update and delete rows of the first 20,000 keys the whole time
+    // When 4 writers update and delete rows of the table the whole time
     let stop = tokio_util::sync::CancellationToken::new();
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -309,13 +333,36 @@ async fn chunks_answered_after_the_stream_passed_both_watermarks_still_reproduce
             tokio::spawn(writer(db.url.clone(), w, stop.clone(), 20_000, pace))
         })
         .collect();
-    wait_state(&db, "big", "done").await;
+    let mut terminations = 0;
+    let admin = connect(&db.url).await;
+    // Start-up is left alone: a relay that cannot start exits (a supervisor restarts it).
+    wait_state(&db, "big", "running").await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while job_state(&db, "big")
+        .await
+        .is_none_or(|(state, _)| state != "done")
+    {
+        assert!(Instant::now() < deadline, "the snapshot never ended");
+        if terminate {
+            let killed: i64 = admin
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = 'outboxd'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            terminations += usize::from(killed > 0);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    eprintln!("{terminations} terminations during the snapshot");
     stop.cancel();
     for writer in writers {
         writer.await.expect("writer");
     }
-    connect(&db.url)
-        .await
+    admin
         .batch_execute("INSERT INTO big VALUES (-1, 0, 'the end')")
         .await
         .unwrap();
@@ -326,11 +373,17 @@ async fn chunks_answered_after_the_stream_passed_both_watermarks_still_reproduce
     }
     relay.kill();
 
-    // Then the log applied per key is the table, each row delivered once by the snapshot
+    // Then the log applied per key is the table, and each lost stream repeated at most the
+    // chunks it had in flight
     let records = read_log(&log);
-    assert!(snapshot_rows(&records) <= 20_000);
+    let delivered = snapshot_rows(&records);
+    assert!(
+        delivered <= 20_000 + terminations * 1_000,
+        "{delivered} snapshot rows after {terminations} terminations"
+    );
     assert_the_log_is_the_table(&records, &db).await;
     drop_slot(&db).await;
+    delivered.saturating_sub(20_000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
