@@ -308,6 +308,13 @@ async fn a_snapshot_whose_database_sessions_are_terminated_again_and_again_repro
     eprintln!("{repeats} snapshot rows delivered again");
 }
 
+/// The relay's sessions on the test database other than its replication stream.
+async fn ordinary_sessions(admin: &tokio_postgres::Client) -> i64 {
+    let sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                    AND application_name = 'outboxd' AND backend_type = 'client backend'";
+    admin.query_one(sessions, &[]).await.unwrap().get(0)
+}
+
 /// Snapshots a 20,000-row table in 1,000-row chunks while 4 writers update and delete rows,
 /// the reader answering `delay_ms` after each high watermark, and with `terminate` the relay's
 /// database sessions terminated every 400 ms until the snapshot is done. Asserts that the log
@@ -338,10 +345,12 @@ async fn small_snapshot_under_writers(delay_ms: u64, terminate: bool) -> usize {
     // Start-up is left alone: a relay that cannot start exits (a supervisor restarts it).
     wait_state(&db, "big", "running").await;
     let deadline = Instant::now() + Duration::from_secs(300);
+    let mut during = 0;
     while job_state(&db, "big")
         .await
         .is_none_or(|(state, _)| state != "done")
     {
+        during = during.max(ordinary_sessions(&admin).await);
         assert!(Instant::now() < deadline, "the snapshot never ended");
         if terminate {
             let killed: i64 = admin
@@ -358,6 +367,17 @@ async fn small_snapshot_under_writers(delay_ms: u64, terminate: bool) -> usize {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     eprintln!("{terminations} terminations during the snapshot");
+    if !terminate {
+        // The chunk reader's session, open while the snapshot ran, closes once none is left
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ordinary_sessions(&admin).await >= during {
+            assert!(
+                Instant::now() < deadline,
+                "the chunk reader's session stays open"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     stop.cancel();
     for writer in writers {
         writer.await.expect("writer");

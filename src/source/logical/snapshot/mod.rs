@@ -375,6 +375,8 @@ impl LogicalSource {
             }
         }
         let Some(job) = store::next(&sql.client, &snapshots.schema, &snapshots.slot).await? else {
+            // Nothing to read: the chunk reader's session is closed until the next job.
+            snapshots.reader = None;
             return Ok(());
         };
         let table = format!("{}.{}", job.schema, job.table);
