@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::faults::{FaultSink, Faults};
+use common::faults::start_refusing;
 use common::http::{get, sample};
 use common::pg::{TestDb, connect, test_db};
 use common::relay::*;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -64,13 +64,7 @@ async fn a_skipped_dead_letter_stays_skipped_and_a_retry_never_overtakes_a_later
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let config = config_for(&db, &log);
-    let faults = Arc::new(Mutex::new(Faults::default()));
-    faults.lock().unwrap().refuse_types.insert("Poison".into());
-    let relay = InProcessRelay::start_with(&config, |inner| FaultSink {
-        inner,
-        faults: faults.clone(),
-    })
-    .await;
+    let (relay, faults) = start_refusing(&config, &["Poison"]).await;
     insert(
         &db,
         &[
@@ -142,13 +136,7 @@ async fn with_on_dead_letter_skip_retry_all_refuses_a_letter_whose_aggregate_mov
     let log = dir.path().join("log");
     let mut config = config_for(&db, &log);
     config.relay.on_dead_letter = outboxd::config::OnDeadLetter::Skip;
-    let faults = Arc::new(Mutex::new(Faults::default()));
-    faults.lock().unwrap().refuse_types.insert("Poison".into());
-    let relay = InProcessRelay::start_with(&config, |inner| FaultSink {
-        inner,
-        faults: faults.clone(),
-    })
-    .await;
+    let (relay, _) = start_refusing(&config, &["Poison"]).await;
     insert(
         &db,
         &[
@@ -336,13 +324,7 @@ async fn rows_parked_behind_a_dead_letter_deleted_by_hand_flow_without_an_outbox
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let config = config_for(&db, &log);
-    let faults = Arc::new(Mutex::new(Faults::default()));
-    faults.lock().unwrap().refuse_types.insert("Poison".into());
-    let relay = InProcessRelay::start_with(&config, |inner| FaultSink {
-        inner,
-        faults: faults.clone(),
-    })
-    .await;
+    let (relay, _) = start_refusing(&config, &["Poison"]).await;
     insert(&db, &[("a", "Poison", None)]).await;
     wait_failed(&db, 1).await;
     insert(

@@ -3,20 +3,15 @@
 
 mod common;
 
-use common::faults::{FaultSink, Faults};
+use common::faults::{Faults, start_faulty};
 use common::pg::{connect, test_db};
 use common::relay::*;
-use outboxd::config::{Config, OnDeadLetter};
+use outboxd::config::OnDeadLetter;
 use outboxd::log::Record;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A relay in this process whose sink injects `faults`.
-async fn start_faulty(config: &Config, faults: Arc<Mutex<Faults>>) -> InProcessRelay {
-    InProcessRelay::start_with(config, |inner| FaultSink { inner, faults }).await
-}
 
 /// Inserts events `(aggregate, type, seq)` one transaction each, in order.
 async fn insert(db_url: &str, events: &[(&str, &str, i32)]) {

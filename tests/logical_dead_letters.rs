@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::faults::{FaultSink, Faults};
+use common::faults::{FaultSink, Faults, start_refusing};
 use common::pg::{TestDb, connect, test_db};
 use common::relay::*;
 use outboxd::config::{Config, OnDeadLetter, SourceMode};
@@ -200,13 +200,7 @@ async fn with_skip_the_dead_letter_is_stored_and_later_events_flow() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&db, dir.path(), OnDeadLetter::Skip);
     migrate(&config).await;
-    let faults = Arc::new(Mutex::new(Faults::default()));
-    faults.lock().unwrap().refuse_types.insert("Poison".into());
-    let relay = InProcessRelay::start_with(&config, |inner| FaultSink {
-        inner,
-        faults: faults.clone(),
-    })
-    .await;
+    let (relay, _) = start_refusing(&config, &["Poison"]).await;
 
     // When key k writes Step, Poison, Step
     write(
@@ -291,13 +285,7 @@ async fn cdc_mode_stores_a_refused_change_parks_the_rows_later_changes_and_retri
     config.source.mode = SourceMode::Cdc;
     config.source.cdc.tables = vec!["public.items".into()];
     migrate(&config).await;
-    let faults = Arc::new(Mutex::new(Faults::default()));
-    faults.lock().unwrap().refuse_types.insert("delete".into());
-    let relay = InProcessRelay::start_with(&config, |inner| FaultSink {
-        inner,
-        faults: faults.clone(),
-    })
-    .await;
+    let (relay, faults) = start_refusing(&config, &["delete"]).await;
 
     // When row 1 is inserted, updated, deleted, inserted again and updated, and 100 other rows
     // are inserted
@@ -369,13 +357,7 @@ async fn the_store_is_reached_again_after_its_session_is_terminated_at_every_ste
     let mut config = config(&db, dir.path(), OnDeadLetter::BlockAggregate);
     config.relay.retry_max_ms = 200;
     migrate(&config).await;
-    let faults = Arc::new(Mutex::new(Faults::default()));
-    faults.lock().unwrap().refuse_types.insert("Poison".into());
-    let relay = InProcessRelay::start_with(&config, |inner| FaultSink {
-        inner,
-        faults: faults.clone(),
-    })
-    .await;
+    let (relay, faults) = start_refusing(&config, &["Poison"]).await;
     write(&db, &[("k", "Step", 1), ("k", "Poison", 2)]).await;
     wait_for_events(&[&log], 1, WAIT).await;
     let deadline = std::time::Instant::now() + WAIT;

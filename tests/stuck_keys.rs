@@ -7,22 +7,17 @@
 mod common;
 
 use common::amqp::{Topology, assert_queue_order, header, message_seq, rabbit};
-use common::faults::{FaultSink, Faults};
+use common::faults::{Faults, start_faulty};
 use common::pg::{connect, test_db};
 use common::relay::*;
 use lapin::types::{AMQPValue, FieldTable};
-use outboxd::config::{Config, SourceMode};
+use outboxd::config::SourceMode;
 use outboxd::relay::lane_of;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// A relay in this process whose sink injects `faults`.
-async fn start_faulty(config: &Config, faults: Arc<Mutex<Faults>>) -> InProcessRelay {
-    InProcessRelay::start_with(config, |inner| FaultSink { inner, faults }).await
-}
 
 /// Writes `per_key` events for each of `keys` (named `k0`…), interleaved, in transactions of
 /// 100 rows.

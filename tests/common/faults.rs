@@ -119,3 +119,23 @@ impl Sink for FaultSink {
         "faulty"
     }
 }
+
+/// A relay in this process whose sink injects `faults`.
+pub async fn start_faulty(
+    config: &outboxd::config::Config,
+    faults: Arc<Mutex<Faults>>,
+) -> super::relay::InProcessRelay {
+    super::relay::InProcessRelay::start_with(config, |inner| FaultSink { inner, faults }).await
+}
+
+/// A relay in this process whose sink refuses events of `types` for good, and its faults (to
+/// change them later).
+pub async fn start_refusing(
+    config: &outboxd::config::Config,
+    types: &[&str],
+) -> (super::relay::InProcessRelay, Arc<Mutex<Faults>>) {
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    let refused = types.iter().map(|t| t.to_string());
+    faults.lock().unwrap().refuse_types.extend(refused);
+    (start_faulty(config, faults.clone()).await, faults)
+}

@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod aws;
 pub mod certs;
 pub mod conformance;
+pub mod conformance_aws;
 pub mod conformance_cdc;
 pub mod conformance_order;
 pub mod consume;
