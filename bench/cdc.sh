@@ -68,8 +68,7 @@ while :; do
   sleep 0.05
 done
 t1=$(now)
-rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$relay/status")
-cpu=$(awk -v rows="$ROWS" -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz * 1e6 / rows}' "/proc/$relay/stat")
+relay_usage "$ROWS"
 rate=$(calc "int($ROWS/($t1-$t0))")
 kill -TERM "$relay"; wait "$relay" 2>/dev/null || true; relay=
 echo "outboxd cdc -> log: $rate changes/s ($(calc "round($t1-$t0,2)") s), $(calc "round($rate/$stream_rate,2)") x pg_recvlogical, relay CPU $cpu µs/change, peak RSS $rss MiB"

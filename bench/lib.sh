@@ -4,7 +4,7 @@
 #   $port     the cluster's port (started, wal_level=logical, on 127.0.0.1)
 #   $outboxd  the relay binary: BENCH_OUTBOXD as it is, or built with BENCH_PROFILE (release)
 #   $relay    set it to the relay's pid: the exit trap kills it, stops the cluster, removes $root
-#   psql, now, calc, free_port, as_pg
+#   psql, now, calc, free_port, as_pg, relay_usage
 # Extra server settings come in BENCH_PG_OPTS.
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -12,6 +12,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
 psql() { command psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }
+
+# relay_usage ROWS: sets rss (the relay's peak RSS, MiB) and cpu (its CPU per row, µs).
+relay_usage() {
+  rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$relay/status")
+  cpu=$(awk -v rows="$1" -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz * 1e6 / rows}' "/proc/$relay/stat")
+}
 
 bench_cleanup() {
   [ -n "${relay:-}" ] && kill "$relay" 2>/dev/null || true

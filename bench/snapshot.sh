@@ -44,8 +44,7 @@ while [ "$(state)" != done ]; do
   sleep 0.05
 done
 t1=$(now)
-rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$relay/status")
-cpu=$(awk -v rows="$ROWS" -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz * 1e6 / rows}' "/proc/$relay/stat")
+relay_usage "$ROWS"
 
 rate=$(calc "int($ROWS/($t1-$t0))")
 kill -TERM "$relay"; wait "$relay" 2>/dev/null || true; relay=

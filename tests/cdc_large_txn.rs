@@ -16,16 +16,6 @@ use std::time::{Duration, Instant};
 const ROWS: i64 = 2_000;
 const UPDATES: i64 = 24;
 
-/// Peak resident memory of process `pid`, in kB.
-fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_of_200_000_changes_arrives_whole_and_in_key_order_in_bounded_memory() {
     // Given a captured table and a relay process

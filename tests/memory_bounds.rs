@@ -28,16 +28,6 @@ async fn insert_large(client: &tokio_postgres::Client, aggregate: &str, count: i
         .unwrap();
 }
 
-/// Peak resident memory of process `pid`, in kB.
-fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Rows whose dead-letter reason says they were too large to load.
 async fn too_large(client: &tokio_postgres::Client) -> i64 {
     client

@@ -446,3 +446,13 @@ pub async fn wait_sent_at_least(db: &TestDb, count: i64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Peak resident memory of process `pid`, in kB.
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
