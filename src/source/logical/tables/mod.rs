@@ -103,8 +103,6 @@ struct Change<'r, 'v> {
     old: Option<&'r [Value<'v>]>,
     /// The new row, if the change has one.
     new: Option<&'r [Value<'v>]>,
-    /// The envelope's `source.snapshot`.
-    snapshot: &'static str,
 }
 
 impl TableMapping {
@@ -270,23 +268,13 @@ impl TableMapping {
         at: At,
         seq: u64,
     ) -> Decoded {
-        let change = Change {
-            op,
-            old,
-            new,
-            snapshot: "false",
-        };
+        let change = Change { op, old, new };
         self.event(table, change, at, seq)
     }
 
     /// [`Self::change`]: the event of `change`.
     fn event(&self, table: &Table, change: Change<'_, '_>, at: At, seq: u64) -> Decoded {
-        let Change {
-            op,
-            old,
-            new,
-            snapshot,
-        } = change;
+        let Change { op, old, new } = change;
         let types = &self.catalog.types;
         let columns = &table.columns;
         let mut key = String::with_capacity(32);
@@ -317,7 +305,8 @@ impl TableMapping {
                 }
                 None => out.push_str("null"),
             }
-            let origin = self.origin(table, at, snapshot);
+            // A streamed change: snapshot rows are written by `prepared.rs`.
+            let origin = self.origin(table, at, "false");
             let now_ms = chrono::Utc::now().timestamp_millis();
             envelope::close(&mut out, &origin, op_letter(op), &unchanged, now_ms);
             Ok::<_, String>(out)
